@@ -1,0 +1,146 @@
+//! Command line: argument definitions and dispatch. Client commands talk to the daemon.
+
+mod monitor;
+mod status;
+mod unlock;
+mod unmount;
+
+use crate::client::ClientError;
+use crate::protocol::{ErrorKind, DEFAULT_SOCKET, SOCKET_ENV};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit codes other tools and scripts rely on.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const WRONG_SECRET: u8 = 3;
+    pub const CANNOT_OPEN: u8 = 4;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "guilocker", version, about = "Unlock and mount BitLocker USB sticks")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SocketArg {
+    /// Control socket of the daemon
+    #[arg(long, value_name = "PATH", env = SOCKET_ENV, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the root service that detects, unlocks and mounts drives
+    Daemon {
+        /// Stay in the foreground (for systemd); log to stderr
+        #[arg(long)]
+        foreground: bool,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long, value_name = "PATH", default_value = crate::daemon::DEFAULT_PIDFILE)]
+        pidfile: PathBuf,
+        #[arg(long, value_name = "DIR", default_value = crate::daemon::DEFAULT_RUNTIME_DIR)]
+        runtime_dir: PathBuf,
+    },
+    /// Show the drives the daemon knows
+    Status {
+        /// One JSON array, for programs
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Unlock (and mount) a BitLocker drive
+    Unlock(unlock::UnlockArgs),
+    /// Unmount and lock a drive again
+    Unmount(unmount::UnmountArgs),
+    /// Print daemon events as they happen
+    Monitor {
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+/// A failure a client command reports: one line on stderr and an exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Daemon {
+                kind: ErrorKind::WrongSecret,
+                ..
+            } => exit::WRONG_SECRET,
+            ClientError::Daemon {
+                kind: ErrorKind::CannotOpen,
+                ..
+            } => exit::CANNOT_OPEN,
+            ClientError::Daemon {
+                kind: ErrorKind::BadRequest,
+                ..
+            } => exit::USAGE,
+            _ => exit::FAILED,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Self::new(exit::FAILED, e.to_string())
+    }
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Daemon {
+            foreground,
+            config,
+            socket,
+            pidfile,
+            runtime_dir,
+        } => crate::daemon::run(crate::daemon::Options {
+            foreground,
+            config,
+            socket,
+            pidfile,
+            runtime_dir,
+        })
+        .map_err(|e| Failure::new(exit::FAILED, format!("{e:#}"))),
+        Command::Status { json, socket } => status::run(&socket.socket, json),
+        Command::Unlock(args) => unlock::run(args),
+        Command::Unmount(args) => unmount::run(args),
+        Command::Monitor { json, socket } => monitor::run(&socket.socket, json),
+    };
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(f) => {
+            eprintln!("guilocker: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! `guilocker unlock`: read the secret here (never from argv), send it to the daemon.
+
+use super::{exit, Failure, SocketArg};
+use crate::bitlocker::recovery;
+use crate::client::{Client, ClientError};
+use crate::protocol::{ErrorKind, Request, Response, UnlockSecret};
+use crate::secret::{SecretBytes, SecretString};
+use clap::Args;
+use std::io::Read;
+use zeroize::Zeroizing;
+
+/// Larger inputs are not passwords or .BEK files.
+const MAX_SECRET: u64 = 64 * 1024;
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("secret").args(["password_stdin", "recovery_key_stdin", "bek"]))]
+pub struct UnlockArgs {
+    /// The BitLocker device, e.g. /dev/sdb1
+    pub device: String,
+    /// Read the password from standard input (one line)
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Read the 48-digit recovery key from standard input
+    #[arg(long)]
+    pub recovery_key_stdin: bool,
+    /// Use a startup key file (.BEK)
+    #[arg(long, value_name = "FILE")]
+    pub bek: Option<std::path::PathBuf>,
+    /// Mount read-only
+    #[arg(long)]
+    pub read_only: bool,
+    /// Only unlock; `status` shows the decrypted view
+    #[arg(long)]
+    pub no_mount: bool,
+    /// Mount for this user (root only)
+    #[arg(long, value_name = "USER")]
+    pub owner: Option<String>,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+fn read_limited(reader: impl Read, what: &str) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    let mut buf = Zeroizing::new(Vec::new());
+    reader
+        .take(MAX_SECRET + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Failure::new(exit::FAILED, format!("cannot read {what}: {e}")))?;
+    if buf.len() as u64 > MAX_SECRET {
+        return Err(Failure::new(exit::FAILED, format!("{what} is larger than 64 KiB")));
+    }
+    Ok(buf)
+}
+
+/// One line from stdin, without its line ending.
+fn stdin_line(device: &str, what: &str) -> Result<SecretString, Failure> {
+    let mut raw = read_limited(std::io::stdin().lock(), "standard input")?;
+    while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        raw.pop();
+    }
+    let text = std::str::from_utf8(&raw)
+        .map_err(|_| Failure::new(exit::FAILED, format!("{device}: the {what} on standard input is not UTF-8")))?;
+    Ok(SecretString::from(text))
+}
+
+fn recovery_secret(device: &str, value: SecretString) -> Result<UnlockSecret, Failure> {
+    let key = recovery::normalize(value.expose())
+        .map_err(|e| Failure::new(exit::WRONG_SECRET, format!("{device}: {e}")))?;
+    Ok(UnlockSecret::RecoveryPassword {
+        value: SecretString::from(key.as_str()),
+    })
+}
+
+fn prompt(device: &str) -> Result<UnlockSecret, Failure> {
+    let typed = rpassword::prompt_password(format!("Password or recovery key for {device}: "))
+        .map_err(|e| {
+            Failure::new(
+                exit::FAILED,
+                format!(
+                    "{device}: cannot ask for the password ({e}); use --password-stdin, --recovery-key-stdin or --bek"
+                ),
+            )
+        })?;
+    let typed = SecretString::new(typed);
+    if recovery::looks_like_recovery_key(typed.expose()) {
+        recovery_secret(device, typed)
+    } else {
+        Ok(UnlockSecret::Password { value: typed })
+    }
+}
+
+fn send(client: &mut Client, args: &UnlockArgs, secret: UnlockSecret) -> Result<Response, ClientError> {
+    client.request(&Request::Unlock {
+        device: args.device.clone(),
+        secret,
+        read_only: args.read_only,
+        mount: !args.no_mount,
+        owner: args.owner.clone(),
+    })
+}
+
+pub fn run(args: UnlockArgs) -> Result<(), Failure> {
+    let device = args.device.as_str();
+    let given = if args.password_stdin {
+        Some(UnlockSecret::Password {
+            value: stdin_line(device, "password")?,
+        })
+    } else if args.recovery_key_stdin {
+        Some(recovery_secret(device, stdin_line(device, "recovery key")?)?)
+    } else if let Some(path) = &args.bek {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Failure::new(exit::FAILED, format!("{device}: cannot open {}: {e}", path.display())))?;
+        let bytes = read_limited(file, &path.display().to_string())?;
+        Some(UnlockSecret::StartupKey {
+            bek: SecretBytes::new(bytes.to_vec()),
+        })
+    } else {
+        None
+    };
+    let mut client = Client::connect(&args.socket.socket)?;
+    let response = match given {
+        Some(secret) => send(&mut client, &args, secret)?,
+        None => {
+            // A volume whose protection is suspended opens without a secret; the daemon
+            // says which volumes have a clear key when it knows, else we just try.
+            let protectors = client
+                .status()?
+                .into_iter()
+                .find(|d| d.device == device || d.device.strip_prefix("/dev/") == Some(device))
+                .map(|d| d.protectors)
+                .unwrap_or_default();
+            let try_clear = protectors.is_empty() || protectors.iter().any(|p| p == "clear_key");
+            let first = if try_clear {
+                Some(send(&mut client, &args, UnlockSecret::ClearKey))
+            } else {
+                None
+            };
+            match first {
+                Some(Ok(r)) => r,
+                Some(Err(ClientError::Daemon {
+                    kind: ErrorKind::CannotOpen,
+                    ..
+                }))
+                | None => send(&mut client, &args, prompt(device)?)?,
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+    };
+    match response {
+        Response::Unlocked { device: info } => {
+            match (&info.mountpoint, &info.decrypted) {
+                (Some(m), _) => println!("{}: unlocked and mounted at {m}", info.device),
+                (None, Some(d)) => println!("{}: unlocked; decrypted view at {d}", info.device),
+                _ => println!("{}: unlocked", info.device),
+            }
+            Ok(())
+        }
+        other => Err(Failure::new(exit::FAILED, format!("unexpected reply: {other:?}"))),
+    }
+}

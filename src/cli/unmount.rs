@@ -1,0 +1,46 @@
+//! `guilocker unmount`: put a drive away safely.
+
+use super::{exit, Failure, SocketArg};
+use crate::client::Client;
+use crate::protocol::{Request, Response};
+use clap::Args;
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["target", "all"]))]
+pub struct UnmountArgs {
+    /// Device (/dev/sdb1) or mountpoint
+    pub target: Option<String>,
+    /// Everything you have unlocked (root: everything)
+    #[arg(long)]
+    pub all: bool,
+    /// Detach even if files are open (lazy unmount)
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+pub fn run(args: UnmountArgs) -> Result<(), Failure> {
+    let target = args.target.as_deref().map(|t| {
+        // A relative mountpoint means the one under the current directory.
+        if !t.starts_with('/') && std::path::Path::new(t).is_dir() {
+            std::fs::canonicalize(t).map(|p| p.display().to_string()).unwrap_or_else(|_| t.to_owned())
+        } else {
+            t.to_owned()
+        }
+    });
+    let mut client = Client::connect(&args.socket.socket)?;
+    match client.request(&Request::Unmount {
+        target,
+        all: args.all,
+        force: args.force,
+    })? {
+        Response::Unmounted { devices } => {
+            if devices.is_empty() && args.all {
+                eprintln!("guilocker: nothing to unmount");
+            }
+            Ok(())
+        }
+        other => Err(Failure::new(exit::FAILED, format!("unexpected reply: {other:?}"))),
+    }
+}

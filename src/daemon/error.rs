@@ -1,0 +1,74 @@
+//! The daemon's error type, and its one mapping onto the wire's error kinds.
+
+use crate::process::ProcessError;
+use crate::protocol::ErrorKind;
+use thiserror::Error;
+
+/// Everything a request can fail with. Messages start with the device (or mountpoint) and
+/// say the cause in words a person understands; none contains a secret.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{device}: no such device")]
+    NoSuchDevice { device: String },
+    #[error("{device}: not a BitLocker volume")]
+    NotBitLocker { device: String },
+    #[error("{device}: {what}")]
+    InvalidState { device: String, what: String },
+    #[error("{device}: not allowed: {why}")]
+    NotAuthorized { device: String, why: String },
+    #[error("{device}: {cause}")]
+    WrongSecret { device: String, cause: String },
+    #[error("{device}: cannot be opened here: {cause}")]
+    CannotOpen { device: String, cause: String },
+    #[error("{target}: in use by {holders}; close them, or use --force")]
+    Busy { target: String, holders: String },
+    #[error("{device}: {context}: {source}")]
+    Process {
+        device: String,
+        context: &'static str,
+        source: ProcessError,
+    },
+    #[error("{device}: {context} {path}: {source}")]
+    Io {
+        device: String,
+        context: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{device}: {message}")]
+    Failed { device: String, message: String },
+}
+
+impl DaemonError {
+    /// The wire kind for this error (greetd's `wrap_result`, in one place).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::BadRequest(_) => ErrorKind::BadRequest,
+            Self::NoSuchDevice { .. } | Self::NotBitLocker { .. } => ErrorKind::NoSuchDevice,
+            Self::InvalidState { .. } => ErrorKind::InvalidState,
+            Self::NotAuthorized { .. } => ErrorKind::NotAuthorized,
+            Self::WrongSecret { .. } => ErrorKind::WrongSecret,
+            Self::CannotOpen { .. } => ErrorKind::CannotOpen,
+            Self::Busy { .. } => ErrorKind::Busy,
+            Self::Process { .. } | Self::Io { .. } | Self::Failed { .. } => ErrorKind::Failed,
+        }
+    }
+
+    pub fn failed(device: &str, message: impl Into<String>) -> Self {
+        Self::Failed {
+            device: device.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    pub fn io(device: &str, context: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Io {
+            device: device.to_owned(),
+            context,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! `guilocker daemon`: the root service that watches, probes, unlocks and mounts.
+//!
+//! One thread runs the event loop: signals arrive on a signalfd (they are blocked in every
+//! thread), kernel uevents on a netlink socket, clients on the control socket, and a timer
+//! re-reads /proc/partitions as a safety net. Each client connection gets a thread, so a
+//! slow unlock never stalls detection or other clients.
+
+pub mod auth;
+pub mod core;
+pub mod daemonize;
+pub mod error;
+pub mod filesystem;
+pub mod mount;
+pub mod mountpoint;
+pub mod mounts;
+pub mod probe;
+pub mod server;
+pub mod state;
+pub mod unlock;
+pub mod watch;
+
+use crate::config::{Config, DEFAULT_CONFIG};
+use crate::process::reaper;
+use anyhow::{Context, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{signal, SigHandler, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub const DEFAULT_PIDFILE: &str = "/run/guilocker/guilocker.pid";
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/guilocker";
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub foreground: bool,
+    pub config: Option<PathBuf>,
+    pub socket: PathBuf,
+    pub pidfile: PathBuf,
+    pub runtime_dir: PathBuf,
+}
+
+fn load_config(opts: &Options) -> Result<Config, crate::config::ConfigError> {
+    match &opts.config {
+        Some(path) => Config::load(path, true),
+        None => Config::load(DEFAULT_CONFIG.as_ref(), false),
+    }
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    crate::logging::init();
+    let config = load_config(&opts)?;
+    if !auth::group_exists(&config.allowed_group) {
+        log::warn!(
+            "allowed_group '{}' does not exist: only root can unlock",
+            config.allowed_group
+        );
+    }
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&opts.runtime_dir)
+            .with_context(|| format!("cannot create {}", opts.runtime_dir.display()))?;
+    }
+    let mut pidfile = daemonize::Pidfile::lock(&opts.pidfile)?;
+    let readiness = if opts.foreground {
+        None
+    } else {
+        let r = daemonize::detach()?;
+        crate::logging::use_syslog();
+        Some(r)
+    };
+    match start(&opts, config, &mut pidfile) {
+        Ok((daemon, listener, signals, uevents)) => {
+            if let Some(r) = readiness {
+                r.ready();
+            }
+            log::info!("listening on {}", opts.socket.display());
+            event_loop(&opts, &daemon, &listener, &signals, uevents.as_ref());
+            log::info!("shutting down: putting every volume away");
+            daemon.shutdown();
+            drop(listener);
+            drop(pidfile);
+            log::info!("stopped");
+            Ok(())
+        }
+        Err(e) => {
+            if let Some(r) = readiness {
+                r.fail(&format!("{e:#}"));
+            }
+            Err(e)
+        }
+    }
+}
+
+type Started = (Arc<core::Daemon>, server::Listener, SignalFd, Option<watch::UeventSocket>);
+
+fn start(opts: &Options, config: Config, pidfile: &mut daemonize::Pidfile) -> Result<Started> {
+    pidfile.write_pid()?;
+    // Signals are handled only through the signalfd: block them before any thread exists so
+    // every thread inherits the mask. SIGPIPE is ignored: a client that hangs up must not
+    // kill the daemon.
+    let mut mask = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
+        mask.add(sig);
+    }
+    mask.thread_block().context("cannot block signals")?;
+    // SAFETY: SIG_IGN installs no handler code.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }.context("cannot ignore SIGPIPE")?;
+    // FUSE drivers (ntfs-3g, exfat-fuse, fusefat) daemonize; as a subreaper we inherit and
+    // reap them, instead of leaving zombies to an init that may not.
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        log::warn!("cannot become a child subreaper: {}", std::io::Error::last_os_error());
+    }
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .context("cannot create a signalfd")?;
+    let listener = server::Listener::bind(&opts.socket)
+        .with_context(|| format!("cannot listen on {}", opts.socket.display()))?;
+    let uevents = match watch::UeventSocket::open() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::warn!("no kernel uevents ({e}); detecting devices by polling only");
+            None
+        }
+    };
+    let daemon = Arc::new(core::Daemon::new(config, core::Paths::new(opts.runtime_dir.clone())));
+    daemon.rescan();
+    Ok((daemon, listener, signals, uevents))
+}
+
+fn event_loop(
+    opts: &Options,
+    daemon: &Arc<core::Daemon>,
+    listener: &server::Listener,
+    signals: &SignalFd,
+    uevents: Option<&watch::UeventSocket>,
+) {
+    let conns = Arc::new(server::Connections::default());
+    let mut last_scan = Instant::now();
+    loop {
+        let interval = daemon.config().poll_interval();
+        let until_scan = interval.saturating_sub(last_scan.elapsed());
+        let mut fds = vec![
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(listener.listener.as_fd(), PollFlags::POLLIN),
+        ];
+        if let Some(u) = uevents {
+            fds.push(PollFd::new(u.fd().as_fd(), PollFlags::POLLIN));
+        }
+        let timeout = PollTimeout::try_from(until_scan.as_millis().min(60_000) as i32 + 1)
+            .unwrap_or(PollTimeout::MAX);
+        if let Err(e) = poll(&mut fds, timeout) {
+            if e != nix::errno::Errno::EINTR {
+                log::error!("poll: {e}");
+            }
+            continue;
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+
+        if ready.get(2).copied().unwrap_or(false) && uevents.is_some_and(|u| u.drain()) {
+            daemon.rescan();
+            last_scan = Instant::now();
+        }
+        if last_scan.elapsed() >= interval {
+            daemon.rescan();
+            last_scan = Instant::now();
+        }
+        if ready[1] {
+            server::accept_all(&listener.listener, daemon, &conns);
+        }
+        if ready[0] {
+            while let Ok(Some(info)) = signals.read_signal() {
+                match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGCHLD) => supervise(daemon),
+                    Ok(Signal::SIGHUP) => reload(opts, daemon),
+                    Ok(Signal::SIGTERM | Signal::SIGINT) => return,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Reaps every exited child; a dislocker that died on its own is cleaned up on a worker
+/// thread so the loop keeps listening.
+fn supervise(daemon: &Arc<core::Daemon>) {
+    for (pid, status) in reaper().reap_all() {
+        let daemon = Arc::clone(daemon);
+        let _ = std::thread::Builder::new()
+            .name("guilocker-reap".into())
+            .spawn(move || daemon.child_exited(pid, status));
+    }
+}
+
+/// SIGHUP: load the config again; a bad file keeps the old config.
+fn reload(opts: &Options, daemon: &core::Daemon) {
+    match load_config(opts) {
+        Ok(new) => {
+            *daemon.config.write().unwrap_or_else(|e| e.into_inner()) = new;
+            log::info!("configuration reloaded");
+            daemon.rescan();
+        }
+        Err(e) => log::error!("{e}; keeping the previous configuration"),
+    }
+}

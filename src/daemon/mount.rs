@@ -1,0 +1,262 @@
+//! Mounting the decrypted view for its owner, and putting it away in the right order.
+
+use super::error::DaemonError;
+use super::filesystem::{FsInfo, FsType};
+use super::mounts::{self, holders, openers};
+use crate::config::Config;
+use crate::process::{pidfd_open, Command, ProcessError};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::unistd::Pid;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const MOUNT: &str = "mount";
+pub const UMOUNT: &str = "umount";
+pub const LOSETUP: &str = "losetup";
+pub const NTFS_3G: &str = "ntfs-3g";
+pub const EXFAT_FUSE: &str = "mount.exfat-fuse";
+pub const FUSEFAT: &str = "fusefat";
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The person a volume is mounted for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A mounted filesystem and everything made for it, so it can be undone exactly.
+#[derive(Debug, Clone)]
+pub struct MountedFs {
+    pub mountpoint: PathBuf,
+    pub fs_type: FsType,
+    /// A loop device over the decrypted file (kernel drivers and exfat-fuse need one).
+    pub loop_device: Option<String>,
+    /// Directories we created, innermost first, removed with rmdir on unmount.
+    pub made_dirs: Vec<PathBuf>,
+}
+
+/// Does the running kernel have a driver for this filesystem?
+fn kernel_driver(fs: FsType) -> Option<&'static str> {
+    let name = match fs {
+        FsType::Ntfs => "ntfs3",
+        FsType::Exfat => "exfat",
+        FsType::Vfat => "vfat",
+    };
+    let list = std::fs::read_to_string("/proc/filesystems").ok()?;
+    list.lines()
+        .any(|l| l.split_whitespace().last() == Some(name))
+        .then_some(name)
+}
+
+fn step_err<'a>(device: &'a str, context: &'static str) -> impl FnOnce(ProcessError) -> DaemonError + 'a {
+    move |source| DaemonError::Process {
+        device: device.to_owned(),
+        context,
+        source,
+    }
+}
+
+/// Creates `/media/<owner>` (0750, group = owner's) and the mountpoint (0700) if missing.
+fn make_dirs(device: &str, parent: &Path, mountpoint: &Path, owner: &Owner) -> Result<Vec<PathBuf>, DaemonError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let mut made = Vec::new();
+    if let Some(root) = parent.parent() {
+        std::fs::create_dir_all(root).map_err(|e| DaemonError::io(device, "cannot create", root, e))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o750).create(parent) {
+        Ok(()) => {
+            let _ = nix::unistd::chown(parent, Some(0.into()), Some(owner.gid.into()));
+            let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o750));
+            made.push(parent.to_owned());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(DaemonError::io(device, "cannot create", parent, e)),
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(mountpoint)
+        .map_err(|e| DaemonError::io(device, "cannot create mountpoint", mountpoint, e))?;
+    made.insert(0, mountpoint.to_owned());
+    Ok(made)
+}
+
+/// Removes the directories we made (never recursively: a non-empty one stays).
+pub fn remove_dirs(dirs: &[PathBuf]) {
+    for dir in dirs {
+        if let Err(e) = std::fs::remove_dir(dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("cannot remove {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+fn attach_loop(device: &str, file: &Path, read_only: bool) -> Result<String, DaemonError> {
+    let mut cmd = Command::new(LOSETUP).args(["--find", "--show"]);
+    if read_only {
+        cmd = cmd.arg("--read-only");
+    }
+    let out = cmd
+        .arg(file)
+        .run(STEP_TIMEOUT)
+        .map_err(step_err(device, "cannot attach a loop device to the decrypted view"))?;
+    let dev = out.lines().map(str::trim).find(|l| l.starts_with("/dev/loop"));
+    dev.map(str::to_owned)
+        .ok_or_else(|| DaemonError::failed(device, format!("losetup printed no device: {}", out.trim())))
+}
+
+pub fn detach_loop(loop_device: &str) {
+    if let Err(e) = Command::new(LOSETUP).args(["--detach", loop_device]).run(STEP_TIMEOUT) {
+        log::warn!("{loop_device}: {e}");
+    }
+}
+
+/// Mounts the decrypted view at `mountpoint` (chosen by the caller, inside the owner's folder)
+/// for `owner`: the owner's uid/gid, private modes, nosuid, nodev.
+pub fn mount(
+    device: &str,
+    decrypted: &Path,
+    fs: &FsInfo,
+    mountpoint: &Path,
+    owner: &Owner,
+    read_only: bool,
+    config: &Config,
+) -> Result<MountedFs, DaemonError> {
+    let parent = mountpoint
+        .parent()
+        .ok_or_else(|| DaemonError::failed(device, "mountpoint has no parent"))?;
+    let made_dirs = make_dirs(device, parent, mountpoint, owner)?;
+    let mut options = vec![
+        format!("uid={}", owner.uid),
+        format!("gid={}", owner.gid),
+        "umask=077".to_owned(),
+        "nosuid".to_owned(),
+        "nodev".to_owned(),
+    ];
+    options.push(if read_only { "ro" } else { "rw" }.to_owned());
+    options.extend(config.extra_options(fs.fs_type.as_str()).iter().cloned());
+
+    let mut loop_device = None;
+    let result = (|| {
+        let cmd = if let Some(driver) = kernel_driver(fs.fs_type) {
+            let dev = attach_loop(device, decrypted, read_only)?;
+            loop_device = Some(dev.clone());
+            Command::new(MOUNT)
+                .args(["-t", driver, "-o", &options.join(",")])
+                .arg(dev)
+                .arg(mountpoint)
+        } else {
+            match fs.fs_type {
+                // ntfs-3g adds allow_other itself when run by root.
+                FsType::Ntfs => Command::new(NTFS_3G).args(["-o", &options.join(",")]).arg(decrypted),
+                FsType::Exfat => {
+                    let dev = attach_loop(device, decrypted, read_only)?;
+                    loop_device = Some(dev.clone());
+                    options.push("allow_other".into());
+                    Command::new(EXFAT_FUSE).args(["-o", &options.join(",")]).arg(dev)
+                }
+                FsType::Vfat => {
+                    // fusefat mounts read-only unless told "rw+".
+                    let rw = options.iter_mut().find(|o| *o == "rw");
+                    if let Some(o) = rw {
+                        *o = "rw+".into();
+                    }
+                    options.push("allow_other".into());
+                    Command::new(FUSEFAT).args(["-o", &options.join(",")]).arg(decrypted)
+                }
+            }
+            .arg(mountpoint)
+        };
+        cmd.run(STEP_TIMEOUT)
+            .map_err(step_err(device, "cannot mount the filesystem"))?;
+        if mounts::mounted_at(mountpoint).is_none() {
+            return Err(DaemonError::failed(
+                device,
+                format!("the mount helper succeeded but nothing is mounted at {}", mountpoint.display()),
+            ));
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(MountedFs {
+            mountpoint: mountpoint.to_owned(),
+            fs_type: fs.fs_type,
+            loop_device,
+            made_dirs,
+        }),
+        Err(e) => {
+            if let Some(dev) = &loop_device {
+                detach_loop(dev);
+            }
+            remove_dirs(&made_dirs);
+            Err(e)
+        }
+    }
+}
+
+/// `umount` (lazily when `lazy`).
+pub fn unmount_path(path: &Path, lazy: bool) -> Result<(), ProcessError> {
+    let mut cmd = Command::new(UMOUNT);
+    if lazy {
+        cmd = cmd.arg("--lazy");
+    }
+    cmd.arg(path).run(STEP_TIMEOUT).map(drop)
+}
+
+/// Waits until every process in `pids` has exited, up to `timeout`.
+fn wait_exit(pids: &[i32], timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    for &pid in pids {
+        let Ok(fd) = pidfd_open(Pid::from_raw(pid)) else { continue };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, ms) {
+                Ok(n) if n > 0 => break,
+                _ => {}
+            }
+        }
+    }
+    true
+}
+
+/// Unmounts the filesystem, waits for its FUSE driver to finish writing, frees the loop
+/// device and removes the directories made for it. `Busy` lists who holds it.
+pub fn unmount(device: &str, decrypted: &Path, m: &MountedFs, force: bool) -> Result<(), DaemonError> {
+    // The FUSE driver holds the decrypted file (or the loop device) open; it must have exited,
+    // everything flushed, before dislocker may go.
+    let driver_source = m.loop_device.as_deref().map_or(decrypted.to_owned(), PathBuf::from);
+    let drivers = openers(&driver_source);
+    if mounts::mounted_at(&m.mountpoint).is_some() {
+        if let Err(e) = unmount_path(&m.mountpoint, false) {
+            let busy = holders(&m.mountpoint);
+            if !force {
+                if !busy.is_empty() || e.to_string().contains("busy") {
+                    return Err(DaemonError::Busy {
+                        target: m.mountpoint.display().to_string(),
+                        holders: mounts::describe_holders(&busy),
+                    });
+                }
+                return Err(step_err(device, "cannot unmount the filesystem")(e));
+            }
+            log::warn!("{device}: {e}; detaching lazily");
+            unmount_path(&m.mountpoint, true).map_err(step_err(device, "cannot detach the filesystem"))?;
+        }
+    }
+    let grace = if force { Duration::from_secs(5) } else { STEP_TIMEOUT };
+    if !wait_exit(&drivers, grace) {
+        log::warn!("{device}: the filesystem driver is still running after unmount");
+    }
+    if let Some(dev) = &m.loop_device {
+        detach_loop(dev);
+    }
+    remove_dirs(&m.made_dirs);
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Reading the mount table and finding the processes that hold a mount busy.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+pub const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// One mount: where, and its filesystem type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub mountpoint: PathBuf,
+    pub fs_type: String,
+}
+
+/// Undoes the octal escapes (`\040` for space …) the kernel uses in mountinfo.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mountpoint = left.split(' ').nth(4)?;
+            let fs_type = right.split(' ').next()?;
+            Some(Mount {
+                mountpoint: PathBuf::from(unescape(mountpoint)),
+                fs_type: fs_type.to_owned(),
+            })
+        })
+        .collect()
+}
+
+pub fn mounts() -> Vec<Mount> {
+    std::fs::read_to_string(MOUNTINFO)
+        .map(|t| parse_mountinfo(&t))
+        .unwrap_or_default()
+}
+
+/// The filesystem type mounted at `path`, if any.
+pub fn mounted_at(path: &Path) -> Option<String> {
+    mounts().into_iter().rev().find(|m| m.mountpoint == path).map(|m| m.fs_type)
+}
+
+/// An open mountinfo whose `poll` reports POLLPRI whenever the mount table changes.
+pub struct MountWatch(File);
+
+impl MountWatch {
+    pub fn open() -> std::io::Result<Self> {
+        File::open(MOUNTINFO).map(Self)
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// Processes with a file, cwd, root or executable under `dir`, as `pid (comm)`.
+pub fn holders(dir: &Path) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return found };
+    let inside = |target: &Path| target == dir || target.starts_with(dir);
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let base = entry.path();
+        let mut links: Vec<PathBuf> = ["cwd", "root", "exe"].iter().map(|l| base.join(l)).collect();
+        if let Ok(fds) = std::fs::read_dir(base.join("fd")) {
+            links.extend(fds.flatten().map(|f| f.path()));
+        }
+        if links.iter().any(|l| std::fs::read_link(l).is_ok_and(|t| inside(&t))) {
+            let comm = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
+            found.push((pid, comm.trim().to_owned()));
+        }
+    }
+    found
+}
+
+/// Processes that have `file` itself open (a FUSE driver serving a mount from it).
+pub fn openers(file: &Path) -> Vec<i32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    procs
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let fds = std::fs::read_dir(e.path().join("fd")).ok()?;
+            fds.flatten()
+                .any(|f| std::fs::read_link(f.path()).is_ok_and(|t| t == file))
+                .then_some(pid)
+        })
+        .collect()
+}
+
+pub fn describe_holders(holders: &[(i32, String)]) -> String {
+    let list: Vec<String> = holders.iter().take(10).map(|(pid, comm)| format!("{comm} (pid {pid})")).collect();
+    let more = holders.len().saturating_sub(10);
+    if more > 0 {
+        format!("{} and {more} more", list.join(", "))
+    } else if list.is_empty() {
+        "an unknown process".to_owned()
+    } else {
+        list.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_escaped_mountpoints() {
+        let text = "36 35 98:0 /mnt1 /media/alice/My\\040Stick rw,noatime master:1 - fuse /dev/loop1 rw\n\
+                    42 27 0:39 / /run/guilocker/dislocker/loop0p1 rw - fuse.dislocker dislocker rw\n\
+                    garbage line\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].mountpoint, Path::new("/media/alice/My Stick"));
+        assert_eq!(m[1].fs_type, "fuse.dislocker");
+        assert_eq!(unescape("a\\134b\\011"), "a\\b\t");
+        assert_eq!(unescape("trailing\\04"), "trailing\\04");
+    }
+
+    #[test]
+    fn finds_our_own_cwd_as_holder() {
+        let dir = std::env::current_dir().unwrap();
+        let h = holders(&dir);
+        assert!(h.iter().any(|(pid, _)| *pid == std::process::id() as i32));
+        assert_eq!(describe_holders(&[(1, "bash".into())]), "bash (pid 1)");
+    }
+}

@@ -1,0 +1,237 @@
+//! The control socket: accept, read bounded frames, authorize by SO_PEERCRED, answer.
+
+use super::auth::Caller;
+use super::core::Daemon;
+use super::error::DaemonError;
+use crate::protocol::{
+    read_frame, write_frame, DeviceInfo, ErrorKind, EventKind, FrameError, Request, Response, VERSION,
+};
+use std::collections::HashMap;
+use std::io::{BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Connections one non-root user may hold open at once (a local user must not be able to
+/// exhaust the daemon's threads).
+const MAX_CONNECTIONS_PER_USER: usize = 16;
+/// A subscriber that cannot take an event within this time is dropped.
+const EVENT_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The listening socket. Created connectable by everyone (0666: authorization is per
+/// request); the file is removed on drop.
+pub struct Listener {
+    pub listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Listener {
+    pub fn bind(path: &Path) -> std::io::Result<Self> {
+        // A socket file left by a daemon that died; the pidfile lock says none is running.
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+        listener.set_nonblocking(true)?;
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Subscribed connections. Events are written straight from the thread that caused them,
+/// with a short write timeout.
+#[derive(Default)]
+pub struct Bus {
+    subscribers: Mutex<Vec<UnixStream>>,
+}
+
+impl Bus {
+    fn add(&self, stream: UnixStream) {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stream);
+    }
+
+    pub fn emit(&self, event: EventKind, device: DeviceInfo) {
+        let frame = Response::Event { event, device };
+        let mut line = match serde_json::to_vec(&frame) {
+            Ok(l) => l,
+            Err(_) => return,
+        };
+        line.push(b'\n');
+        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subs.retain_mut(|s| s.write_all(&line).is_ok());
+    }
+
+    pub fn count(&self) -> usize {
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Open connections per uid.
+#[derive(Default)]
+pub struct Connections(Mutex<HashMap<u32, usize>>);
+
+impl Connections {
+    fn enter(&self, uid: u32) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(uid).or_default();
+        if uid != 0 && *n >= MAX_CONNECTIONS_PER_USER {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, uid: u32) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// Accepts every pending connection, each served on its own thread.
+pub fn accept_all(listener: &UnixListener, daemon: &Arc<Daemon>, conns: &Arc<Connections>) {
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::warn!("accept: {e}");
+                return;
+            }
+        };
+        let caller = match Caller::of(&stream) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("cannot read peer credentials: {e}");
+                continue;
+            }
+        };
+        let _ = stream.set_nonblocking(false);
+        if !conns.enter(caller.uid) {
+            let mut s = stream;
+            let _ = write_frame(
+                &mut s,
+                &Response::Error {
+                    kind: ErrorKind::NotAuthorized,
+                    message: format!("too many connections from {}", caller.describe()),
+                },
+            );
+            continue;
+        }
+        let daemon = Arc::clone(daemon);
+        let conns2 = Arc::clone(conns);
+        let spawned = std::thread::Builder::new()
+            .name("guilocker-conn".into())
+            .spawn(move || {
+                serve(&daemon, stream, caller);
+                conns2.leave(caller.uid);
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start a connection thread: {e}");
+            conns.leave(caller.uid);
+        }
+    }
+}
+
+fn serve(daemon: &Daemon, stream: UnixStream, caller: Caller) {
+    let Ok(write_half) = stream.try_clone() else { return };
+    let mut writer = write_half;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let request: Request = match read_frame(&mut reader) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(FrameError::Io(_)) => return,
+            Err(e) => {
+                let _ = write_frame(
+                    &mut writer,
+                    &Response::Error {
+                        kind: ErrorKind::BadRequest,
+                        message: e.to_string(),
+                    },
+                );
+                // After a framing error the stream cannot be trusted to be in step.
+                if matches!(e, FrameError::TooLong | FrameError::NotUtf8) {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Request::Subscribe = request {
+            if write_frame(&mut writer, &Response::Subscribed).is_err() {
+                return;
+            }
+            let _ = writer.set_write_timeout(Some(EVENT_WRITE_TIMEOUT));
+            daemon.bus.add(writer);
+            // Nothing more is read; wait for the client to hang up, then the bus drops it
+            // at the next failed write.
+            let mut sink = [0u8; 256];
+            while std::io::Read::read(reader.get_mut(), &mut sink).is_ok_and(|n| n > 0) {}
+            return;
+        }
+        let response = handle(daemon, &caller, request);
+        if write_frame(&mut writer, &response).is_err() {
+            return;
+        }
+    }
+}
+
+fn wrap(result: Result<Response, DaemonError>) -> Response {
+    result.unwrap_or_else(|e| Response::Error {
+        kind: e.kind(),
+        message: e.to_string(),
+    })
+}
+
+fn handle(daemon: &Daemon, caller: &Caller, request: Request) -> Response {
+    wrap(match request {
+        Request::Hello { version } if version == VERSION => Ok(Response::Hello {
+            version: VERSION,
+            server: format!("guilocker {}", env!("CARGO_PKG_VERSION")),
+        }),
+        Request::Hello { version } => {
+            return Response::Error {
+                kind: ErrorKind::VersionMismatch,
+                message: format!("client speaks protocol {version}, this daemon speaks {VERSION}"),
+            }
+        }
+        Request::Status => Ok(Response::Status {
+            devices: daemon.status(),
+        }),
+        Request::Unlock {
+            device,
+            secret,
+            read_only,
+            mount,
+            owner,
+        } => daemon
+            .unlock(caller, &device, &secret, read_only, mount, owner.as_deref())
+            .map(|device| Response::Unlocked { device }),
+        Request::Unmount { target, all, force } => daemon
+            .unmount(caller, target.as_deref(), all, force)
+            .map(|devices| Response::Unmounted { devices }),
+        Request::Inspect { device } => Err(DaemonError::failed(
+            &device,
+            "reading BitLocker metadata is not available in this build",
+        )),
+        Request::Subscribe => unreachable!("handled by serve"),
+    })
+}

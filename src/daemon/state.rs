@@ -1,0 +1,114 @@
+//! The device table: what the daemon knows of each block device and what it made for it.
+
+use super::filesystem::FsInfo;
+use super::mount::{MountedFs, Owner};
+use super::watch::{Appearance, Snapshot};
+use crate::process::Child;
+use crate::protocol::{DeviceInfo, DeviceState};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+/// What the BitLocker metadata says of a volume (filled by the metadata reader).
+#[derive(Debug, Clone, Default)]
+pub struct VolumeFacts {
+    pub guid: Option<String>,
+    pub description: Option<String>,
+    pub protectors: Vec<String>,
+}
+
+/// An unlocked volume: the dislocker child and, when mounted, the filesystem.
+pub struct Session {
+    pub dislocker: Child,
+    /// dislocker's FUSE mountpoint under the runtime dir.
+    pub dir: PathBuf,
+    pub decrypted: PathBuf,
+    pub owner: Owner,
+    pub fs: Option<FsInfo>,
+    pub mounted: Option<MountedFs>,
+    pub read_only: bool,
+}
+
+pub struct Device {
+    /// Kernel name, e.g. `sdb1`.
+    pub name: String,
+    /// `/dev/sdb1`
+    pub path: String,
+    pub appearance: Appearance,
+    /// Changes on every appearance, so a finishing operation can tell the device it started
+    /// on from a re-plugged one with the same name.
+    pub generation: u64,
+    /// `None` until probed.
+    pub bitlocker: Option<bool>,
+    pub state: DeviceState,
+    pub error: Option<String>,
+    pub vendor: Option<String>,
+    pub model: Option<String>,
+    pub volume: VolumeFacts,
+    pub session: Option<Session>,
+    /// An unlock or unmount is under way (its thread holds the session).
+    pub busy: bool,
+    /// Probes that found no device node yet.
+    pub probe_attempts: u8,
+}
+
+impl Device {
+    pub fn info(&self) -> DeviceInfo {
+        let s = self.session.as_ref();
+        DeviceInfo {
+            device: self.path.clone(),
+            bitlocker: self.bitlocker.unwrap_or(false),
+            state: self.state,
+            mountpoint: s
+                .and_then(|s| s.mounted.as_ref())
+                .map(|m| m.mountpoint.display().to_string()),
+            decrypted: s.map(|s| s.decrypted.display().to_string()),
+            label: s.and_then(|s| s.fs.as_ref()).and_then(|f| f.label.clone()),
+            size_bytes: self.appearance.partition.size_bytes(),
+            owner: s.map(|s| s.owner.name.clone()),
+            fs_type: s
+                .and_then(|s| s.fs.as_ref())
+                .map(|f| f.fs_type.as_str().to_owned()),
+            read_only: s.is_some_and(|s| s.read_only),
+            error: self.error.clone(),
+            vendor: self.vendor.clone(),
+            model: self.model.clone(),
+            guid: self.volume.guid.clone(),
+            description: self.volume.description.clone(),
+            protectors: self.volume.protectors.clone(),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Table {
+    pub devices: BTreeMap<String, Device>,
+    pub snapshot: Snapshot,
+    pub next_generation: u64,
+    /// Mountpoints chosen by unlocks still in progress.
+    pub reserved: HashSet<PathBuf>,
+    pub shutting_down: bool,
+}
+
+impl Table {
+    /// Finds a device by `/dev/NAME`, `NAME`, its mountpoint or its decrypted view.
+    pub fn find(&self, target: &str) -> Option<&Device> {
+        let trimmed = target.trim_end_matches('/');
+        let name = trimmed.strip_prefix("/dev/").unwrap_or(trimmed);
+        if let Some(d) = self.devices.get(name) {
+            return Some(d);
+        }
+        self.devices.values().find(|d| {
+            d.session.as_ref().is_some_and(|s| {
+                s.mounted
+                    .as_ref()
+                    .is_some_and(|m| m.mountpoint.as_os_str() == trimmed)
+                    || s.decrypted.as_os_str() == trimmed
+                    || s.dir.as_os_str() == trimmed
+            })
+        })
+    }
+
+    pub fn find_name(&self, target: &str) -> Option<String> {
+        self.find(target).map(|d| d.name.clone())
+    }
+}

@@ -1,0 +1,271 @@
+//! Unlocking with dislocker: a supervised FUSE child that serves the decrypted view.
+//!
+//! The secret never reaches argv or the environment: the user password goes to dislocker's
+//! stdin, the recovery password through a pty that is its controlling terminal (it reads
+//! that only from /dev/tty), a startup key as a memfd passed as fd 3. dislocker is never run
+//! with `-v`: its debug log prints the password.
+
+use super::error::DaemonError;
+use super::mounts::{mounted_at, MountWatch};
+use crate::bitlocker::recovery;
+use crate::process::{drain_into, set_nonblocking, Child, Command, Stdio};
+use crate::protocol::UnlockSecret;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+pub const DISLOCKER: &str = "dislocker";
+/// Name of the decrypted view inside dislocker's mount.
+pub const DECRYPTED_FILE: &str = "dislocker-file";
+const FUSE_TYPE: &str = "fuse.dislocker";
+/// Key derivation is ~0.5 s on a desktop; allow for slow machines and slow sticks.
+const UNLOCK_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A running dislocker and where its decrypted view is.
+pub struct Unlocked {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub decrypted: PathBuf,
+}
+
+/// A password dislocker can be given on one line.
+fn password_line(device: &str, password: &str) -> Result<Zeroizing<Vec<u8>>, DaemonError> {
+    if password.is_empty() {
+        return Err(DaemonError::WrongSecret {
+            device: device.into(),
+            cause: "the password is empty".into(),
+        });
+    }
+    if password.contains(['\n', '\r', '\0']) {
+        return Err(DaemonError::WrongSecret {
+            device: device.into(),
+            cause: "a password cannot contain line breaks".into(),
+        });
+    }
+    let mut line = Zeroizing::new(Vec::with_capacity(password.len() + 1));
+    line.extend_from_slice(password.as_bytes());
+    line.push(b'\n');
+    Ok(line)
+}
+
+fn memfd_with(device: &str, name: &std::ffi::CStr, bytes: &[u8]) -> Result<OwnedFd, DaemonError> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fail = |e: nix::Error| DaemonError::failed(device, format!("cannot create a key buffer: {e}"));
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(fail)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)
+        .map_err(|e| DaemonError::failed(device, format!("cannot fill the key buffer: {e}")))?;
+    Ok(file.into())
+}
+
+/// Starts dislocker on `device` with `secret`, serving the decrypted view under `dir`, and
+/// waits until its FUSE mount is there or it has failed.
+pub fn start(
+    device: &str,
+    secret: &UnlockSecret,
+    dir: &Path,
+    read_only: bool,
+) -> Result<Unlocked, DaemonError> {
+    let mut cmd = Command::new(DISLOCKER).args(["-V", device]);
+    if read_only {
+        cmd = cmd.arg("-r");
+    }
+    let mut stdin_line = None;
+    let mut tty_line = None;
+    cmd = match secret {
+        UnlockSecret::Password { value } => {
+            stdin_line = Some(password_line(device, value.expose())?);
+            cmd.arg("-u").stdin(Stdio::Pipe)
+        }
+        UnlockSecret::RecoveryPassword { value } => {
+            let key = recovery::normalize(value.expose()).map_err(|e| DaemonError::WrongSecret {
+                device: device.into(),
+                cause: e.to_string(),
+            })?;
+            let mut line = Zeroizing::new(key.as_bytes().to_vec());
+            line.push(b'\n');
+            tty_line = Some(line);
+            cmd.arg("-p").controlling_tty()
+        }
+        UnlockSecret::StartupKey { bek } => {
+            let fd = memfd_with(device, c"guilocker-bek", bek.expose())?;
+            cmd.args(["-f", "/proc/self/fd/3"]).fd3(fd)
+        }
+        UnlockSecret::ClearKey => cmd.arg("-c"),
+    };
+    // After "--" the arguments are FUSE's: stay in the foreground so we supervise it.
+    let cmd = cmd.arg("--").arg("-f").arg(dir);
+
+    let mut child = cmd.spawn().map_err(|source| DaemonError::Process {
+        device: device.into(),
+        context: "cannot start the unlock",
+        source,
+    })?;
+    if let (Some(line), Some(stdin)) = (&stdin_line, child.stdin.as_mut()) {
+        // A failed write means dislocker already exited; its output will say why.
+        let _ = stdin.write_all(line);
+    }
+    child.stdin = None;
+    if let (Some(line), Some(pty)) = (&tty_line, child.pty.as_mut()) {
+        let _ = pty.write_all(line);
+    }
+    drop((stdin_line, tty_line));
+
+    match wait_for_mount(&mut child, dir) {
+        Ok(()) => Ok(Unlocked {
+            child,
+            dir: dir.to_owned(),
+            decrypted: dir.join(DECRYPTED_FILE),
+        }),
+        Err(Outcome::Exited(output)) => Err(classify(device, secret, &output)),
+        Err(Outcome::TimedOut) => {
+            child.terminate(Duration::from_secs(5));
+            let _ = super::mount::unmount_path(dir, true);
+            Err(DaemonError::failed(
+                device,
+                format!("dislocker did not finish unlocking within {} s", UNLOCK_TIMEOUT.as_secs()),
+            ))
+        }
+    }
+}
+
+enum Outcome {
+    /// dislocker exited; what it printed (may echo a recovery key: never log it whole).
+    Exited(Zeroizing<Vec<u8>>),
+    TimedOut,
+}
+
+/// Waits for the FUSE mount at `dir` (mountinfo signals POLLPRI on every change) or the
+/// child's exit (its pidfd becomes readable), draining its output meanwhile.
+fn wait_for_mount(child: &mut Child, dir: &Path) -> Result<(), Outcome> {
+    let deadline = Instant::now() + UNLOCK_TIMEOUT;
+    let watch = MountWatch::open().ok();
+    let mut output = Zeroizing::new(Vec::new());
+    let mut stdout = child.stdout.take();
+    let mut pty = child.pty.take();
+    for f in stdout.iter().chain(pty.iter()) {
+        set_nonblocking(f);
+    }
+    loop {
+        if mounted_at(dir).as_deref() == Some(FUSE_TYPE) {
+            return Ok(());
+        }
+        if child.try_status().is_some() {
+            for f in stdout.iter_mut().chain(pty.iter_mut()) {
+                while drain_into(f, &mut output) {
+                    let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+                    if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+            }
+            return Err(Outcome::Exited(output));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Outcome::TimedOut);
+        }
+        let mut fds = vec![PollFd::new(child.pidfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(w) = &watch {
+            fds.push(PollFd::new(w.fd(), PollFlags::POLLPRI));
+        }
+        let first_stream = fds.len();
+        for f in stdout.iter().chain(pty.iter()) {
+            fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+        }
+        // Without a mountinfo watch, re-check every 50 ms.
+        let cap = if watch.is_some() { 60_000 } else { 50 };
+        let ms = left.as_millis().min(cap) as i32 + 1;
+        let _ = poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX));
+        let ready: Vec<bool> = fds[first_stream..]
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        let mut streams: Vec<&mut Option<std::fs::File>> = vec![&mut stdout, &mut pty];
+        streams.retain(|s| s.is_some());
+        for (slot, ready) in streams.into_iter().zip(ready) {
+            if ready {
+                if let Some(f) = slot.as_mut() {
+                    if !drain_into(f, &mut output) {
+                        // EOF or EIO (pty closed): stop polling it.
+                        *slot = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Turns dislocker's last words into a message a person understands. Only fixed phrases are
+/// matched; its output is never passed on (the pty echo contains the recovery key).
+fn classify(device: &str, secret: &UnlockSecret, output: &[u8]) -> DaemonError {
+    let text = String::from_utf8_lossy(output);
+    let wrong = |cause: &str| DaemonError::WrongSecret {
+        device: device.into(),
+        cause: cause.into(),
+    };
+    let cannot = |cause: &str| DaemonError::CannotOpen {
+        device: device.into(),
+        cause: cause.into(),
+    };
+    if text.contains("None of the provided decryption mean is decrypting the keys") {
+        return match secret {
+            UnlockSecret::Password { value } if !value.expose().is_ascii() => wrong(
+                "wrong password (note: dislocker cannot check passwords with non-ASCII characters)",
+            ),
+            UnlockSecret::Password { .. } => wrong("wrong password"),
+            UnlockSecret::RecoveryPassword { .. } => wrong("wrong recovery key"),
+            UnlockSecret::StartupKey { .. } => {
+                wrong("this startup key (.BEK) does not open this drive, or dislocker cannot read its format")
+            }
+            UnlockSecret::ClearKey => cannot("protection is not suspended: a password or key is needed"),
+        };
+    }
+    if text.contains("Cannot parse volume header") || text.contains("Unable to read metadata") {
+        return cannot(
+            "the BitLocker metadata cannot be read; encryption may still be in progress (let Windows finish it)",
+        );
+    }
+    if text.contains("The state of the volume is not OK") || text.contains("is not fully encrypted") {
+        return cannot("encryption is still in progress; let Windows finish it first");
+    }
+    if text.contains("fuse: device not found") || text.contains("/dev/fuse") {
+        return DaemonError::failed(device, "FUSE is not available (is the fuse module loaded?)");
+    }
+    if text.contains("Can't open volume") || text.contains("No such file") {
+        return DaemonError::failed(device, "the device cannot be opened (was it removed?)");
+    }
+    DaemonError::failed(device, "dislocker could not unlock the drive")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_lines() {
+        assert_eq!(&password_line("/dev/x", "pässwörd").unwrap()[..], "pässwörd\n".as_bytes());
+        assert!(matches!(password_line("/dev/x", ""), Err(DaemonError::WrongSecret { .. })));
+        assert!(matches!(password_line("/dev/x", "a\nb"), Err(DaemonError::WrongSecret { .. })));
+    }
+
+    #[test]
+    fn classification_never_repeats_output() {
+        let secret = UnlockSecret::RecoveryPassword {
+            value: "111111-111111".into(),
+        };
+        let out = b"Enter the recovery password: 111111-111111\nNone of the provided decryption mean is decrypting the keys. Abort.";
+        let err = classify("/dev/sdb1", &secret, out);
+        assert!(matches!(err, DaemonError::WrongSecret { .. }));
+        assert_eq!(err.to_string(), "/dev/sdb1: wrong recovery key");
+        let err = classify("/dev/sdb1", &secret, b"111111 something odd");
+        assert!(!err.to_string().contains("111111"));
+        let pw = UnlockSecret::Password { value: "x".into() };
+        let err = classify("/dev/sdb1", &pw, b"[CRITICAL] Cannot parse volume header. Abort.");
+        assert!(matches!(err, DaemonError::CannotOpen { .. }));
+    }
+}

@@ -1,0 +1,452 @@
+//! The wire protocol: daemon control socket, and the agent↔dialog pipe.
+//!
+//! # Framing
+//! Both channels carry newline-delimited JSON: one UTF-8 JSON object per line, terminated by
+//! `\n`, at most [`MAX_FRAME`] bytes including the newline. A reader that sees a longer line
+//! drops the connection with [`FrameError::TooLong`]; it never trusts a length from its peer.
+//! Every object is tagged by `"type"` in snake_case. New optional fields are added with
+//! `#[serde(default)]`, so older peers keep working; an incompatible change bumps [`VERSION`].
+//!
+//! # Control socket (`/run/guilocker/control.sock`)
+//! A client connects and sends [`Request`]s; the daemon answers each with exactly one
+//! [`Response`], in order. The first request should be `hello`:
+//! ```json
+//! {"type":"hello","version":1}
+//! {"type":"hello","version":1,"server":"guilocker 0.1.0"}
+//! ```
+//! After `subscribe` is answered with `subscribed`, the connection becomes a one-way stream of
+//! `event` responses until either side closes it.
+//!
+//! The daemon authorizes every request from the peer's `SO_PEERCRED`, never from anything the
+//! client claims. A refused or failed request is answered with `error`, carrying an
+//! [`ErrorKind`] for programs and a one-line message for people.
+//!
+//! # Dialog pipe
+//! The agent runs `guilocker dialog` with pipes on its stdin and stdout. The agent writes
+//! [`DialogInput`] lines to the dialog's stdin; the dialog writes [`DialogOutput`] lines to its
+//! stdout. Secrets cross only this pipe, never argv or the environment. The dialog's exit status
+//! is one of the `DIALOG_EXIT_*` codes.
+
+use crate::secret::{SecretBytes, SecretString};
+use serde::{Deserialize, Serialize};
+use std::io::{self, BufRead, Write};
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+/// Protocol version spoken by this build.
+pub const VERSION: u32 = 1;
+/// The largest frame, newline included, that either side reads or writes.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Default control socket path.
+pub const DEFAULT_SOCKET: &str = "/run/guilocker/control.sock";
+/// Environment variable that overrides the socket path for clients.
+pub const SOCKET_ENV: &str = "GUILOCKER_SOCKET";
+
+/// A request to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// `{"type":"hello","version":1}`
+    Hello { version: u32 },
+    /// `{"type":"status"}`
+    Status,
+    /// `{"type":"unlock","device":"/dev/sdb1","secret":{"kind":"password","value":"…"},"read_only":false,"mount":true,"owner":null}`
+    Unlock {
+        device: String,
+        secret: UnlockSecret,
+        #[serde(default)]
+        read_only: bool,
+        #[serde(default = "yes")]
+        mount: bool,
+        /// Mount for this user instead of the caller (root only).
+        #[serde(default)]
+        owner: Option<String>,
+    },
+    /// `{"type":"unmount","target":"/media/alice/STICK","force":false}`; `target` is a device
+    /// or a mountpoint; `{"type":"unmount","all":true}` puts away everything the caller may.
+    Unmount {
+        #[serde(default)]
+        target: Option<String>,
+        #[serde(default)]
+        all: bool,
+        #[serde(default)]
+        force: bool,
+    },
+    /// `{"type":"inspect","device":"/dev/sdb1"}`: what the BitLocker metadata says.
+    Inspect { device: String },
+    /// `{"type":"subscribe"}`: turn this connection into an event stream.
+    Subscribe,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How the caller proves it may open the volume.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum UnlockSecret {
+    /// `{"kind":"password","value":"anaconda"}`: the user password, as typed (any Unicode).
+    Password { value: SecretString },
+    /// `{"kind":"recovery_password","value":"111111-…"}`: the 48-digit recovery key.
+    RecoveryPassword { value: SecretString },
+    /// `{"kind":"startup_key","bek":"00ab…"}`: a .BEK file's bytes, hex. The client reads the
+    /// file, so the root daemon never opens a path a user named.
+    StartupKey { bek: SecretBytes },
+    /// `{"kind":"clear_key"}`: protection is suspended; no secret is needed.
+    ClearKey,
+}
+
+impl UnlockSecret {
+    /// A word for logs and messages; never the secret.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Self::Password { .. } => "password",
+            Self::RecoveryPassword { .. } => "recovery key",
+            Self::StartupKey { .. } => "startup key",
+            Self::ClearKey => "clear key",
+        }
+    }
+}
+
+/// The daemon's answer to one request, or an event on a subscribed connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    /// `{"type":"hello","version":1,"server":"guilocker 0.1.0"}`
+    Hello { version: u32, server: String },
+    /// `{"type":"status","devices":[{…}]}`
+    Status { devices: Vec<DeviceInfo> },
+    /// `{"type":"unlocked","device":{…,"state":"mounted","mountpoint":"/media/alice/STICK"}}`
+    Unlocked { device: DeviceInfo },
+    /// `{"type":"unmounted","devices":["/dev/sdb1"]}`
+    Unmounted { devices: Vec<String> },
+    /// `{"type":"inspected","device":"/dev/sdb1","volume":{…}}`
+    Inspected {
+        device: String,
+        volume: serde_json::Value,
+    },
+    /// `{"type":"subscribed"}`: events follow.
+    Subscribed,
+    /// `{"type":"event","event":"added","device":{…}}`
+    Event { event: EventKind, device: DeviceInfo },
+    /// `{"type":"error","kind":"wrong_secret","message":"/dev/sdb1: wrong password"}`
+    Error { kind: ErrorKind, message: String },
+}
+
+/// What happened to a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Added,
+    Removed,
+    Changed,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "added",
+            Self::Removed => "removed",
+            Self::Changed => "changed",
+        }
+    }
+}
+
+/// The kind of a failed request, for programs; the message is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Malformed or unknown request.
+    BadRequest,
+    /// Client and daemon speak different protocol versions.
+    VersionMismatch,
+    /// The caller may not do this.
+    NotAuthorized,
+    /// No such device, or not one the daemon handles.
+    NoSuchDevice,
+    /// The device is not in a state that allows this (already unlocked, busy, …).
+    InvalidState,
+    /// Wrong password, recovery key or startup key. Nothing changed; try again.
+    WrongSecret,
+    /// This volume cannot be opened here (encryption in progress, only TPM/smart card, …).
+    CannotOpen,
+    /// The filesystem is in use.
+    Busy,
+    /// Anything else; the message says what.
+    Failed,
+}
+
+/// Where a device stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    /// BitLocker, not unlocked.
+    Locked,
+    /// An unlock is under way.
+    Unlocking,
+    /// Unlocked; the decrypted view is available but not mounted.
+    Unlocked,
+    /// Unlocked and its filesystem mounted.
+    Mounted,
+    /// The last probe or unlock failed in a way that needs attention; `error` says why.
+    Failed,
+    /// Not a BitLocker volume; listed so people can see the daemon saw it.
+    Plain,
+}
+
+impl DeviceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Locked => "locked",
+            Self::Unlocking => "unlocking",
+            Self::Unlocked => "unlocked",
+            Self::Mounted => "mounted",
+            Self::Failed => "failed",
+            Self::Plain => "plain",
+        }
+    }
+}
+
+/// One block device as the daemon knows it (the objects of `status --json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// `/dev/sdb1`
+    pub device: String,
+    pub bitlocker: bool,
+    pub state: DeviceState,
+    pub mountpoint: Option<String>,
+    /// The decrypted view (dislocker's file) while unlocked.
+    pub decrypted: Option<String>,
+    pub label: Option<String>,
+    pub size_bytes: u64,
+    /// User the volume is unlocked for.
+    pub owner: Option<String>,
+    /// Filesystem inside, once unlocked: `ntfs`, `exfat` or `vfat`.
+    #[serde(default)]
+    pub fs_type: Option<String>,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Why the device is `failed`, or why the last unlock did not succeed.
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub vendor: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    /// BitLocker volume GUID, from the metadata.
+    #[serde(default)]
+    pub guid: Option<String>,
+    /// BitLocker description (Windows writes PC name, drive letter and date there).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Key protector kinds on the volume (`password`, `recovery_password`, `startup_key`,
+    /// `tpm`, `smart_card`, `clear_key`); empty when unknown.
+    #[serde(default)]
+    pub protectors: Vec<String>,
+}
+
+/// Agent → dialog, on the dialog's stdin.
+// `Show` is sent once per dialog; boxing it would only complicate the dialog's code.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DialogInput {
+    /// First line: the drive to ask about. `{"type":"show","device":{…}}`
+    Show { device: DeviceInfo },
+    /// The answer to an `unlock`: `{"type":"result","ok":false,"kind":"wrong_secret","message":"wrong password"}`.
+    /// On `ok` the dialog closes with [`DIALOG_EXIT_UNLOCKED`]; otherwise it shows the message
+    /// and stays open.
+    Result {
+        ok: bool,
+        #[serde(default)]
+        kind: Option<ErrorKind>,
+        #[serde(default)]
+        message: Option<String>,
+    },
+    /// The device went away: `{"type":"close","reason":"the drive was removed"}`; the dialog
+    /// exits with [`DIALOG_EXIT_CLOSED`].
+    Close {
+        #[serde(default)]
+        reason: Option<String>,
+    },
+}
+
+/// Dialog → agent, on the dialog's stdout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DialogOutput {
+    /// `{"type":"unlock","secret":{"kind":"password","value":"…"},"read_only":false}`
+    Unlock {
+        secret: UnlockSecret,
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// `{"type":"cancel"}`: the person closed the dialog. Not an error.
+    Cancel,
+}
+
+/// The dialog unlocked the drive.
+pub const DIALOG_EXIT_UNLOCKED: i32 = 0;
+/// The person cancelled.
+pub const DIALOG_EXIT_CANCELLED: i32 = 10;
+/// No display could be opened.
+pub const DIALOG_EXIT_NO_DISPLAY: i32 = 11;
+/// The agent closed the dialog (the device was removed, or the pipe closed).
+pub const DIALOG_EXIT_CLOSED: i32 = 12;
+
+#[derive(Debug, Error)]
+pub enum FrameError {
+    #[error("peer sent a frame over {MAX_FRAME} bytes")]
+    TooLong,
+    #[error("peer sent invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("peer sent a frame that is not UTF-8")]
+    NotUtf8,
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Reads one frame. `Ok(None)` at a clean end of stream. The line buffer is wiped after
+/// parsing because it may hold a secret.
+pub fn read_frame<T, R>(reader: &mut R) -> Result<Option<T>, FrameError>
+where
+    T: for<'de> Deserialize<'de>,
+    R: BufRead,
+{
+    let mut line = Zeroizing::new(Vec::with_capacity(256));
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if available.is_empty() {
+            if line.is_empty() {
+                return Ok(None);
+            }
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "frame cut short").into());
+        }
+        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..=i], true),
+            None => (available, false),
+        };
+        if line.len() + chunk.len() > MAX_FRAME {
+            return Err(FrameError::TooLong);
+        }
+        line.extend_from_slice(chunk);
+        let used = chunk.len();
+        reader.consume(used);
+        if done {
+            break;
+        }
+    }
+    let text = std::str::from_utf8(&line).map_err(|_| FrameError::NotUtf8)?;
+    Ok(Some(serde_json::from_str(text.trim_end())?))
+}
+
+/// Writes one frame and flushes it.
+pub fn write_frame<T: Serialize, W: Write>(writer: &mut W, value: &T) -> Result<(), FrameError> {
+    let mut line = Zeroizing::new(serde_json::to_vec(value)?);
+    line.push(b'\n');
+    if line.len() > MAX_FRAME {
+        return Err(FrameError::TooLong);
+    }
+    writer.write_all(&line)?;
+    writer.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn request_round_trip_and_tags() {
+        let req = Request::Unlock {
+            device: "/dev/sdb1".into(),
+            secret: UnlockSecret::Password {
+                value: "pässwörd".into(),
+            },
+            read_only: false,
+            mount: true,
+            owner: None,
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &req).unwrap();
+        let text = String::from_utf8(buf.clone()).unwrap();
+        assert!(text.starts_with(r#"{"type":"unlock","device":"/dev/sdb1","secret":{"kind":"password""#));
+        assert!(text.ends_with('\n'));
+        let back: Request = read_frame(&mut Cursor::new(buf)).unwrap().unwrap();
+        match back {
+            Request::Unlock { secret: UnlockSecret::Password { value }, .. } => {
+                assert_eq!(value.expose(), "pässwörd")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_for_missing_fields() {
+        let req: Request = serde_json::from_str(
+            r#"{"type":"unlock","device":"/dev/sdb1","secret":{"kind":"clear_key"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(req, Request::Unlock { mount: true, read_only: false, owner: None, .. }));
+    }
+
+    #[test]
+    fn debug_of_a_request_hides_the_secret() {
+        let req = Request::Unlock {
+            device: "/dev/sdb1".into(),
+            secret: UnlockSecret::RecoveryPassword {
+                value: "111111-111111".into(),
+            },
+            read_only: false,
+            mount: true,
+            owner: None,
+        };
+        assert!(!format!("{req:?}").contains("111111"));
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_without_reading_it_all() {
+        let mut big = vec![b'x'; MAX_FRAME + 10];
+        big.push(b'\n');
+        let err = read_frame::<Request, _>(&mut Cursor::new(big)).unwrap_err();
+        assert!(matches!(err, FrameError::TooLong));
+    }
+
+    #[test]
+    fn frame_of_exactly_max_is_accepted() {
+        let mut line = br#"{"type":"status","pad":""#.to_vec();
+        let tail = br#""}"#;
+        line.resize(MAX_FRAME - tail.len() - 1, b'a');
+        line.extend_from_slice(tail);
+        line.push(b'\n');
+        assert_eq!(line.len(), MAX_FRAME);
+        let req = read_frame::<Request, _>(&mut Cursor::new(line)).unwrap();
+        assert!(matches!(req, Some(Request::Status)));
+    }
+
+    #[test]
+    fn bad_frames_are_typed_errors() {
+        let err = read_frame::<Request, _>(&mut Cursor::new(b"{nope}\n".to_vec())).unwrap_err();
+        assert!(matches!(err, FrameError::Json(_)));
+        let err = read_frame::<Request, _>(&mut Cursor::new(b"\xff\xfe\n".to_vec())).unwrap_err();
+        assert!(matches!(err, FrameError::NotUtf8));
+        let err = read_frame::<Request, _>(&mut Cursor::new(b"{\"type\":".to_vec())).unwrap_err();
+        assert!(matches!(err, FrameError::Io(_)));
+        assert!(read_frame::<Request, _>(&mut Cursor::new(Vec::new())).unwrap().is_none());
+    }
+
+    #[test]
+    fn two_frames_in_one_buffer() {
+        let data = b"{\"type\":\"status\"}\n{\"type\":\"subscribe\"}\n".to_vec();
+        let mut cur = Cursor::new(data);
+        assert!(matches!(read_frame::<Request, _>(&mut cur).unwrap(), Some(Request::Status)));
+        assert!(matches!(read_frame::<Request, _>(&mut cur).unwrap(), Some(Request::Subscribe)));
+        assert!(read_frame::<Request, _>(&mut cur).unwrap().is_none());
+    }
+}
