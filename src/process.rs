@@ -184,6 +184,9 @@ pub struct Child {
     pub stdin: Option<File>,
     pub stdout: Option<File>,
     pub pty: Option<File>,
+    /// Our copy of the pty's slave side. While it is open the master never reads EIO, so a
+    /// reader cannot mistake "the child has not opened /dev/tty yet" for a hang-up.
+    _pty_slave: Option<OwnedFd>,
 }
 
 impl Child {
@@ -498,13 +501,18 @@ impl Reaper {
             return Err(spawn_err(errno));
         }
         let pidfd = pidfd.map_err(spawn_err)?;
+        let (pty_master, pty_slave) = match pty {
+            Some(p) => (Some(File::from(p.master)), Some(p.slave)),
+            None => (None, None),
+        };
         Ok(Child {
             pid,
             program,
             pidfd,
             stdin: stdin_pipe.map(|(_, w)| File::from(w)),
             stdout: stdout_pipe.map(|(r, _)| File::from(r)),
-            pty: pty.map(|p| File::from(p.master)),
+            pty: pty_master,
+            _pty_slave: pty_slave,
         })
     }
 
@@ -588,6 +596,14 @@ pub fn set_nonblocking(file: &File) {
     use nix::fcntl::{fcntl, FcntlArg};
     if let Ok(flags) = fcntl(file, FcntlArg::F_GETFL) {
         let _ = fcntl(file, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK));
+    }
+}
+
+/// Puts an fd back into blocking mode (best effort).
+pub fn set_blocking(file: &File) {
+    use nix::fcntl::{fcntl, FcntlArg};
+    if let Ok(flags) = fcntl(file, FcntlArg::F_GETFL) {
+        let _ = fcntl(file, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK));
     }
 }
 

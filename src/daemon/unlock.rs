@@ -109,17 +109,17 @@ pub fn start(
         let _ = stdin.write_all(line);
     }
     child.stdin = None;
-    if let (Some(line), Some(pty)) = (&tty_line, child.pty.as_mut()) {
-        let _ = pty.write_all(line);
-    }
-    drop((stdin_line, tty_line));
+    drop(stdin_line);
 
-    match wait_for_mount(&mut child, dir) {
-        Ok(()) => Ok(Unlocked {
+    match wait_for_mount(&mut child, dir, tty_line) {
+        Ok(streams) => {
+            keep_draining(device, streams);
+            Ok(Unlocked {
             child,
             dir: dir.to_owned(),
-            decrypted: dir.join(DECRYPTED_FILE),
-        }),
+                decrypted: dir.join(DECRYPTED_FILE),
+            })
+        }
         Err(Outcome::Exited(output)) => Err(classify(device, secret, &output)),
         Err(Outcome::TimedOut) => {
             child.terminate(Duration::from_secs(5));
@@ -132,15 +132,46 @@ pub fn start(
     }
 }
 
+/// dislocker's stdout and pty must stay open as long as it runs: closing the pty master
+/// hangs up its controlling terminal (SIGHUP), closing the pipe makes its next log line a
+/// SIGPIPE. A small thread owns them, discards what arrives, and ends when dislocker does.
+fn keep_draining(device: &str, streams: [Option<std::fs::File>; 2]) {
+    let [stdout, pty] = streams;
+    let spawned = std::thread::Builder::new()
+        .name(format!("dislocker-out {device}"))
+        .spawn(move || {
+            let _pty = pty;
+            if let Some(mut out) = stdout {
+                crate::process::set_blocking(&out);
+                let mut sink = Zeroizing::new(Vec::new());
+                while crate::process::drain_into(&mut out, &mut sink) {
+                    sink.clear();
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("{device}: cannot start the output reader for dislocker: {e}");
+    }
+}
+
 enum Outcome {
     /// dislocker exited; what it printed (may echo a recovery key: never log it whole).
     Exited(Zeroizing<Vec<u8>>),
     TimedOut,
 }
 
+/// What dislocker prints on the terminal before it reads the recovery password. It flushes
+/// pending terminal input when it sets the terminal up, so the key is written only after this.
+const RECOVERY_PROMPT: &[u8] = b"Enter the recovery password";
+
 /// Waits for the FUSE mount at `dir` (mountinfo signals POLLPRI on every change) or the
-/// child's exit (its pidfd becomes readable), draining its output meanwhile.
-fn wait_for_mount(child: &mut Child, dir: &Path) -> Result<(), Outcome> {
+/// child's exit (its pidfd becomes readable), draining its output meanwhile, and answering
+/// the recovery-password prompt with `tty_line`.
+fn wait_for_mount(
+    child: &mut Child,
+    dir: &Path,
+    mut tty_line: Option<Zeroizing<Vec<u8>>>,
+) -> Result<[Option<std::fs::File>; 2], Outcome> {
     let deadline = Instant::now() + UNLOCK_TIMEOUT;
     let watch = MountWatch::open().ok();
     let mut output = Zeroizing::new(Vec::new());
@@ -151,7 +182,7 @@ fn wait_for_mount(child: &mut Child, dir: &Path) -> Result<(), Outcome> {
     }
     loop {
         if mounted_at(dir).as_deref() == Some(FUSE_TYPE) {
-            return Ok(());
+            return Ok([stdout, pty]);
         }
         if child.try_status().is_some() {
             for f in stdout.iter_mut().chain(pty.iter_mut()) {
@@ -197,7 +228,17 @@ fn wait_for_mount(child: &mut Child, dir: &Path) -> Result<(), Outcome> {
                 }
             }
         }
+        if tty_line.is_some() && contains(&output, RECOVERY_PROMPT) {
+            if let (Some(line), Some(tty)) = (tty_line.take(), pty.as_mut()) {
+                // The tty is non-blocking now; 57 bytes always fit in its buffer.
+                let _ = tty.write_all(&line);
+            }
+        }
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Turns dislocker's last words into a message a person understands. Only fixed phrases are

@@ -1,0 +1,459 @@
+//! Shared parts of the end-to-end tests: prerequisites, fixtures, a daemon, sticks, waits.
+//!
+//! Every wait is on a real condition (a line from the daemon, an event on the socket, a
+//! process exit, the mount table) with a deadline; nothing sleeps to synchronise.
+
+#![allow(dead_code)]
+
+use guilocker::client::{Client, Events};
+use guilocker::protocol::{DeviceInfo, EventKind};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const TEST_USER: &str = "guilocker-test";
+pub const OTHER_USER: &str = "guilocker-other";
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_guilocker")
+}
+
+/// End-to-end tests share loop devices and /proc/partitions: one at a time per binary.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Checks what an end-to-end test needs. Missing something: skip with the reason, except
+/// under CI=true, where it is a failure.
+pub fn prerequisites(programs: &[&str]) -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::Uid::effective().is_root() {
+        missing.push("root".to_owned());
+    }
+    for p in programs {
+        if which(p).is_none() {
+            missing.push(format!("program {p}"));
+        }
+    }
+    if !Path::new("/dev/fuse").exists() {
+        missing.push("/dev/fuse".into());
+    }
+    if !fixture_tarball().exists() {
+        missing.push(format!("fixtures at {}", fixture_tarball().display()));
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("end-to-end test needs {}", missing.join(", "));
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why} (CI=true: not skipping)");
+    }
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
+pub fn which(program: &str) -> Option<PathBuf> {
+    ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.exists())
+}
+
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("GUILOCKER_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+}
+
+fn fixture_tarball() -> PathBuf {
+    shared_dir().join("fixtures/bitlocker/bitlk-images.tar.xz")
+}
+
+/// A scratch directory under target/, readable by the test users.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    open_up(&dir);
+    dir
+}
+
+/// Lets the test users traverse `dir` and its parents (target/ may be under a 0700 home).
+fn open_up(dir: &Path) {
+    for d in dir.ancestors() {
+        if let Ok(meta) = std::fs::metadata(d) {
+            let mode = meta.permissions().mode();
+            if mode & 0o005 != 0o005 {
+                let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o005));
+            }
+        }
+    }
+}
+
+/// The unpacked fixture images (done once, shared by all tests).
+pub fn fixtures() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("GUILOCKER_FIXTURES") {
+            return PathBuf::from(dir);
+        }
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+        let dir = base.join("bitlk-images");
+        if !dir.join("images.conf").exists() {
+            std::fs::create_dir_all(&base).unwrap();
+            run_ok(Command::new("tar").arg("xJSf").arg(fixture_tarball()).arg("-C").arg(&base));
+        }
+        dir
+    })
+    .clone()
+}
+
+/// One `[section]` of images.conf.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub name: String,
+    pub keys: HashMap<String, String>,
+}
+
+impl Image {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.keys.get(key).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    pub fn path(&self) -> PathBuf {
+        fixtures().join(format!("{}.img", self.name))
+    }
+}
+
+pub fn images() -> Vec<Image> {
+    let text = std::fs::read_to_string(fixtures().join("images.conf")).unwrap();
+    let mut images = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            images.push(Image { name: name.into(), keys: HashMap::new() });
+        } else if let (Some((k, v)), Some(img)) = (line.split_once('='), images.last_mut()) {
+            img.keys.insert(k.trim().into(), v.trim().into());
+        }
+    }
+    images
+}
+
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Makes sure a local user exists, optionally in `plugdev`; returns its uid.
+pub fn ensure_user(name: &str, plugdev: bool) -> u32 {
+    if nix::unistd::User::from_name(name).unwrap().is_none() {
+        if nix::unistd::Group::from_name("plugdev").unwrap().is_none() {
+            run_ok(Command::new("groupadd").arg("--system").arg("plugdev"));
+        }
+        let mut cmd = Command::new("useradd");
+        cmd.args(["--no-create-home", "--shell", "/bin/sh"]);
+        if plugdev {
+            cmd.args(["--groups", "plugdev"]);
+        }
+        run_ok(cmd.arg(name));
+    }
+    nix::unistd::User::from_name(name).unwrap().unwrap().uid.as_raw()
+}
+
+/// A daemon of our own, in the foreground, with its own socket, pidfile, runtime dir and
+/// mount root. Killed (SIGTERM, then waited for) on drop.
+pub struct TestDaemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub pidfile: PathBuf,
+    pub runtime: PathBuf,
+    pub media: PathBuf,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    pub log: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl TestDaemon {
+    pub fn start(name: &str) -> Self {
+        Self::start_with(name, "")
+    }
+
+    pub fn start_with(name: &str, extra_config: &str) -> Self {
+        let dir = scratch(name);
+        let media = dir.join("media");
+        std::fs::create_dir_all(&media).unwrap();
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "include_loop_devices = true\nallowed_group = \"plugdev\"\nmount_root = \"{}\"\n{extra_config}",
+                media.display()
+            ),
+        )
+        .unwrap();
+        let mut d = Self {
+            socket: dir.join("control.sock"),
+            pidfile: dir.join("guilocker.pid"),
+            runtime: dir.join("run"),
+            media,
+            config,
+            dir,
+            child: None,
+            log: Default::default(),
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.arg("daemon")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--pidfile")
+            .arg(&self.pidfile)
+            .arg("--runtime-dir")
+            .arg(&self.runtime);
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        let mut child = self
+            .command()
+            .arg("--foreground")
+            .env("GUILOCKER_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+                eprintln!("  daemon| {line}");
+                log.lock().unwrap().push(line);
+            }
+        });
+        rx.recv_timeout(WAIT).expect("daemon did not start listening");
+        self.child = Some(child);
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket).unwrap()
+    }
+
+    /// A subscription with a read deadline, for `wait_event`.
+    pub fn events(&self) -> Events {
+        let events = self.client().subscribe().unwrap();
+        events.stream().set_read_timeout(Some(WAIT)).unwrap();
+        events
+    }
+
+    pub fn status(&self) -> Vec<DeviceInfo> {
+        self.client().status().unwrap()
+    }
+
+    pub fn device(&self, dev: &str) -> Option<DeviceInfo> {
+        self.status().into_iter().find(|d| d.device == dev)
+    }
+
+    /// Runs the CLI against this daemon, as root or as `user`, feeding `stdin`.
+    pub fn cli(&self, user: Option<&str>, args: &[&str], stdin: &str) -> (i32, String, String) {
+        let mut cmd = match user {
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--"]).arg(user_bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        cmd.args(args)
+            .env("GUILOCKER_SOCKET", &self.socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// SIGTERM and wait for exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
+        let status = wait_child(&mut child, WAIT);
+        status.code()
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits for a std child with a deadline (polling its pidfd).
+pub fn wait_child(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let pidfd = guilocker::process::pidfd_open(nix::unistd::Pid::from_raw(child.id() as i32));
+    if let Ok(fd) = &pidfd {
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let ms = nix::poll::PollTimeout::try_from(timeout.as_millis() as i32).unwrap();
+        let n = nix::poll::poll(&mut fds, ms).unwrap_or(0);
+        if n == 0 {
+            let _ = child.kill();
+            panic!("process {} did not exit within {timeout:?}", child.id());
+        }
+    }
+    child.wait().unwrap()
+}
+
+/// The CLI binary, copied where the test users can run it.
+pub fn user_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = scratch("bin");
+        let dest = dir.join("guilocker");
+        std::fs::copy(bin(), &dest).unwrap();
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dest
+    })
+    .clone()
+}
+
+/// Reads events until one matches, or fails at the deadline.
+pub fn wait_event(
+    events: &mut Events,
+    what: &str,
+    mut pred: impl FnMut(EventKind, &DeviceInfo) -> bool,
+) -> DeviceInfo {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        match events.next() {
+            Some(Ok((kind, info))) => {
+                if pred(kind, &info) {
+                    return info;
+                }
+            }
+            Some(Err(e)) => panic!("waiting for {what}: {e}"),
+            None => panic!("daemon closed the event stream while waiting for {what}"),
+        }
+    }
+}
+
+/// A disk image attached as a loop device: our USB stick. Detached on drop.
+pub struct Stick {
+    pub image: PathBuf,
+    pub loop_dev: String,
+    pub partitioned: bool,
+}
+
+impl Stick {
+    /// `losetup -P` then `partx -a`: the disk appears first, its partition a moment later,
+    /// as on real hardware.
+    pub fn plug(image: &Path, partitioned: bool) -> Self {
+        let out = run_ok(Command::new("losetup").args(["--find", "--show", "--partscan"]).arg(image));
+        let loop_dev = out.trim().to_owned();
+        if partitioned {
+            // partx fails harmlessly when the kernel already added the partitions.
+            let _ = Command::new("partx").args(["-a", &loop_dev]).output();
+        }
+        Self { image: image.into(), loop_dev, partitioned }
+    }
+
+    /// The device that carries BitLocker: the first partition, or the whole disk.
+    pub fn volume(&self) -> String {
+        if self.partitioned {
+            format!("{}p1", self.loop_dev)
+        } else {
+            self.loop_dev.clone()
+        }
+    }
+
+    pub fn unplug(&mut self) {
+        if !self.loop_dev.is_empty() {
+            let _ = Command::new("losetup").args(["-d", &self.loop_dev]).output();
+            self.loop_dev.clear();
+        }
+    }
+}
+
+impl Drop for Stick {
+    fn drop(&mut self) {
+        self.unplug();
+    }
+}
+
+/// Builds a stick with `make-bitlocker-stick` from a fixture, with a file inside.
+pub fn make_stick(dir: &Path, source: &str, fs: &str, label: &str, table: &str) -> PathBuf {
+    let payload = dir.join(format!("payload-{fs}"));
+    std::fs::create_dir_all(&payload).unwrap();
+    std::fs::write(payload.join("hello.txt"), "hello from windows\n").unwrap();
+    let out = dir.join(format!("stick-{fs}-{table}.img"));
+    run_ok(
+        Command::new(shared_dir().join("tools/make-bitlocker-stick"))
+            .arg("-s")
+            .arg(fixtures().join(format!("{source}.img")))
+            .args(["-p", "anaconda", "-t", fs, "-L", label, "-P", table, "-f"])
+            .arg(&payload)
+            .arg("-o")
+            .arg(&out),
+    );
+    out
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    guilocker::daemon::mounts::mounted_at(path).is_some()
+}
+
+/// Pids of dislocker processes serving `device`.
+pub fn dislockers_for(device: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            let is_dislocker = args.first().is_some_and(|a| a.ends_with(b"dislocker"));
+            (is_dislocker && args.iter().any(|a| *a == device.as_bytes())).then_some(pid)
+        })
+        .collect()
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).unwrap();
+    format!("{:x}", hasher.finalize())
+}

@@ -1,0 +1,253 @@
+//! End to end with real sticks: plug, unlock as a user, use the files, unmount, unplug.
+
+mod common;
+
+use common::*;
+use guilocker::protocol::{DeviceState, EventKind};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+const STICK_TOOLS: &[&str] = &["dislocker", "losetup", "partx", "sfdisk", "runuser", "ntfs-3g", "mkntfs"];
+
+/// Plug → locked → unlock as a plugdev user → files are theirs and writable → unmount →
+/// nothing left → plug again → unlock → the written file is there.
+fn round_trip(name: &str, source: &str, fs: &str, label: &str, table: &str) {
+    let _serial = serial();
+    let tools: Vec<&str> = STICK_TOOLS
+        .iter()
+        .copied()
+        .chain(match fs {
+            "exfat" => vec!["mkfs.exfat", "mount.exfat-fuse"],
+            "vfat" => vec!["mkfs.vfat", "mcopy", "fusefat"],
+            _ => vec![],
+        })
+        .collect();
+    if !prerequisites(&tools) {
+        return;
+    }
+    let uid = ensure_user(TEST_USER, true);
+    let daemon = TestDaemon::start(name);
+    let image = make_stick(&daemon.dir, source, fs, label, table);
+    let mut events = daemon.events();
+    let mut stick = Stick::plug(&image, table != "none");
+    let dev = stick.volume();
+
+    let added = wait_event(&mut events, "the BitLocker volume to appear", |k, d| {
+        k == EventKind::Added && d.device == dev
+    });
+    assert!(added.bitlocker, "{dev} not recognised as BitLocker: {added:?}");
+    let info = daemon.device(&dev).unwrap();
+    assert_eq!(info.state, DeviceState::Locked);
+    assert_eq!(info.mountpoint, None);
+    if table != "none" {
+        let disk = daemon.device(&stick.loop_dev).expect("the whole disk is listed too");
+        assert!(!disk.bitlocker);
+    }
+
+    let (code, out, err) = daemon.cli(Some(TEST_USER), &["unlock", &dev, "--password-stdin"], "anaconda\n");
+    assert_eq!(code, 0, "unlock failed: {out}{err}");
+    let info = daemon.device(&dev).unwrap();
+    assert_eq!(info.state, DeviceState::Mounted);
+    assert_eq!(info.owner.as_deref(), Some(TEST_USER));
+    assert_eq!(info.label.as_deref(), Some(label));
+    assert_eq!(info.fs_type.as_deref(), Some(fs));
+    let mountpoint = PathBuf::from(info.mountpoint.clone().unwrap());
+    assert_eq!(mountpoint, daemon.media.join(TEST_USER).join(label));
+    assert!(is_mounted(&mountpoint));
+    let decrypted_dir = PathBuf::from(info.decrypted.clone().unwrap()).parent().unwrap().to_owned();
+
+    let hello = std::fs::read_dir(&mountpoint)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().eq_ignore_ascii_case("hello.txt"))
+        .expect("hello.txt on the stick");
+    assert_eq!(std::fs::read_to_string(hello.path()).unwrap(), "hello from windows\n");
+    assert_eq!(std::fs::metadata(hello.path()).unwrap().uid(), uid, "files belong to the user");
+    assert_eq!(std::fs::metadata(&mountpoint).unwrap().uid(), uid);
+    let written = mountpoint.join("written.txt");
+    run_ok(
+        std::process::Command::new("runuser")
+            .args(["-u", TEST_USER, "--", "sh", "-c"])
+            .arg(format!("echo 'written on linux' > '{}'", written.display())),
+    );
+
+    let (code, out, err) = daemon.cli(Some(TEST_USER), &["unmount", &dev], "");
+    assert_eq!(code, 0, "unmount failed: {out}{err}");
+    assert_clean(&daemon, &dev, &mountpoint, &decrypted_dir);
+    assert_eq!(daemon.device(&dev).unwrap().state, DeviceState::Locked);
+
+    // Unplug and plug again: the file written through Linux is there.
+    stick.unplug();
+    wait_event(&mut events, "the stick to go", |k, d| k == EventKind::Removed && d.device == dev);
+    let mut stick = Stick::plug(&image, table != "none");
+    let dev = stick.volume();
+    wait_event(&mut events, "the stick to come back", |k, d| {
+        k == EventKind::Added && d.device == dev && d.bitlocker
+    });
+    let (code, out, err) = daemon.cli(Some(TEST_USER), &["unlock", &dev, "--password-stdin"], "anaconda\n");
+    assert_eq!(code, 0, "second unlock failed: {out}{err}");
+    let info = daemon.device(&dev).unwrap();
+    let mountpoint = PathBuf::from(info.mountpoint.unwrap());
+    let back = std::fs::read_dir(&mountpoint)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().eq_ignore_ascii_case("written.txt"))
+        .expect("written.txt survived");
+    assert_eq!(std::fs::read_to_string(back.path()).unwrap(), "written on linux\n");
+    let (code, _, err) = daemon.cli(None, &["unmount", "--all"], "");
+    assert_eq!(code, 0, "{err}");
+    assert_clean(&daemon, &dev, &mountpoint, &decrypted_dir);
+    stick.unplug();
+}
+
+fn assert_clean(daemon: &TestDaemon, dev: &str, mountpoint: &Path, decrypted_dir: &Path) {
+    assert!(!is_mounted(mountpoint), "{} still mounted", mountpoint.display());
+    assert!(!mountpoint.exists(), "{} left behind", mountpoint.display());
+    assert!(!is_mounted(decrypted_dir), "dislocker view still mounted");
+    assert!(!decrypted_dir.exists(), "{} left behind", decrypted_dir.display());
+    assert_eq!(dislockers_for(dev), Vec::<i32>::new(), "dislocker still running");
+    let owner_dir = daemon.media.join(TEST_USER);
+    assert!(!owner_dir.exists(), "{} left behind", owner_dir.display());
+}
+
+#[test]
+fn ntfs_stick_with_mbr() {
+    round_trip("ntfs-mbr", "bitlk-aes-xts-128", "ntfs", "My Stick", "mbr");
+}
+
+#[test]
+fn exfat_stick_with_gpt() {
+    round_trip("exfat-gpt", "bitlk-aes-xts-256", "exfat", "EXSTICK", "gpt");
+}
+
+#[test]
+fn fat_to_go_stick_without_partition_table() {
+    round_trip("vfat-togo", "bitlk-togo-aes-xts-128", "vfat", "TOGO", "none");
+}
+
+/// Wrong password: exit 3, still locked, daemon alive. Then another user cannot unmount it,
+/// a user outside plugdev cannot unlock, and a busy mount names who holds it.
+#[test]
+fn wrong_password_and_other_users() {
+    let _serial = serial();
+    if !prerequisites(STICK_TOOLS) {
+        return;
+    }
+    ensure_user(TEST_USER, true);
+    ensure_user(OTHER_USER, false);
+    let daemon = TestDaemon::start("wrong-pw");
+    let image = make_stick(&daemon.dir, "bitlk-aes-xts-128", "ntfs", "PRIVATE", "mbr");
+    let mut events = daemon.events();
+    let stick = Stick::plug(&image, true);
+    let dev = stick.volume();
+    wait_event(&mut events, "the volume", |k, d| k == EventKind::Added && d.device == dev);
+
+    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unlock", &dev, "--password-stdin"], "not-the-password\n");
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(err.trim(), format!("guilocker: {dev}: wrong password"));
+    let info = daemon.device(&dev).unwrap();
+    assert_eq!(info.state, DeviceState::Locked);
+    assert!(dislockers_for(&dev).is_empty());
+
+    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unlock", &dev, "--recovery-key-stdin"], "111111-222222\n");
+    assert_eq!(code, 3, "{err}");
+    let (code, _, err) = daemon.cli(
+        Some(TEST_USER),
+        &["unlock", &dev, "--recovery-key-stdin"],
+        "235818-357951-253978-013365-241120-245575-342914-591910\n",
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("group 3"), "{err}");
+
+    let (code, _, err) = daemon.cli(Some(OTHER_USER), &["unlock", &dev, "--password-stdin"], "anaconda\n");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not in the group 'plugdev'"), "{err}");
+
+    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unlock", &dev, "--password-stdin"], "anaconda\n");
+    assert_eq!(code, 0, "{err}");
+    let mountpoint = PathBuf::from(daemon.device(&dev).unwrap().mountpoint.unwrap());
+
+    let (code, _, err) = daemon.cli(Some(OTHER_USER), &["unmount", &dev], "");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("unlocked by guilocker-test"), "{err}");
+    assert!(is_mounted(&mountpoint));
+    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unlock", &dev, "--password-stdin"], "anaconda\n");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already unlocked"), "{err}");
+
+    // A process with its cwd inside keeps the filesystem busy.
+    let mut holder = std::process::Command::new("sleep")
+        .arg("600")
+        .current_dir(&mountpoint)
+        .spawn()
+        .unwrap();
+    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unmount", mountpoint.to_str().unwrap()], "");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("sleep (pid {})", holder.id())), "{err}");
+    assert!(is_mounted(&mountpoint));
+    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unmount", "--force", mountpoint.to_str().unwrap()], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(!is_mounted(&mountpoint));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(daemon.device(&dev).unwrap().state, DeviceState::Locked);
+    assert!(dislockers_for(&dev).is_empty());
+}
+
+/// Unplugged while mounted: the daemon notices, detaches everything, and forgets the device.
+#[test]
+fn surprise_removal_while_mounted() {
+    let _serial = serial();
+    if !prerequisites(STICK_TOOLS) {
+        return;
+    }
+    ensure_user(TEST_USER, true);
+    let daemon = TestDaemon::start("unplug");
+    let image = make_stick(&daemon.dir, "bitlk-aes-cbc-128", "ntfs", "YANKED", "mbr");
+    let mut events = daemon.events();
+    let mut stick = Stick::plug(&image, true);
+    let dev = stick.volume();
+    wait_event(&mut events, "the volume", |k, d| k == EventKind::Added && d.device == dev);
+    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unlock", &dev, "--password-stdin"], "anaconda\n");
+    assert_eq!(code, 0, "{err}");
+    let info = daemon.device(&dev).unwrap();
+    let mountpoint = PathBuf::from(info.mountpoint.unwrap());
+    let view = PathBuf::from(info.decrypted.unwrap()).parent().unwrap().to_owned();
+
+    stick.unplug();
+    wait_event(&mut events, "the removal", |k, d| k == EventKind::Removed && d.device == dev);
+    assert!(daemon.device(&dev).is_none(), "status still lists {dev}");
+    assert!(!is_mounted(&mountpoint));
+    assert!(!mountpoint.exists());
+    assert!(!is_mounted(&view));
+    assert!(!view.exists());
+    assert!(dislockers_for(&dev).is_empty());
+    // And the daemon still answers.
+    assert!(daemon.status().iter().all(|d| d.device != dev));
+}
+
+/// SIGTERM with a mounted volume unmounts it and exits 0.
+#[test]
+fn sigterm_puts_everything_away() {
+    let _serial = serial();
+    if !prerequisites(STICK_TOOLS) {
+        return;
+    }
+    ensure_user(TEST_USER, true);
+    let mut daemon = TestDaemon::start("sigterm");
+    let image = make_stick(&daemon.dir, "bitlk-aes-xts-128", "ntfs", "TERM", "none");
+    let mut events = daemon.events();
+    let stick = Stick::plug(&image, false);
+    let dev = stick.volume();
+    wait_event(&mut events, "the volume", |k, d| k == EventKind::Added && d.device == dev);
+    let (code, _, err) = daemon.cli(None, &["unlock", &dev, "--password-stdin", "--owner", TEST_USER], "anaconda\n");
+    assert_eq!(code, 0, "{err}");
+    let mountpoint = PathBuf::from(daemon.device(&dev).unwrap().mountpoint.unwrap());
+    assert!(mountpoint.starts_with(daemon.media.join(TEST_USER)));
+    assert_eq!(daemon.stop(), Some(0));
+    assert!(!is_mounted(&mountpoint));
+    assert!(!mountpoint.exists());
+    assert!(dislockers_for(&dev).is_empty());
+    assert!(!daemon.socket.exists(), "socket file left behind");
+    assert!(!daemon.pidfile.exists(), "pidfile left behind");
+}
