@@ -1,7 +1,8 @@
 //! A client of the control socket, for the CLI and the login agent.
 
 use crate::protocol::{
-    read_frame, write_frame, DeviceInfo, ErrorKind, EventKind, FrameError, Request, Response, VERSION,
+    read_frame, write_frame, DeviceInfo, ErrorKind, EventKind, FrameError, Request, Response,
+    VERSION,
 };
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;

@@ -105,7 +105,11 @@ impl Config {
         if !self.mount_root.is_absolute()
             || self.mount_root.components().any(|c| c.as_os_str() == "..")
         {
-            return Err(invalid("mount_root", root, "must be an absolute path without '..'"));
+            return Err(invalid(
+                "mount_root",
+                root,
+                "must be an absolute path without '..'",
+            ));
         }
         if self.allowed_group.is_empty() {
             return Err(invalid(
@@ -183,9 +187,13 @@ mod tests {
         assert!(e.contains("poll_interval_ms = 0"), "{e}");
         let e = parse("mount_root = \"media\"").unwrap_err().to_string();
         assert!(e.contains("mount_root"), "{e}");
-        let e = parse("[mount_options]\nbtrfs = []").unwrap_err().to_string();
+        let e = parse("[mount_options]\nbtrfs = []")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("btrfs"), "{e}");
-        let e = parse("[mount_options]\nntfs = [\"a,suid\"]").unwrap_err().to_string();
+        let e = parse("[mount_options]\nntfs = [\"a,suid\"]")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("commas"), "{e}");
         assert!(parse("read_only = \"yes\"").is_err());
     }
@@ -194,6 +202,9 @@ mod tests {
     fn missing_default_file_is_fine_but_named_file_is_not() {
         let p = Path::new("/nonexistent/guilocker.toml");
         assert_eq!(Config::load(p, false).unwrap(), Config::default());
-        assert!(matches!(Config::load(p, true), Err(ConfigError::Read { .. })));
+        assert!(matches!(
+            Config::load(p, true),
+            Err(ConfigError::Read { .. })
+        ));
     }
 }

@@ -112,7 +112,8 @@ impl Command {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
@@ -406,7 +407,8 @@ impl Reaper {
         // process only async-signal-safe calls are allowed.
         let resolved = resolve(&cmd.program).ok_or(spawn_err(Errno::ENOENT))?;
         let path = CString::new(resolved.as_bytes()).map_err(|_| spawn_err(Errno::EINVAL))?;
-        let mut argv_c = vec![CString::new(cmd.program.as_bytes()).map_err(|_| spawn_err(Errno::EINVAL))?];
+        let mut argv_c =
+            vec![CString::new(cmd.program.as_bytes()).map_err(|_| spawn_err(Errno::EINVAL))?];
         for a in &cmd.args {
             argv_c.push(CString::new(a.as_bytes()).map_err(|_| spawn_err(Errno::EINVAL))?);
         }
@@ -442,8 +444,11 @@ impl Reaper {
         let pty = if cmd.controlling_tty {
             let pty = nix::pty::openpty(None, None).map_err(spawn_err)?;
             for fd in [&pty.master, &pty.slave] {
-                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-                    .map_err(spawn_err)?;
+                nix::fcntl::fcntl(
+                    fd,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+                )
+                .map_err(spawn_err)?;
             }
             Some(pty)
         } else {
@@ -451,7 +456,9 @@ impl Reaper {
         };
         let (err_read, err_write) = pipe2(OFlag::O_CLOEXEC).map_err(spawn_err)?;
 
-        let child_stdin = stdin_pipe.as_ref().map_or(devnull.as_raw_fd(), |p| p.0.as_raw_fd());
+        let child_stdin = stdin_pipe
+            .as_ref()
+            .map_or(devnull.as_raw_fd(), |p| p.0.as_raw_fd());
         let child_stdout = stdout_pipe
             .as_ref()
             .map_or(devnull.as_raw_fd(), |p| p.1.as_raw_fd());
@@ -568,7 +575,13 @@ unsafe fn child_exec(
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        for sig in [libc::SIGPIPE, libc::SIGCHLD, libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
+        for sig in [
+            libc::SIGPIPE,
+            libc::SIGCHLD,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGINT,
+        ] {
             libc::signal(sig, libc::SIG_DFL);
         }
         if tty_slave >= 0 {
@@ -595,7 +608,10 @@ unsafe fn child_exec(
 pub fn set_nonblocking(file: &File) {
     use nix::fcntl::{fcntl, FcntlArg};
     if let Ok(flags) = fcntl(file, FcntlArg::F_GETFL) {
-        let _ = fcntl(file, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK));
+        let _ = fcntl(
+            file,
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+        );
     }
 }
 
@@ -603,7 +619,10 @@ pub fn set_nonblocking(file: &File) {
 pub fn set_blocking(file: &File) {
     use nix::fcntl::{fcntl, FcntlArg};
     if let Ok(flags) = fcntl(file, FcntlArg::F_GETFL) {
-        let _ = fcntl(file, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK));
+        let _ = fcntl(
+            file,
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK),
+        );
     }
 }
 
@@ -649,7 +668,16 @@ mod tests {
     #[test]
     fn missing_program_is_a_typed_error() {
         let err = Command::new("/nonexistent/prog").spawn().err().unwrap();
-        assert!(matches!(err, ProcessError::Spawn { errno: Errno::ENOENT, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ProcessError::Spawn {
+                    errno: Errno::ENOENT,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let err = Command::new("no-such-program-here").spawn().err().unwrap();
         assert!(err.to_string().contains("no-such-program-here"), "{err}");
     }
@@ -665,7 +693,10 @@ mod tests {
 
     #[test]
     fn timeout_kills_the_child() {
-        let err = Command::new("sleep").arg("30").run(Duration::from_millis(200)).unwrap_err();
+        let err = Command::new("sleep")
+            .arg("30")
+            .run(Duration::from_millis(200))
+            .unwrap_err();
         assert!(matches!(err, ProcessError::Timeout { .. }), "{err}");
     }
 
@@ -695,7 +726,10 @@ mod tests {
     fn no_zombies_after_run() {
         let child = Command::new("true").spawn().unwrap();
         let pid = child.pid;
-        assert_eq!(child.wait_timeout(Duration::from_secs(10)).unwrap(), Some(ExitStatus::Code(0)));
+        assert_eq!(
+            child.wait_timeout(Duration::from_secs(10)).unwrap(),
+            Some(ExitStatus::Code(0))
+        );
         drop(child);
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     }

@@ -129,7 +129,10 @@ pub enum Response {
     /// `{"type":"subscribed"}`: events follow.
     Subscribed,
     /// `{"type":"event","event":"added","device":{…}}`
-    Event { event: EventKind, device: DeviceInfo },
+    Event {
+        event: EventKind,
+        device: DeviceInfo,
+    },
     /// `{"type":"error","kind":"wrong_secret","message":"/dev/sdb1: wrong password"}`
     Error { kind: ErrorKind, message: String },
 }
@@ -376,11 +379,15 @@ mod tests {
         let mut buf = Vec::new();
         write_frame(&mut buf, &req).unwrap();
         let text = String::from_utf8(buf.clone()).unwrap();
-        assert!(text.starts_with(r#"{"type":"unlock","device":"/dev/sdb1","secret":{"kind":"password""#));
+        assert!(text
+            .starts_with(r#"{"type":"unlock","device":"/dev/sdb1","secret":{"kind":"password""#));
         assert!(text.ends_with('\n'));
         let back: Request = read_frame(&mut Cursor::new(buf)).unwrap().unwrap();
         match back {
-            Request::Unlock { secret: UnlockSecret::Password { value }, .. } => {
+            Request::Unlock {
+                secret: UnlockSecret::Password { value },
+                ..
+            } => {
                 assert_eq!(value.expose(), "pässwörd")
             }
             other => panic!("unexpected {other:?}"),
@@ -393,7 +400,15 @@ mod tests {
             r#"{"type":"unlock","device":"/dev/sdb1","secret":{"kind":"clear_key"}}"#,
         )
         .unwrap();
-        assert!(matches!(req, Request::Unlock { mount: true, read_only: false, owner: None, .. }));
+        assert!(matches!(
+            req,
+            Request::Unlock {
+                mount: true,
+                read_only: false,
+                owner: None,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -438,15 +453,23 @@ mod tests {
         assert!(matches!(err, FrameError::NotUtf8));
         let err = read_frame::<Request, _>(&mut Cursor::new(b"{\"type\":".to_vec())).unwrap_err();
         assert!(matches!(err, FrameError::Io(_)));
-        assert!(read_frame::<Request, _>(&mut Cursor::new(Vec::new())).unwrap().is_none());
+        assert!(read_frame::<Request, _>(&mut Cursor::new(Vec::new()))
+            .unwrap()
+            .is_none());
     }
 
     #[test]
     fn two_frames_in_one_buffer() {
         let data = b"{\"type\":\"status\"}\n{\"type\":\"subscribe\"}\n".to_vec();
         let mut cur = Cursor::new(data);
-        assert!(matches!(read_frame::<Request, _>(&mut cur).unwrap(), Some(Request::Status)));
-        assert!(matches!(read_frame::<Request, _>(&mut cur).unwrap(), Some(Request::Subscribe)));
+        assert!(matches!(
+            read_frame::<Request, _>(&mut cur).unwrap(),
+            Some(Request::Status)
+        ));
+        assert!(matches!(
+            read_frame::<Request, _>(&mut cur).unwrap(),
+            Some(Request::Subscribe)
+        ));
         assert!(read_frame::<Request, _>(&mut cur).unwrap().is_none());
     }
 }

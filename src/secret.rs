@@ -94,7 +94,9 @@ impl<'de> Deserialize<'de> for SecretBytes {
             b'0'..=b'9' => Ok(c - b'0'),
             b'a'..=b'f' => Ok(c - b'a' + 10),
             b'A'..=b'F' => Ok(c - b'A' + 10),
-            _ => Err(serde::de::Error::custom("hex secret has a non-hex character")),
+            _ => Err(serde::de::Error::custom(
+                "hex secret has a non-hex character",
+            )),
         };
         let mut out = Zeroizing::new(Vec::with_capacity(text.len() / 2));
         for pair in text.as_bytes().chunks_exact(2) {

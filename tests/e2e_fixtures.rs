@@ -30,20 +30,36 @@ fn every_fixture_and_protector() {
     for image in images() {
         let mut methods: Vec<(&str, Vec<String>, String)> = Vec::new();
         if let Some(pw) = image.get("PW") {
-            methods.push(("password", vec!["--password-stdin".into()], format!("{pw}\n")));
+            methods.push((
+                "password",
+                vec!["--password-stdin".into()],
+                format!("{pw}\n"),
+            ));
         }
         if let Some(rp) = image.get("RP") {
-            methods.push(("recovery", vec!["--recovery-key-stdin".into()], format!("{rp}\n")));
+            methods.push((
+                "recovery",
+                vec!["--recovery-key-stdin".into()],
+                format!("{rp}\n"),
+            ));
         }
         if let Some(sk) = image.get("SK_VMK_GUID") {
             let bek = fixtures().join(format!("{}.BEK", sk.to_uppercase()));
-            methods.push(("bek", vec!["--bek".into(), bek.display().to_string()], String::new()));
+            methods.push((
+                "bek",
+                vec!["--bek".into(), bek.display().to_string()],
+                String::new(),
+            ));
         }
         if image.get("CLEARKEY_VMK_GUID").is_some() {
             // No secret at all: the CLI finds the volume opens without one.
             methods.push(("clear", vec![], String::new()));
         }
-        assert!(!methods.is_empty(), "{} has no protector in images.conf", image.name);
+        assert!(
+            !methods.is_empty(),
+            "{} has no protector in images.conf",
+            image.name
+        );
 
         let stick = Stick::plug(&image.path(), false);
         let dev = stick.volume();
@@ -61,18 +77,35 @@ fn every_fixture_and_protector() {
                 let view = info.decrypted.clone().expect("decrypted view path");
                 assert_eq!(info.mountpoint, None);
                 let want_hash = image.get("SHA256SUM").expect("hash in images.conf");
-                assert_eq!(sha256_file(Path::new(&view)), want_hash, "{} with {method}", image.name);
+                assert_eq!(
+                    sha256_file(Path::new(&view)),
+                    want_hash,
+                    "{} with {method}",
+                    image.name
+                );
                 let (code, _, err) = daemon.cli(None, &["unmount", &dev], "");
                 assert_eq!(code, 0, "{err}");
                 assert!(!Path::new(&view).exists());
-                report.push(format!("{:<42} {method:<9} unlocked, SHA-256 matches", image.name));
+                report.push(format!(
+                    "{:<42} {method:<9} unlocked, SHA-256 matches",
+                    image.name
+                ));
             } else {
                 let reason = err.trim();
-                assert!(reason.starts_with(&format!("guilocker: {dev}: ")), "{reason}");
+                assert!(
+                    reason.starts_with(&format!("guilocker: {dev}: ")),
+                    "{reason}"
+                );
                 assert!(reason.len() > dev.len() + 14, "no reason given: {reason}");
-                report.push(format!("{:<42} {method:<9} exit {code}: {reason}", image.name));
+                report.push(format!(
+                    "{:<42} {method:<9} exit {code}: {reason}",
+                    image.name
+                ));
             }
-            assert!(dislockers_for(&dev).is_empty(), "dislocker left running for {dev}");
+            assert!(
+                dislockers_for(&dev).is_empty(),
+                "dislocker left running for {dev}"
+            );
         }
         drop(stick);
         wait_event(&mut events, &format!("{} to go", image.name), |k, d| {
@@ -91,10 +124,19 @@ fn password_on_a_volume_without_one() {
     }
     let daemon = TestDaemon::start("no-password");
     let mut events = daemon.events();
-    let image = images().into_iter().find(|i| i.name == "bitlk-aes-xts-128-smart-card").unwrap();
+    let image = images()
+        .into_iter()
+        .find(|i| i.name == "bitlk-aes-xts-128-smart-card")
+        .unwrap();
     let stick = Stick::plug(&image.path(), false);
     let dev = stick.volume();
-    wait_event(&mut events, "the volume", |k, d| k == EventKind::Added && d.device == dev);
-    let (code, _, err) = daemon.cli(None, &["unlock", &dev, "--no-mount", "--password-stdin"], "anaconda\n");
+    wait_event(&mut events, "the volume", |k, d| {
+        k == EventKind::Added && d.device == dev
+    });
+    let (code, _, err) = daemon.cli(
+        None,
+        &["unlock", &dev, "--no-mount", "--password-stdin"],
+        "anaconda\n",
+    );
     assert_eq!(code, 3, "{err}");
 }

@@ -7,7 +7,15 @@ use guilocker::protocol::{DeviceState, EventKind};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-const STICK_TOOLS: &[&str] = &["dislocker", "losetup", "partx", "sfdisk", "runuser", "ntfs-3g", "mkntfs"];
+const STICK_TOOLS: &[&str] = &[
+    "dislocker",
+    "losetup",
+    "partx",
+    "sfdisk",
+    "runuser",
+    "ntfs-3g",
+    "mkntfs",
+];
 
 /// Plug → locked → unlock as a plugdev user → files are theirs and writable → unmount →
 /// nothing left → plug again → unlock → the written file is there.
@@ -35,16 +43,25 @@ fn round_trip(name: &str, source: &str, fs: &str, label: &str, table: &str) {
     let added = wait_event(&mut events, "the BitLocker volume to appear", |k, d| {
         k == EventKind::Added && d.device == dev
     });
-    assert!(added.bitlocker, "{dev} not recognised as BitLocker: {added:?}");
+    assert!(
+        added.bitlocker,
+        "{dev} not recognised as BitLocker: {added:?}"
+    );
     let info = daemon.device(&dev).unwrap();
     assert_eq!(info.state, DeviceState::Locked);
     assert_eq!(info.mountpoint, None);
     if table != "none" {
-        let disk = daemon.device(&stick.loop_dev).expect("the whole disk is listed too");
+        let disk = daemon
+            .device(&stick.loop_dev)
+            .expect("the whole disk is listed too");
         assert!(!disk.bitlocker);
     }
 
-    let (code, out, err) = daemon.cli(Some(TEST_USER), &["unlock", &dev, "--password-stdin"], "anaconda\n");
+    let (code, out, err) = daemon.cli(
+        Some(TEST_USER),
+        &["unlock", &dev, "--password-stdin"],
+        "anaconda\n",
+    );
     assert_eq!(code, 0, "unlock failed: {out}{err}");
     let info = daemon.device(&dev).unwrap();
     assert_eq!(info.state, DeviceState::Mounted);
@@ -54,15 +71,30 @@ fn round_trip(name: &str, source: &str, fs: &str, label: &str, table: &str) {
     let mountpoint = PathBuf::from(info.mountpoint.clone().unwrap());
     assert_eq!(mountpoint, daemon.media.join(TEST_USER).join(label));
     assert!(is_mounted(&mountpoint));
-    let decrypted_dir = PathBuf::from(info.decrypted.clone().unwrap()).parent().unwrap().to_owned();
+    let decrypted_dir = PathBuf::from(info.decrypted.clone().unwrap())
+        .parent()
+        .unwrap()
+        .to_owned();
 
     let hello = std::fs::read_dir(&mountpoint)
         .unwrap()
         .flatten()
-        .find(|e| e.file_name().to_string_lossy().eq_ignore_ascii_case("hello.txt"))
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .eq_ignore_ascii_case("hello.txt")
+        })
+        .map(|e| e.path())
         .expect("hello.txt on the stick");
-    assert_eq!(std::fs::read_to_string(hello.path()).unwrap(), "hello from windows\n");
-    assert_eq!(std::fs::metadata(hello.path()).unwrap().uid(), uid, "files belong to the user");
+    assert_eq!(
+        std::fs::read_to_string(&hello).unwrap(),
+        "hello from windows\n"
+    );
+    assert_eq!(
+        std::fs::metadata(&hello).unwrap().uid(),
+        uid,
+        "files belong to the user"
+    );
     assert_eq!(std::fs::metadata(&mountpoint).unwrap().uid(), uid);
     let written = mountpoint.join("written.txt");
     run_ok(
@@ -78,22 +110,36 @@ fn round_trip(name: &str, source: &str, fs: &str, label: &str, table: &str) {
 
     // Unplug and plug again: the file written through Linux is there.
     stick.unplug();
-    wait_event(&mut events, "the stick to go", |k, d| k == EventKind::Removed && d.device == dev);
+    wait_event(&mut events, "the stick to go", |k, d| {
+        k == EventKind::Removed && d.device == dev
+    });
     let mut stick = Stick::plug(&image, table != "none");
     let dev = stick.volume();
     wait_event(&mut events, "the stick to come back", |k, d| {
         k == EventKind::Added && d.device == dev && d.bitlocker
     });
-    let (code, out, err) = daemon.cli(Some(TEST_USER), &["unlock", &dev, "--password-stdin"], "anaconda\n");
+    let (code, out, err) = daemon.cli(
+        Some(TEST_USER),
+        &["unlock", &dev, "--password-stdin"],
+        "anaconda\n",
+    );
     assert_eq!(code, 0, "second unlock failed: {out}{err}");
     let info = daemon.device(&dev).unwrap();
     let mountpoint = PathBuf::from(info.mountpoint.unwrap());
     let back = std::fs::read_dir(&mountpoint)
         .unwrap()
         .flatten()
-        .find(|e| e.file_name().to_string_lossy().eq_ignore_ascii_case("written.txt"))
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .eq_ignore_ascii_case("written.txt")
+        })
+        .map(|e| e.path())
         .expect("written.txt survived");
-    assert_eq!(std::fs::read_to_string(back.path()).unwrap(), "written on linux\n");
+    assert_eq!(
+        std::fs::read_to_string(&back).unwrap(),
+        "written on linux\n"
+    );
     let (code, _, err) = daemon.cli(None, &["unmount", "--all"], "");
     assert_eq!(code, 0, "{err}");
     assert_clean(&daemon, &dev, &mountpoint, &decrypted_dir);
@@ -101,11 +147,23 @@ fn round_trip(name: &str, source: &str, fs: &str, label: &str, table: &str) {
 }
 
 fn assert_clean(daemon: &TestDaemon, dev: &str, mountpoint: &Path, decrypted_dir: &Path) {
-    assert!(!is_mounted(mountpoint), "{} still mounted", mountpoint.display());
+    assert!(
+        !is_mounted(mountpoint),
+        "{} still mounted",
+        mountpoint.display()
+    );
     assert!(!mountpoint.exists(), "{} left behind", mountpoint.display());
     assert!(!is_mounted(decrypted_dir), "dislocker view still mounted");
-    assert!(!decrypted_dir.exists(), "{} left behind", decrypted_dir.display());
-    assert_eq!(dislockers_for(dev), Vec::<i32>::new(), "dislocker still running");
+    assert!(
+        !decrypted_dir.exists(),
+        "{} left behind",
+        decrypted_dir.display()
+    );
+    assert_eq!(
+        dislockers_for(dev),
+        Vec::<i32>::new(),
+        "dislocker still running"
+    );
     let owner_dir = daemon.media.join(TEST_USER);
     assert!(!owner_dir.exists(), "{} left behind", owner_dir.display());
 }
@@ -122,7 +180,13 @@ fn exfat_stick_with_gpt() {
 
 #[test]
 fn fat_to_go_stick_without_partition_table() {
-    round_trip("vfat-togo", "bitlk-togo-aes-xts-128", "vfat", "TOGO", "none");
+    round_trip(
+        "vfat-togo",
+        "bitlk-togo-aes-xts-128",
+        "vfat",
+        "TOGO",
+        "none",
+    );
 }
 
 /// Wrong password: exit 3, still locked, daemon alive. Then another user cannot unmount it,
@@ -140,16 +204,26 @@ fn wrong_password_and_other_users() {
     let mut events = daemon.events();
     let stick = Stick::plug(&image, true);
     let dev = stick.volume();
-    wait_event(&mut events, "the volume", |k, d| k == EventKind::Added && d.device == dev);
+    wait_event(&mut events, "the volume", |k, d| {
+        k == EventKind::Added && d.device == dev
+    });
 
-    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unlock", &dev, "--password-stdin"], "not-the-password\n");
+    let (code, _, err) = daemon.cli(
+        Some(TEST_USER),
+        &["unlock", &dev, "--password-stdin"],
+        "not-the-password\n",
+    );
     assert_eq!(code, 3, "{err}");
     assert_eq!(err.trim(), format!("guilocker: {dev}: wrong password"));
     let info = daemon.device(&dev).unwrap();
     assert_eq!(info.state, DeviceState::Locked);
     assert!(dislockers_for(&dev).is_empty());
 
-    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unlock", &dev, "--recovery-key-stdin"], "111111-222222\n");
+    let (code, _, err) = daemon.cli(
+        Some(TEST_USER),
+        &["unlock", &dev, "--recovery-key-stdin"],
+        "111111-222222\n",
+    );
     assert_eq!(code, 3, "{err}");
     let (code, _, err) = daemon.cli(
         Some(TEST_USER),
@@ -159,11 +233,19 @@ fn wrong_password_and_other_users() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("group 3"), "{err}");
 
-    let (code, _, err) = daemon.cli(Some(OTHER_USER), &["unlock", &dev, "--password-stdin"], "anaconda\n");
+    let (code, _, err) = daemon.cli(
+        Some(OTHER_USER),
+        &["unlock", &dev, "--password-stdin"],
+        "anaconda\n",
+    );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not in the group 'plugdev'"), "{err}");
 
-    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unlock", &dev, "--password-stdin"], "anaconda\n");
+    let (code, _, err) = daemon.cli(
+        Some(TEST_USER),
+        &["unlock", &dev, "--password-stdin"],
+        "anaconda\n",
+    );
     assert_eq!(code, 0, "{err}");
     let mountpoint = PathBuf::from(daemon.device(&dev).unwrap().mountpoint.unwrap());
 
@@ -171,7 +253,11 @@ fn wrong_password_and_other_users() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("unlocked by guilocker-test"), "{err}");
     assert!(is_mounted(&mountpoint));
-    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unlock", &dev, "--password-stdin"], "anaconda\n");
+    let (code, _, err) = daemon.cli(
+        Some(TEST_USER),
+        &["unlock", &dev, "--password-stdin"],
+        "anaconda\n",
+    );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("already unlocked"), "{err}");
 
@@ -181,11 +267,22 @@ fn wrong_password_and_other_users() {
         .current_dir(&mountpoint)
         .spawn()
         .unwrap();
-    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unmount", mountpoint.to_str().unwrap()], "");
+    let (code, _, err) = daemon.cli(
+        Some(TEST_USER),
+        &["unmount", mountpoint.to_str().unwrap()],
+        "",
+    );
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains(&format!("sleep (pid {})", holder.id())), "{err}");
+    assert!(
+        err.contains(&format!("sleep (pid {})", holder.id())),
+        "{err}"
+    );
     assert!(is_mounted(&mountpoint));
-    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unmount", "--force", mountpoint.to_str().unwrap()], "");
+    let (code, _, err) = daemon.cli(
+        Some(TEST_USER),
+        &["unmount", "--force", mountpoint.to_str().unwrap()],
+        "",
+    );
     assert_eq!(code, 0, "{err}");
     assert!(!is_mounted(&mountpoint));
     let _ = holder.kill();
@@ -207,15 +304,26 @@ fn surprise_removal_while_mounted() {
     let mut events = daemon.events();
     let mut stick = Stick::plug(&image, true);
     let dev = stick.volume();
-    wait_event(&mut events, "the volume", |k, d| k == EventKind::Added && d.device == dev);
-    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unlock", &dev, "--password-stdin"], "anaconda\n");
+    wait_event(&mut events, "the volume", |k, d| {
+        k == EventKind::Added && d.device == dev
+    });
+    let (code, _, err) = daemon.cli(
+        Some(TEST_USER),
+        &["unlock", &dev, "--password-stdin"],
+        "anaconda\n",
+    );
     assert_eq!(code, 0, "{err}");
     let info = daemon.device(&dev).unwrap();
     let mountpoint = PathBuf::from(info.mountpoint.unwrap());
-    let view = PathBuf::from(info.decrypted.unwrap()).parent().unwrap().to_owned();
+    let view = PathBuf::from(info.decrypted.unwrap())
+        .parent()
+        .unwrap()
+        .to_owned();
 
     stick.unplug();
-    wait_event(&mut events, "the removal", |k, d| k == EventKind::Removed && d.device == dev);
+    wait_event(&mut events, "the removal", |k, d| {
+        k == EventKind::Removed && d.device == dev
+    });
     assert!(daemon.device(&dev).is_none(), "status still lists {dev}");
     assert!(!is_mounted(&mountpoint));
     assert!(!mountpoint.exists());
@@ -239,8 +347,14 @@ fn sigterm_puts_everything_away() {
     let mut events = daemon.events();
     let stick = Stick::plug(&image, false);
     let dev = stick.volume();
-    wait_event(&mut events, "the volume", |k, d| k == EventKind::Added && d.device == dev);
-    let (code, _, err) = daemon.cli(None, &["unlock", &dev, "--password-stdin", "--owner", TEST_USER], "anaconda\n");
+    wait_event(&mut events, "the volume", |k, d| {
+        k == EventKind::Added && d.device == dev
+    });
+    let (code, _, err) = daemon.cli(
+        None,
+        &["unlock", &dev, "--password-stdin", "--owner", TEST_USER],
+        "anaconda\n",
+    );
     assert_eq!(code, 0, "{err}");
     let mountpoint = PathBuf::from(daemon.device(&dev).unwrap().mountpoint.unwrap());
     assert!(mountpoint.starts_with(daemon.media.join(TEST_USER)));

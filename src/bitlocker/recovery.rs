@@ -72,8 +72,10 @@ pub fn parse(input: &str) -> Result<Zeroizing<[u8; 16]>, RecoveryKeyError> {
     let mut key = Zeroizing::new([0u8; 16]);
     for group in 0..GROUPS {
         let text = &digits[group * GROUP_DIGITS..(group + 1) * GROUP_DIGITS];
-        let value =
-            check_group(text).map_err(|cause| RecoveryKeyError::BadGroup { group: group + 1, cause })?;
+        let value = check_group(text).map_err(|cause| RecoveryKeyError::BadGroup {
+            group: group + 1,
+            cause,
+        })?;
         key[group * 2..group * 2 + 2].copy_from_slice(&value.to_le_bytes());
     }
     Ok(key)
@@ -148,10 +150,15 @@ mod tests {
     fn shape_detection() {
         assert!(looks_like_recovery_key(GOOD));
         assert!(looks_like_recovery_key(&GOOD.replace('-', "")));
-        assert!(looks_like_recovery_key("111111-111111-111111-111111-111111-111111-111111-111112"));
+        assert!(looks_like_recovery_key(
+            "111111-111111-111111-111111-111111-111111-111111-111112"
+        ));
         assert!(!looks_like_recovery_key("anaconda"));
         assert!(!looks_like_recovery_key("123456"));
         assert_eq!(parse("12-x"), Err(RecoveryKeyError::BadCharacter));
-        assert_eq!(parse("123456"), Err(RecoveryKeyError::WrongLength { digits: 6 }));
+        assert_eq!(
+            parse("123456"),
+            Err(RecoveryKeyError::WrongLength { digits: 6 })
+        );
     }
 }

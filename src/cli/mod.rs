@@ -21,7 +21,11 @@ pub mod exit {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "guilocker", version, about = "Unlock and mount BitLocker USB sticks")]
+#[command(
+    name = "guilocker",
+    version,
+    about = "Unlock and mount BitLocker USB sticks"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

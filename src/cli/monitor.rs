@@ -12,13 +12,19 @@ pub fn run(socket: &Path, json: bool) -> Result<(), Failure> {
         let mut out = std::io::stdout().lock();
         if json {
             // Flat, so `jq .state` works: the event kind next to the device's fields.
-            let mut value = serde_json::to_value(&device).map_err(|e| Failure::new(1, e.to_string()))?;
+            let mut value =
+                serde_json::to_value(&device).map_err(|e| Failure::new(1, e.to_string()))?;
             if let Some(obj) = value.as_object_mut() {
                 obj.insert("event".into(), kind.as_str().into());
             }
             writeln!(out, "{value}")?;
         } else {
-            let mut line = format!("{:<8} {} {}", kind.as_str(), device.device, device.state.as_str());
+            let mut line = format!(
+                "{:<8} {} {}",
+                kind.as_str(),
+                device.device,
+                device.state.as_str()
+            );
             if let Some(m) = &device.mountpoint {
                 line.push_str(&format!(" {m}"));
             }

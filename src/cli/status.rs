@@ -10,7 +10,8 @@ pub fn run(socket: &Path, json: bool) -> Result<(), Failure> {
     let devices = Client::connect(socket)?.status()?;
     let mut out = std::io::stdout().lock();
     if json {
-        let text = serde_json::to_string_pretty(&devices).map_err(|e| Failure::new(1, e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(&devices).map_err(|e| Failure::new(1, e.to_string()))?;
         writeln!(out, "{text}")?;
     } else {
         write!(out, "{}", table(&devices))?;

@@ -46,7 +46,10 @@ fn read_limited(reader: impl Read, what: &str) -> Result<Zeroizing<Vec<u8>>, Fai
         .read_to_end(&mut buf)
         .map_err(|e| Failure::new(exit::FAILED, format!("cannot read {what}: {e}")))?;
     if buf.len() as u64 > MAX_SECRET {
-        return Err(Failure::new(exit::FAILED, format!("{what} is larger than 64 KiB")));
+        return Err(Failure::new(
+            exit::FAILED,
+            format!("{what} is larger than 64 KiB"),
+        ));
     }
     Ok(buf)
 }
@@ -57,8 +60,12 @@ fn stdin_line(device: &str, what: &str) -> Result<SecretString, Failure> {
     while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         raw.pop();
     }
-    let text = std::str::from_utf8(&raw)
-        .map_err(|_| Failure::new(exit::FAILED, format!("{device}: the {what} on standard input is not UTF-8")))?;
+    let text = std::str::from_utf8(&raw).map_err(|_| {
+        Failure::new(
+            exit::FAILED,
+            format!("{device}: the {what} on standard input is not UTF-8"),
+        )
+    })?;
     Ok(SecretString::from(text))
 }
 
@@ -88,7 +95,11 @@ fn prompt(device: &str) -> Result<UnlockSecret, Failure> {
     }
 }
 
-fn send(client: &mut Client, args: &UnlockArgs, secret: UnlockSecret) -> Result<Response, ClientError> {
+fn send(
+    client: &mut Client,
+    args: &UnlockArgs,
+    secret: UnlockSecret,
+) -> Result<Response, ClientError> {
     client.request(&Request::Unlock {
         device: args.device.clone(),
         secret,
@@ -105,10 +116,17 @@ pub fn run(args: UnlockArgs) -> Result<(), Failure> {
             value: stdin_line(device, "password")?,
         })
     } else if args.recovery_key_stdin {
-        Some(recovery_secret(device, stdin_line(device, "recovery key")?)?)
+        Some(recovery_secret(
+            device,
+            stdin_line(device, "recovery key")?,
+        )?)
     } else if let Some(path) = &args.bek {
-        let file = std::fs::File::open(path)
-            .map_err(|e| Failure::new(exit::FAILED, format!("{device}: cannot open {}: {e}", path.display())))?;
+        let file = std::fs::File::open(path).map_err(|e| {
+            Failure::new(
+                exit::FAILED,
+                format!("{device}: cannot open {}: {e}", path.display()),
+            )
+        })?;
         let bytes = read_limited(file, &path.display().to_string())?;
         Some(UnlockSecret::StartupKey {
             bek: SecretBytes::new(bytes.to_vec()),
@@ -154,6 +172,9 @@ pub fn run(args: UnlockArgs) -> Result<(), Failure> {
             }
             Ok(())
         }
-        other => Err(Failure::new(exit::FAILED, format!("unexpected reply: {other:?}"))),
+        other => Err(Failure::new(
+            exit::FAILED,
+            format!("unexpected reply: {other:?}"),
+        )),
     }
 }

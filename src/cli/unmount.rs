@@ -24,7 +24,9 @@ pub fn run(args: UnmountArgs) -> Result<(), Failure> {
     let target = args.target.as_deref().map(|t| {
         // A relative mountpoint means the one under the current directory.
         if !t.starts_with('/') && std::path::Path::new(t).is_dir() {
-            std::fs::canonicalize(t).map(|p| p.display().to_string()).unwrap_or_else(|_| t.to_owned())
+            std::fs::canonicalize(t)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| t.to_owned())
         } else {
             t.to_owned()
         }
@@ -41,6 +43,9 @@ pub fn run(args: UnmountArgs) -> Result<(), Failure> {
             }
             Ok(())
         }
-        other => Err(Failure::new(exit::FAILED, format!("unexpected reply: {other:?}"))),
+        other => Err(Failure::new(
+            exit::FAILED,
+            format!("unexpected reply: {other:?}"),
+        )),
     }
 }

@@ -16,7 +16,8 @@ pub struct Caller {
 
 impl Caller {
     pub fn of(stream: &UnixStream) -> nix::Result<Self> {
-        let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
+        let cred =
+            nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
         Ok(Self {
             uid: cred.uid(),
             gid: cred.gid(),
@@ -51,7 +52,9 @@ fn in_group(user: &User, group: &str) -> bool {
     if user.gid == group.gid {
         return true;
     }
-    let Ok(name) = CString::new(user.name.as_str()) else { return false };
+    let Ok(name) = CString::new(user.name.as_str()) else {
+        return false;
+    };
     getgrouplist(&name, user.gid)
         .map(|groups| groups.contains(&group.gid))
         .unwrap_or(false)
@@ -81,12 +84,13 @@ pub fn authorize_unlock(
     let target = match owner {
         Some(name) if name != user.name => {
             if !caller.is_root() {
-                return Err(denied(format!("only root may unlock for another user ({name})")));
+                return Err(denied(format!(
+                    "only root may unlock for another user ({name})"
+                )));
             }
-            User::from_name(name)
-                .ok()
-                .flatten()
-                .ok_or_else(|| DaemonError::BadRequest(format!("{device}: no such user '{name}'")))?
+            User::from_name(name).ok().flatten().ok_or_else(|| {
+                DaemonError::BadRequest(format!("{device}: no such user '{name}'"))
+            })?
         }
         _ => user,
     };
@@ -107,33 +111,62 @@ pub fn group_exists(name: &str) -> bool {
     name == "*" || Group::from_name(name).ok().flatten().is_some()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn root() -> Caller {
-        Caller { uid: 0, gid: 0, pid: 1 }
+        Caller {
+            uid: 0,
+            gid: 0,
+            pid: 1,
+        }
     }
 
     #[test]
     fn root_may_do_anything() {
         let owner = authorize_unlock(&root(), "/dev/sdb1", "nonexistent-group", None).unwrap();
         assert_eq!(owner.uid, 0);
-        assert!(may_unmount(&root(), &Owner { name: "x".into(), uid: 1234, gid: 1234 }));
+        assert!(may_unmount(
+            &root(),
+            &Owner {
+                name: "x".into(),
+                uid: 1234,
+                gid: 1234
+            }
+        ));
     }
 
     #[test]
     fn root_may_name_an_owner_but_not_a_missing_one() {
-        let err = authorize_unlock(&root(), "/dev/sdb1", "*", Some("no-such-user-xyz")).unwrap_err();
+        let err =
+            authorize_unlock(&root(), "/dev/sdb1", "*", Some("no-such-user-xyz")).unwrap_err();
         assert!(err.to_string().contains("no-such-user-xyz"), "{err}");
     }
 
     #[test]
     fn others_may_not_unmount_what_they_do_not_own() {
-        let alice = Caller { uid: 1000, gid: 1000, pid: 2 };
-        assert!(!may_unmount(&alice, &Owner { name: "bob".into(), uid: 1001, gid: 1001 }));
-        assert!(may_unmount(&alice, &Owner { name: "alice".into(), uid: 1000, gid: 1000 }));
+        let alice = Caller {
+            uid: 1000,
+            gid: 1000,
+            pid: 2,
+        };
+        assert!(!may_unmount(
+            &alice,
+            &Owner {
+                name: "bob".into(),
+                uid: 1001,
+                gid: 1001
+            }
+        ));
+        assert!(may_unmount(
+            &alice,
+            &Owner {
+                name: "alice".into(),
+                uid: 1000,
+                gid: 1000
+            }
+        ));
     }
 
     #[test]

@@ -85,7 +85,10 @@ impl Daemon {
     }
 
     pub fn config(&self) -> Config {
-        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn emit(&self, kind: EventKind, info: DeviceInfo) {
@@ -127,7 +130,9 @@ impl Daemon {
                 let generation = table.next_generation;
                 table.next_generation += 1;
                 let name = appearance.partition.name.clone();
-                table.devices.insert(name.clone(), self.new_device(appearance, generation));
+                table
+                    .devices
+                    .insert(name.clone(), self.new_device(appearance, generation));
                 to_probe.push(name);
             }
             // Devices whose node was not there last time.
@@ -174,12 +179,21 @@ impl Daemon {
 
     /// Reads a new device's first sector, once per appearance.
     fn probe(&self, name: &str) {
-        let Some((path, generation)) = self.lock().devices.get(name).map(|d| (d.path.clone(), d.generation)) else {
+        let Some((path, generation)) = self
+            .lock()
+            .devices
+            .get(name)
+            .map(|d| (d.path.clone(), d.generation))
+        else {
             return;
         };
         let result = probe::probe(Path::new(&path));
         let mut table = self.lock();
-        let Some(dev) = table.devices.get_mut(name).filter(|d| d.generation == generation) else {
+        let Some(dev) = table
+            .devices
+            .get_mut(name)
+            .filter(|d| d.generation == generation)
+        else {
             return;
         };
         let first = dev.probe_attempts == 0;
@@ -187,7 +201,11 @@ impl Daemon {
             Ok(found) => {
                 let bitlocker = found == Probe::BitLocker;
                 dev.bitlocker = Some(bitlocker);
-                dev.state = if bitlocker { DeviceState::Locked } else { DeviceState::Plain };
+                dev.state = if bitlocker {
+                    DeviceState::Locked
+                } else {
+                    DeviceState::Plain
+                };
             }
             Err(ProbeError::NoNode { .. }) if dev.probe_attempts < MAX_PROBE_ATTEMPTS => {
                 dev.probe_attempts += 1;
@@ -206,7 +224,11 @@ impl Daemon {
         let info = dev.info();
         drop(table);
         if info.bitlocker {
-            log::info!("{}: BitLocker volume ({} bytes)", info.device, info.size_bytes);
+            log::info!(
+                "{}: BitLocker volume ({} bytes)",
+                info.device,
+                info.size_bytes
+            );
         }
         self.emit(EventKind::Added, info);
     }
@@ -228,10 +250,15 @@ impl Daemon {
         }
         let name = table
             .find_name(target)
-            .ok_or_else(|| DaemonError::NoSuchDevice { device: target.into() })?;
-        let dev = table.devices.get_mut(&name).ok_or_else(|| DaemonError::NoSuchDevice {
-            device: target.into(),
-        })?;
+            .ok_or_else(|| DaemonError::NoSuchDevice {
+                device: target.into(),
+            })?;
+        let dev = table
+            .devices
+            .get_mut(&name)
+            .ok_or_else(|| DaemonError::NoSuchDevice {
+                device: target.into(),
+            })?;
         let path = dev.path.clone();
         let owner = auth::authorize_unlock(caller, &path, &config.allowed_group, owner)?;
         let state_err = |what: &str| DaemonError::InvalidState {
@@ -288,7 +315,10 @@ impl Daemon {
                 self.teardown(&path, session, true);
             }
             self.settled.notify_all();
-            return Err(DaemonError::failed(&path, "the drive was removed while unlocking"));
+            return Err(DaemonError::failed(
+                &path,
+                "the drive was removed while unlocking",
+            ));
         }
         let reserved: Vec<PathBuf> = match &result {
             Ok(s) => s.mounted.iter().map(|m| m.mountpoint.clone()).collect(),
@@ -311,7 +341,9 @@ impl Daemon {
             }
             Err(e) => {
                 dev.state = match e {
-                    DaemonError::WrongSecret { .. } | DaemonError::CannotOpen { .. } => DeviceState::Locked,
+                    DaemonError::WrongSecret { .. } | DaemonError::CannotOpen { .. } => {
+                        DeviceState::Locked
+                    }
                     _ => DeviceState::Failed,
                 };
                 dev.error = Some(e.to_string());
@@ -326,7 +358,10 @@ impl Daemon {
             Ok(i) => log::info!(
                 "{}: unlocked{}",
                 i.device,
-                i.mountpoint.as_ref().map(|m| format!(", mounted at {m}")).unwrap_or_default()
+                i.mountpoint
+                    .as_ref()
+                    .map(|m| format!(", mounted at {m}"))
+                    .unwrap_or_default()
             ),
             Err(e) => log::warn!("{e}"),
         }
@@ -373,9 +408,10 @@ impl Daemon {
         let parent = config.mount_root.join(&job.owner.name);
         let mountpoint = {
             let mut table = self.lock();
-            let chosen = mountpoint::choose(&parent, fs.label.as_deref(), fs.uuid.as_deref(), |p| {
-                p.exists() || table.reserved.contains(p)
-            });
+            let chosen =
+                mountpoint::choose(&parent, fs.label.as_deref(), fs.uuid.as_deref(), |p| {
+                    p.exists() || table.reserved.contains(p)
+                });
             table.reserved.insert(chosen.clone());
             chosen
         };
@@ -417,7 +453,10 @@ impl Daemon {
                     .devices
                     .values()
                     .filter(|d| {
-                        !d.busy && d.session.as_ref().is_some_and(|s| auth::may_unmount(caller, &s.owner))
+                        !d.busy
+                            && d.session
+                                .as_ref()
+                                .is_some_and(|s| auth::may_unmount(caller, &s.owner))
                     })
                     .map(|d| d.name.clone())
                     .collect()
@@ -427,11 +466,16 @@ impl Daemon {
                 })?;
                 let name = table
                     .find_name(target)
-                    .ok_or_else(|| DaemonError::NoSuchDevice { device: target.into() })?;
+                    .ok_or_else(|| DaemonError::NoSuchDevice {
+                        device: target.into(),
+                    })?;
                 vec![name]
             };
             for name in &names {
-                let dev = table.devices.get_mut(name).expect("names come from the table");
+                let dev = table
+                    .devices
+                    .get_mut(name)
+                    .expect("names come from the table");
                 let state_err = |what: &str| DaemonError::InvalidState {
                     device: dev.path.clone(),
                     what: what.into(),
@@ -504,7 +548,12 @@ impl Daemon {
     }
 
     /// Unmounts the filesystem then stops dislocker. On failure hands the session back.
-    fn put_away(&self, device: &str, mut session: Session, force: bool) -> Result<(), Box<(DaemonError, Session)>> {
+    fn put_away(
+        &self,
+        device: &str,
+        mut session: Session,
+        force: bool,
+    ) -> Result<(), Box<(DaemonError, Session)>> {
         if let Some(m) = session.mounted.take() {
             if let Err(e) = mount::unmount(device, &session.decrypted, &m, force) {
                 session.mounted = Some(m);
@@ -549,9 +598,11 @@ impl Daemon {
     /// stop, its volume is gone: clean up and say so.
     pub fn child_exited(&self, pid: Pid, status: ExitStatus) {
         let mut table = self.lock();
-        let Some(dev) = table.devices.values_mut().find(|d| {
-            !d.busy && d.session.as_ref().is_some_and(|s| s.dislocker.pid == pid)
-        }) else {
+        let Some(dev) = table
+            .devices
+            .values_mut()
+            .find(|d| !d.busy && d.session.as_ref().is_some_and(|s| s.dislocker.pid == pid))
+        else {
             return;
         };
         let session = dev.session.take().expect("matched above");
@@ -564,7 +615,9 @@ impl Daemon {
         if let Some(dev) = table.devices.values_mut().find(|d| d.path == path) {
             dev.busy = false;
             dev.state = DeviceState::Failed;
-            dev.error = Some(format!("{path}: the unlocked volume went away (dislocker {status})"));
+            dev.error = Some(format!(
+                "{path}: the unlocked volume went away (dislocker {status})"
+            ));
             let info = dev.info();
             drop(table);
             self.emit(EventKind::Changed, info);

@@ -111,7 +111,9 @@ pub fn detach() -> Result<Readiness, DaemonizeError> {
             match answer.strip_prefix('R') {
                 Some(_) => std::process::exit(0),
                 None => {
-                    let why = answer.strip_prefix('E').unwrap_or("the daemon exited during start-up");
+                    let why = answer
+                        .strip_prefix('E')
+                        .unwrap_or("the daemon exited during start-up");
                     eprintln!("guilocker: {why}");
                     std::process::exit(1)
                 }

@@ -63,7 +63,12 @@ impl DaemonError {
         }
     }
 
-    pub fn io(device: &str, context: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
+    pub fn io(
+        device: &str,
+        context: &'static str,
+        path: &std::path::Path,
+        source: std::io::Error,
+    ) -> Self {
         Self::Io {
             device: device.to_owned(),
             context,

@@ -101,11 +101,24 @@ fn fat_label(raw: &[u8]) -> Option<String> {
         return None;
     }
     // FAT labels are in the OEM code page; anything outside ASCII is shown as '_'.
-    clean(raw.iter().map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '_' }).collect())
+    clean(
+        raw.iter()
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '_'
+                }
+            })
+            .collect(),
+    )
 }
 
 fn utf16(raw: &[u8]) -> String {
-    let units: Vec<u16> = raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let units: Vec<u16> = raw
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
     String::from_utf16_lossy(&units)
 }
 
@@ -123,7 +136,11 @@ fn ntfs_label(file: &mut File, boot: &[u8; 512]) -> Option<String> {
     }
     // Record size: clusters if positive, else 2^-n bytes.
     let per = boot[0x40] as i8;
-    let record = if per > 0 { cluster * per as u64 } else { 1u64 << (-(per as i32)).clamp(9, 16) };
+    let record = if per > 0 {
+        cluster * per as u64
+    } else {
+        1u64 << (-(per as i32)).clamp(9, 16)
+    };
     if !(512..=65536).contains(&record) {
         return None;
     }
@@ -185,7 +202,11 @@ fn exfat_label(file: &mut File, boot: &[u8; 512]) -> Option<String> {
     }
     let cluster = 1u64 << (sector_shift + cluster_shift);
     let mut dir = vec![0u8; cluster.min(64 * 1024) as usize];
-    read_at(file, heap.checked_add((root - 2).checked_mul(cluster)?)?, &mut dir)?;
+    read_at(
+        file,
+        heap.checked_add((root - 2).checked_mul(cluster)?)?,
+        &mut dir,
+    )?;
     for entry in dir.chunks_exact(32) {
         match entry[0] {
             0x00 => break,

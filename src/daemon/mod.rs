@@ -97,7 +97,12 @@ pub fn run(opts: Options) -> Result<()> {
     }
 }
 
-type Started = (Arc<core::Daemon>, server::Listener, SignalFd, Option<watch::UeventSocket>);
+type Started = (
+    Arc<core::Daemon>,
+    server::Listener,
+    SignalFd,
+    Option<watch::UeventSocket>,
+);
 
 fn start(opts: &Options, config: Config, pidfile: &mut daemonize::Pidfile) -> Result<Started> {
     pidfile.write_pid()?;
@@ -105,7 +110,12 @@ fn start(opts: &Options, config: Config, pidfile: &mut daemonize::Pidfile) -> Re
     // every thread inherits the mask. SIGPIPE is ignored: a client that hangs up must not
     // kill the daemon.
     let mut mask = SigSet::empty();
-    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
         mask.add(sig);
     }
     mask.thread_block().context("cannot block signals")?;
@@ -115,7 +125,10 @@ fn start(opts: &Options, config: Config, pidfile: &mut daemonize::Pidfile) -> Re
     // reap them, instead of leaving zombies to an init that may not.
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        log::warn!("cannot become a child subreaper: {}", std::io::Error::last_os_error());
+        log::warn!(
+            "cannot become a child subreaper: {}",
+            std::io::Error::last_os_error()
+        );
     }
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .context("cannot create a signalfd")?;
@@ -128,7 +141,10 @@ fn start(opts: &Options, config: Config, pidfile: &mut daemonize::Pidfile) -> Re
             None
         }
     };
-    let daemon = Arc::new(core::Daemon::new(config, core::Paths::new(opts.runtime_dir.clone())));
+    let daemon = Arc::new(core::Daemon::new(
+        config,
+        core::Paths::new(opts.runtime_dir.clone()),
+    ));
     daemon.rescan();
     Ok((daemon, listener, signals, uevents))
 }

@@ -51,7 +51,10 @@ fn kernel_driver(fs: FsType) -> Option<&'static str> {
         .then_some(name)
 }
 
-fn step_err<'a>(device: &'a str, context: &'static str) -> impl FnOnce(ProcessError) -> DaemonError + 'a {
+fn step_err<'a>(
+    device: &'a str,
+    context: &'static str,
+) -> impl FnOnce(ProcessError) -> DaemonError + 'a {
     move |source| DaemonError::Process {
         device: device.to_owned(),
         context,
@@ -60,11 +63,17 @@ fn step_err<'a>(device: &'a str, context: &'static str) -> impl FnOnce(ProcessEr
 }
 
 /// Creates `/media/<owner>` (0750, group = owner's) and the mountpoint (0700) if missing.
-fn make_dirs(device: &str, parent: &Path, mountpoint: &Path, owner: &Owner) -> Result<Vec<PathBuf>, DaemonError> {
+fn make_dirs(
+    device: &str,
+    parent: &Path,
+    mountpoint: &Path,
+    owner: &Owner,
+) -> Result<Vec<PathBuf>, DaemonError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let mut made = Vec::new();
     if let Some(root) = parent.parent() {
-        std::fs::create_dir_all(root).map_err(|e| DaemonError::io(device, "cannot create", root, e))?;
+        std::fs::create_dir_all(root)
+            .map_err(|e| DaemonError::io(device, "cannot create", root, e))?;
     }
     match std::fs::DirBuilder::new().mode(0o750).create(parent) {
         Ok(()) => {
@@ -99,17 +108,24 @@ fn attach_loop(device: &str, file: &Path, read_only: bool) -> Result<String, Dae
     if read_only {
         cmd = cmd.arg("--read-only");
     }
-    let out = cmd
-        .arg(file)
-        .run(STEP_TIMEOUT)
-        .map_err(step_err(device, "cannot attach a loop device to the decrypted view"))?;
-    let dev = out.lines().map(str::trim).find(|l| l.starts_with("/dev/loop"));
-    dev.map(str::to_owned)
-        .ok_or_else(|| DaemonError::failed(device, format!("losetup printed no device: {}", out.trim())))
+    let out = cmd.arg(file).run(STEP_TIMEOUT).map_err(step_err(
+        device,
+        "cannot attach a loop device to the decrypted view",
+    ))?;
+    let dev = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("/dev/loop"));
+    dev.map(str::to_owned).ok_or_else(|| {
+        DaemonError::failed(device, format!("losetup printed no device: {}", out.trim()))
+    })
 }
 
 pub fn detach_loop(loop_device: &str) {
-    if let Err(e) = Command::new(LOSETUP).args(["--detach", loop_device]).run(STEP_TIMEOUT) {
+    if let Err(e) = Command::new(LOSETUP)
+        .args(["--detach", loop_device])
+        .run(STEP_TIMEOUT)
+    {
         log::warn!("{loop_device}: {e}");
     }
 }
@@ -151,21 +167,30 @@ pub fn mount(
         } else {
             match fs.fs_type {
                 // ntfs-3g adds allow_other itself when run by root.
-                FsType::Ntfs => Command::new(NTFS_3G).args(["-o", &options.join(",")]).arg(decrypted),
+                FsType::Ntfs => Command::new(NTFS_3G)
+                    .args(["-o", &options.join(",")])
+                    .arg(decrypted),
                 FsType::Exfat => {
                     let dev = attach_loop(device, decrypted, read_only)?;
                     loop_device = Some(dev.clone());
                     options.push("allow_other".into());
-                    Command::new(EXFAT_FUSE).args(["-o", &options.join(",")]).arg(dev)
+                    Command::new(EXFAT_FUSE)
+                        .args(["-o", &options.join(",")])
+                        .arg(dev)
                 }
                 FsType::Vfat => {
+                    // fusefat writes directly on dislocker's FUSE file corrupt the root
+                    // directory (seen with fusefat 0.1a); through a loop device they are fine.
+                    let dev = attach_loop(device, decrypted, read_only)?;
+                    loop_device = Some(dev.clone());
                     // fusefat mounts read-only unless told "rw+".
-                    let rw = options.iter_mut().find(|o| *o == "rw");
-                    if let Some(o) = rw {
+                    if let Some(o) = options.iter_mut().find(|o| *o == "rw") {
                         *o = "rw+".into();
                     }
                     options.push("allow_other".into());
-                    Command::new(FUSEFAT).args(["-o", &options.join(",")]).arg(decrypted)
+                    Command::new(FUSEFAT)
+                        .args(["-o", &options.join(",")])
+                        .arg(dev)
                 }
             }
             .arg(mountpoint)
@@ -175,7 +200,10 @@ pub fn mount(
         if mounts::mounted_at(mountpoint).is_none() {
             return Err(DaemonError::failed(
                 device,
-                format!("the mount helper succeeded but nothing is mounted at {}", mountpoint.display()),
+                format!(
+                    "the mount helper succeeded but nothing is mounted at {}",
+                    mountpoint.display()
+                ),
             ));
         }
         Ok(())
@@ -210,14 +238,17 @@ pub fn unmount_path(path: &Path, lazy: bool) -> Result<(), ProcessError> {
 fn wait_exit(pids: &[i32], timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     for &pid in pids {
-        let Ok(fd) = pidfd_open(Pid::from_raw(pid)) else { continue };
+        let Ok(fd) = pidfd_open(Pid::from_raw(pid)) else {
+            continue;
+        };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
             }
             let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-            let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX);
+            let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+                .unwrap_or(PollTimeout::MAX);
             match poll(&mut fds, ms) {
                 Ok(n) if n > 0 => break,
                 _ => {}
@@ -229,10 +260,18 @@ fn wait_exit(pids: &[i32], timeout: Duration) -> bool {
 
 /// Unmounts the filesystem, waits for its FUSE driver to finish writing, frees the loop
 /// device and removes the directories made for it. `Busy` lists who holds it.
-pub fn unmount(device: &str, decrypted: &Path, m: &MountedFs, force: bool) -> Result<(), DaemonError> {
+pub fn unmount(
+    device: &str,
+    decrypted: &Path,
+    m: &MountedFs,
+    force: bool,
+) -> Result<(), DaemonError> {
     // The FUSE driver holds the decrypted file (or the loop device) open; it must have exited,
     // everything flushed, before dislocker may go.
-    let driver_source = m.loop_device.as_deref().map_or(decrypted.to_owned(), PathBuf::from);
+    let driver_source = m
+        .loop_device
+        .as_deref()
+        .map_or(decrypted.to_owned(), PathBuf::from);
     let drivers = openers(&driver_source);
     if mounts::mounted_at(&m.mountpoint).is_some() {
         if let Err(e) = unmount_path(&m.mountpoint, false) {
@@ -247,10 +286,15 @@ pub fn unmount(device: &str, decrypted: &Path, m: &MountedFs, force: bool) -> Re
                 return Err(step_err(device, "cannot unmount the filesystem")(e));
             }
             log::warn!("{device}: {e}; detaching lazily");
-            unmount_path(&m.mountpoint, true).map_err(step_err(device, "cannot detach the filesystem"))?;
+            unmount_path(&m.mountpoint, true)
+                .map_err(step_err(device, "cannot detach the filesystem"))?;
         }
     }
-    let grace = if force { Duration::from_secs(5) } else { STEP_TIMEOUT };
+    let grace = if force {
+        Duration::from_secs(5)
+    } else {
+        STEP_TIMEOUT
+    };
     if !wait_exit(&drivers, grace) {
         log::warn!("{device}: the filesystem driver is still running after unmount");
     }

@@ -85,11 +85,19 @@ mod tests {
     #[test]
     fn falls_back_and_suffixes() {
         let parent = Path::new("/media/alice");
-        assert_eq!(choose(parent, None, Some("162D-C4FE"), |_| false), parent.join("162D-C4FE"));
-        assert_eq!(choose(parent, Some(".."), None, |_| false), parent.join("BitLocker"));
+        assert_eq!(
+            choose(parent, None, Some("162D-C4FE"), |_| false),
+            parent.join("162D-C4FE")
+        );
+        assert_eq!(
+            choose(parent, Some(".."), None, |_| false),
+            parent.join("BitLocker")
+        );
         let taken = [parent.join("STICK"), parent.join("STICK (2)")];
         assert_eq!(
-            choose(parent, Some("STICK"), None, |p| taken.iter().any(|t| t == p)),
+            choose(parent, Some("STICK"), None, |p| taken
+                .iter()
+                .any(|t| t == p)),
             parent.join("STICK (3)")
         );
     }

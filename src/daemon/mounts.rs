@@ -19,7 +19,12 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 4 <= bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -53,7 +58,11 @@ pub fn mounts() -> Vec<Mount> {
 
 /// The filesystem type mounted at `path`, if any.
 pub fn mounted_at(path: &Path) -> Option<String> {
-    mounts().into_iter().rev().find(|m| m.mountpoint == path).map(|m| m.fs_type)
+    mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.mountpoint == path)
+        .map(|m| m.fs_type)
 }
 
 /// An open mountinfo whose `poll` reports POLLPRI whenever the mount table changes.
@@ -72,18 +81,30 @@ impl MountWatch {
 /// Processes with a file, cwd, root or executable under `dir`, as `pid (comm)`.
 pub fn holders(dir: &Path) -> Vec<(i32, String)> {
     let mut found = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return found };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
     let inside = |target: &Path| target == dir || target.starts_with(dir);
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         let base = entry.path();
-        let mut links: Vec<PathBuf> = ["cwd", "root", "exe"].iter().map(|l| base.join(l)).collect();
+        let mut links: Vec<PathBuf> = ["cwd", "root", "exe"]
+            .iter()
+            .map(|l| base.join(l))
+            .collect();
         if let Ok(fds) = std::fs::read_dir(base.join("fd")) {
             links.extend(fds.flatten().map(|f| f.path()));
         }
-        if links.iter().any(|l| std::fs::read_link(l).is_ok_and(|t| inside(&t))) {
+        if links
+            .iter()
+            .any(|l| std::fs::read_link(l).is_ok_and(|t| inside(&t)))
+        {
             let comm = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
             found.push((pid, comm.trim().to_owned()));
         }
@@ -93,7 +114,9 @@ pub fn holders(dir: &Path) -> Vec<(i32, String)> {
 
 /// Processes that have `file` itself open (a FUSE driver serving a mount from it).
 pub fn openers(file: &Path) -> Vec<i32> {
-    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     procs
         .flatten()
         .filter_map(|e| {
@@ -107,7 +130,11 @@ pub fn openers(file: &Path) -> Vec<i32> {
 }
 
 pub fn describe_holders(holders: &[(i32, String)]) -> String {
-    let list: Vec<String> = holders.iter().take(10).map(|(pid, comm)| format!("{comm} (pid {pid})")).collect();
+    let list: Vec<String> = holders
+        .iter()
+        .take(10)
+        .map(|(pid, comm)| format!("{comm} (pid {pid})"))
+        .collect();
     let more = holders.len().saturating_sub(10);
     if more > 0 {
         format!("{} and {more} more", list.join(", "))

@@ -41,10 +41,11 @@ pub fn probe(device: &Path) -> Result<Probe, ProbeError> {
             },
         })?;
     let mut sector = [0u8; 512];
-    file.read_exact(&mut sector).map_err(|source| ProbeError::Read {
-        device: device.into(),
-        source,
-    })?;
+    file.read_exact(&mut sector)
+        .map_err(|source| ProbeError::Read {
+            device: device.into(),
+            source,
+        })?;
     Ok(if crate::bitlocker::is_bitlocker(&sector) {
         Probe::BitLocker
     } else {
@@ -64,7 +65,12 @@ pub fn vendor_model(sys_block: &Path, name: &str) -> (Option<String>, Option<Str
     };
     let read = |file: &str| {
         let text = std::fs::read_to_string(device_dir.as_ref()?.join(file)).ok()?;
-        let text: String = text.trim().chars().filter(|c| !c.is_control()).take(64).collect();
+        let text: String = text
+            .trim()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(64)
+            .collect();
         (!text.is_empty()).then_some(text)
     };
     (read("vendor"), read("model"))
@@ -85,13 +91,19 @@ mod tests {
         File::create(&bl).unwrap().write_all(&sector).unwrap();
         assert_eq!(probe(&bl).unwrap(), Probe::BitLocker);
         let other = dir.join("other");
-        File::create(&other).unwrap().write_all(&[0u8; 512]).unwrap();
+        File::create(&other)
+            .unwrap()
+            .write_all(&[0u8; 512])
+            .unwrap();
         assert_eq!(probe(&other).unwrap(), Probe::Other);
         let short = dir.join("short");
         File::create(&short).unwrap().write_all(b"abc").unwrap();
         let err = probe(&short).unwrap_err().to_string();
         assert!(err.starts_with(&short.display().to_string()), "{err}");
-        assert!(matches!(probe(&dir.join("nope")), Err(ProbeError::NoNode { .. })));
+        assert!(matches!(
+            probe(&dir.join("nope")),
+            Err(ProbeError::NoNode { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

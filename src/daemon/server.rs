@@ -4,7 +4,8 @@ use super::auth::Caller;
 use super::core::Daemon;
 use super::error::DaemonError;
 use crate::protocol::{
-    read_frame, write_frame, DeviceInfo, ErrorKind, EventKind, FrameError, Request, Response, VERSION,
+    read_frame, write_frame, DeviceInfo, ErrorKind, EventKind, FrameError, Request, Response,
+    VERSION,
 };
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
@@ -78,7 +79,10 @@ impl Bus {
     }
 
     pub fn count(&self) -> usize {
-        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 
@@ -152,7 +156,9 @@ pub fn accept_all(listener: &UnixListener, daemon: &Arc<Daemon>, conns: &Arc<Con
 }
 
 fn serve(daemon: &Daemon, stream: UnixStream, caller: Caller) {
-    let Ok(write_half) = stream.try_clone() else { return };
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
     let mut writer = write_half;
     let mut reader = BufReader::new(stream);
     loop {

@@ -53,7 +53,8 @@ fn password_line(device: &str, password: &str) -> Result<Zeroizing<Vec<u8>>, Dae
 
 fn memfd_with(device: &str, name: &std::ffi::CStr, bytes: &[u8]) -> Result<OwnedFd, DaemonError> {
     use nix::sys::memfd::{memfd_create, MFdFlags};
-    let fail = |e: nix::Error| DaemonError::failed(device, format!("cannot create a key buffer: {e}"));
+    let fail =
+        |e: nix::Error| DaemonError::failed(device, format!("cannot create a key buffer: {e}"));
     let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(fail)?;
     let mut file = std::fs::File::from(fd);
     file.write_all(bytes)
@@ -81,10 +82,11 @@ pub fn start(
             cmd.arg("-u").stdin(Stdio::Pipe)
         }
         UnlockSecret::RecoveryPassword { value } => {
-            let key = recovery::normalize(value.expose()).map_err(|e| DaemonError::WrongSecret {
-                device: device.into(),
-                cause: e.to_string(),
-            })?;
+            let key =
+                recovery::normalize(value.expose()).map_err(|e| DaemonError::WrongSecret {
+                    device: device.into(),
+                    cause: e.to_string(),
+                })?;
             let mut line = Zeroizing::new(key.as_bytes().to_vec());
             line.push(b'\n');
             tty_line = Some(line);
@@ -115,8 +117,8 @@ pub fn start(
         Ok(streams) => {
             keep_draining(device, streams);
             Ok(Unlocked {
-            child,
-            dir: dir.to_owned(),
+                child,
+                dir: dir.to_owned(),
                 decrypted: dir.join(DECRYPTED_FILE),
             })
         }
@@ -126,7 +128,10 @@ pub fn start(
             let _ = super::mount::unmount_path(dir, true);
             Err(DaemonError::failed(
                 device,
-                format!("dislocker did not finish unlocking within {} s", UNLOCK_TIMEOUT.as_secs()),
+                format!(
+                    "dislocker did not finish unlocking within {} s",
+                    UNLOCK_TIMEOUT.as_secs()
+                ),
             ))
         }
     }
@@ -210,7 +215,10 @@ fn wait_for_mount(
         // Without a mountinfo watch, re-check every 50 ms.
         let cap = if watch.is_some() { 60_000 } else { 50 };
         let ms = left.as_millis().min(cap) as i32 + 1;
-        let _ = poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX));
+        let _ = poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        );
         let ready: Vec<bool> = fds[first_stream..]
             .iter()
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
@@ -271,7 +279,8 @@ fn classify(device: &str, secret: &UnlockSecret, output: &[u8]) -> DaemonError {
             "the BitLocker metadata cannot be read; encryption may still be in progress (let Windows finish it)",
         );
     }
-    if text.contains("The state of the volume is not OK") || text.contains("is not fully encrypted") {
+    if text.contains("The state of the volume is not OK") || text.contains("is not fully encrypted")
+    {
         return cannot("encryption is still in progress; let Windows finish it first");
     }
     if text.contains("fuse: device not found") || text.contains("/dev/fuse") {
@@ -289,9 +298,18 @@ mod tests {
 
     #[test]
     fn password_lines() {
-        assert_eq!(&password_line("/dev/x", "pässwörd").unwrap()[..], "pässwörd\n".as_bytes());
-        assert!(matches!(password_line("/dev/x", ""), Err(DaemonError::WrongSecret { .. })));
-        assert!(matches!(password_line("/dev/x", "a\nb"), Err(DaemonError::WrongSecret { .. })));
+        assert_eq!(
+            &password_line("/dev/x", "pässwörd").unwrap()[..],
+            "pässwörd\n".as_bytes()
+        );
+        assert!(matches!(
+            password_line("/dev/x", ""),
+            Err(DaemonError::WrongSecret { .. })
+        ));
+        assert!(matches!(
+            password_line("/dev/x", "a\nb"),
+            Err(DaemonError::WrongSecret { .. })
+        ));
     }
 
     #[test]
@@ -306,7 +324,11 @@ mod tests {
         let err = classify("/dev/sdb1", &secret, b"111111 something odd");
         assert!(!err.to_string().contains("111111"));
         let pw = UnlockSecret::Password { value: "x".into() };
-        let err = classify("/dev/sdb1", &pw, b"[CRITICAL] Cannot parse volume header. Abort.");
+        let err = classify(
+            "/dev/sdb1",
+            &pw,
+            b"[CRITICAL] Cannot parse volume header. Abort.",
+        );
         assert!(matches!(err, DaemonError::CannotOpen { .. }));
     }
 }

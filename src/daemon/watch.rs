@@ -46,7 +46,9 @@ pub fn parse_partitions(text: &str) -> Vec<Partition> {
 
 /// Device names the daemon never considers: RAM disks, device-mapper, RAID, optical, floppy.
 fn ignored_by_name(name: &str) -> bool {
-    const PREFIXES: [&str; 9] = ["ram", "zram", "dm-", "md", "sr", "fd", "nbd", "mtdblock", "ubi"];
+    const PREFIXES: [&str; 9] = [
+        "ram", "zram", "dm-", "md", "sr", "fd", "nbd", "mtdblock", "ubi",
+    ];
     PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
@@ -99,12 +101,37 @@ pub fn snapshot(path: &Path, sys_block: &Path, include_loop: bool) -> std::io::R
     Ok(parse_partitions(&text)
         .into_iter()
         .filter(|p| wanted(p, include_loop))
-        .filter(|p| !is_decrypted_view(sys_block, &p.name))
+        .filter(|p| !is_decrypted_view(sys_block, &p.name) && !is_detaching(sys_block, &p.name))
         .map(|p| {
             let diskseq = diskseq(sys_block, &p.name);
-            (p.name.clone(), Appearance { partition: p, diskseq })
+            (
+                p.name.clone(),
+                Appearance {
+                    partition: p,
+                    diskseq,
+                },
+            )
         })
         .collect())
+}
+
+/// The loop device (or its disk) a partition name belongs to: `loop0p1` → `loop0`.
+fn loop_disk(name: &str) -> &str {
+    match name.rsplit_once('p') {
+        Some((disk, part)) if disk.ends_with(|c: char| c.is_ascii_digit()) && !part.is_empty() => {
+            disk
+        }
+        _ => name,
+    }
+}
+
+/// `losetup -d` on a loop device that is still open only sets autoclear; the kernel removes
+/// it at the last close and announces nothing. For us that is the unplug (a real stick
+/// vanishes at once), so such a device no longer counts as present.
+fn is_detaching(sys_block: &Path, name: &str) -> bool {
+    is_loop(name)
+        && std::fs::read_to_string(sys_block.join(loop_disk(name)).join("loop/autoclear"))
+            .is_ok_and(|f| f.trim() == "1")
 }
 
 /// A loop device over some dislocker's decrypted file (our own exFAT plumbing, or another
@@ -113,11 +140,7 @@ fn is_decrypted_view(sys_block: &Path, name: &str) -> bool {
     if !is_loop(name) {
         return false;
     }
-    let disk = match name.rsplit_once('p') {
-        Some((disk, part)) if disk.ends_with(|c: char| c.is_ascii_digit()) && !part.is_empty() => disk,
-        _ => name,
-    };
-    std::fs::read_to_string(sys_block.join(disk).join("loop/backing_file"))
+    std::fs::read_to_string(sys_block.join(loop_disk(name)).join("loop/backing_file"))
         .is_ok_and(|f| f.trim_end().ends_with("/dislocker-file"))
 }
 
@@ -174,22 +197,35 @@ impl UeventSocket {
 
 /// A uevent is `ACTION@DEVPATH\0KEY=VALUE\0…`; we want SUBSYSTEM=block.
 pub fn is_block_event(msg: &[u8]) -> bool {
-    msg.split(|&b| b == 0).any(|field| field == b"SUBSYSTEM=block")
+    msg.split(|&b| b == 0)
+        .any(|field| field == b"SUBSYSTEM=block")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = "major minor  #blocks  name\n\n 254 0 268435456 vda\n   7 0 104448 loop0\n \
+    const SAMPLE: &str =
+        "major minor  #blocks  name\n\n 254 0 268435456 vda\n   7 0 104448 loop0\n \
                           259 0 102400 loop0p1\n  11 0 1048575 sr0\n 1 0 4096 ram0\n";
 
     fn snap(names: &[(&str, u64, Option<u64>)]) -> Snapshot {
         names
             .iter()
             .map(|(n, blocks, seq)| {
-                let p = Partition { major: 8, minor: 0, blocks: *blocks, name: n.to_string() };
-                (n.to_string(), Appearance { partition: p, diskseq: *seq })
+                let p = Partition {
+                    major: 8,
+                    minor: 0,
+                    blocks: *blocks,
+                    name: n.to_string(),
+                };
+                (
+                    n.to_string(),
+                    Appearance {
+                        partition: p,
+                        diskseq: *seq,
+                    },
+                )
             })
             .collect()
     }
@@ -200,15 +236,24 @@ mod tests {
         assert_eq!(parts.len(), 5);
         assert_eq!(parts[2].name, "loop0p1");
         assert_eq!(parts[2].size_bytes(), 102400 * 1024);
-        let names: Vec<_> = parts.iter().filter(|p| wanted(p, false)).map(|p| &p.name).collect();
+        let names: Vec<_> = parts
+            .iter()
+            .filter(|p| wanted(p, false))
+            .map(|p| &p.name)
+            .collect();
         assert_eq!(names, ["vda"]);
-        let names: Vec<_> = parts.iter().filter(|p| wanted(p, true)).map(|p| &p.name).collect();
+        let names: Vec<_> = parts
+            .iter()
+            .filter(|p| wanted(p, true))
+            .map(|p| &p.name)
+            .collect();
         assert_eq!(names, ["vda", "loop0", "loop0p1"]);
     }
 
     #[test]
     fn garbage_lines_are_skipped() {
-        let text = "major minor\nx y z w\n1 2\n8 0 -5 sda\n8 1 10 sda1 extra\n8 2 10 ../etc\n8 3 10 sdb\n";
+        let text =
+            "major minor\nx y z w\n1 2\n8 0 -5 sda\n8 1 10 sda1 extra\n8 2 10 ../etc\n8 3 10 sdb\n";
         let parts = parse_partitions(text);
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].name, "sdb");
@@ -219,7 +264,11 @@ mod tests {
     #[test]
     fn diff_sees_added_removed_and_replugged() {
         let a = snap(&[("vda", 10, Some(1)), ("sdb", 5, Some(7))]);
-        let b = snap(&[("vda", 10, Some(1)), ("sdb", 5, Some(8)), ("sdb1", 4, Some(8))]);
+        let b = snap(&[
+            ("vda", 10, Some(1)),
+            ("sdb", 5, Some(8)),
+            ("sdb1", 4, Some(8)),
+        ]);
         let d = diff(&a, &b);
         assert_eq!(d.removed, ["sdb"]);
         let added: Vec<_> = d.added.iter().map(|x| x.partition.name.as_str()).collect();
@@ -231,9 +280,20 @@ mod tests {
     }
 
     #[test]
+    fn loop_partitions_map_to_their_disk() {
+        assert_eq!(loop_disk("loop0p1"), "loop0");
+        assert_eq!(loop_disk("loop12p3"), "loop12");
+        assert_eq!(loop_disk("loop0"), "loop0");
+    }
+
+    #[test]
     fn uevent_filter() {
-        assert!(is_block_event(b"add@/devices/virtual/block/loop0\0ACTION=add\0SUBSYSTEM=block\0"));
-        assert!(!is_block_event(b"add@/devices/x\0ACTION=add\0SUBSYSTEM=usb\0"));
+        assert!(is_block_event(
+            b"add@/devices/virtual/block/loop0\0ACTION=add\0SUBSYSTEM=block\0"
+        ));
+        assert!(!is_block_event(
+            b"add@/devices/x\0ACTION=add\0SUBSYSTEM=usb\0"
+        ));
         assert!(!is_block_event(b""));
     }
 }
