@@ -498,7 +498,7 @@ pub fn dislockers_for(device: &str) -> Vec<i32> {
             let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
             let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
             let is_dislocker = args.first().is_some_and(|a| a.ends_with(b"dislocker"));
-            (is_dislocker && args.iter().any(|a| *a == device.as_bytes())).then_some(pid)
+            (is_dislocker && args.contains(&device.as_bytes())).then_some(pid)
         })
         .collect()
 }
