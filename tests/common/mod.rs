@@ -204,7 +204,8 @@ pub struct TestDaemon {
     pub media: PathBuf,
     pub config: PathBuf,
     pub child: Option<Child>,
-    pub log: std::sync::Arc<Mutex<Vec<String>>>,
+    /// Every line the daemon writes to stderr, in order.
+    pub log: Mutex<std::sync::mpsc::Receiver<String>>,
 }
 
 impl TestDaemon {
@@ -233,7 +234,7 @@ impl TestDaemon {
             config,
             dir,
             child: None,
-            log: Default::default(),
+            log: Mutex::new(std::sync::mpsc::channel().1),
         };
         d.spawn();
         d
@@ -265,19 +266,29 @@ impl TestDaemon {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        let log = self.log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
-                    let _ = tx.send(());
-                }
                 eprintln!("  daemon| {line}");
-                log.lock().unwrap().push(line);
+                let _ = tx.send(line);
             }
         });
-        rx.recv_timeout(WAIT)
-            .expect("daemon did not start listening");
+        self.log = Mutex::new(rx);
         self.child = Some(child);
+        self.wait_log("listening on");
+    }
+
+    /// Waits for a daemon log line containing `text`; returns it.
+    pub fn wait_log(&self, text: &str) -> String {
+        let rx = self.log.lock().unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no daemon log line with {text:?}: {e}"),
+            }
+        }
     }
 
     pub fn client(&self) -> Client {
