@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: installs what is missing (Debian 12), builds, then runs the unit
+# tests and the end-to-end tests (real dislocker, real loop devices, real mounts, real GTK).
+# Needs root. Under CI=true an end-to-end test that lacks a prerequisite fails instead of
+# skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $(id -u) != 0 ]]; then
+  echo "tests/run.sh: needs root (loop devices, FUSE and mounts); run: sudo tests/run.sh" >&2
+  exit 1
+fi
+
+packages=(
+  dislocker ntfs-3g exfat-fuse exfatprogs fusefat dosfstools mtools fdisk util-linux xz-utils
+  pkg-config libgtk-4-dev libadwaita-1-dev
+  xvfb xdotool x11-xserver-utils x11-utils imagemagick dbus dbus-x11 notification-daemon
+  desktop-file-utils
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "tests/run.sh: installing ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Cargo from rustup when sudo dropped it from PATH.
+if ! command -v cargo >/dev/null; then
+  for env in "${SUDO_USER:+$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo/env}" /root/.cargo/env; do
+    [[ -n $env && -f $env ]] && source "$env" && break
+  done
+fi
+command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found; install Rust with rustup" >&2; exit 1; }
+
+# The kernel pieces the end-to-end tests use (built in on some kernels: then this is a no-op).
+modprobe fuse 2>/dev/null || true
+modprobe loop 2>/dev/null || true
+
+cargo build --locked --all-targets
+# Unit tests, then the end-to-end tests one at a time: they share /proc/partitions and the
+# loop devices of this machine.
+cargo test --locked --lib --bins
+cargo test --locked --tests -- --test-threads=1
