@@ -43,4 +43,4 @@ cargo build --locked --all-targets
 # Unit tests, then the end-to-end tests one at a time: they share /proc/partitions and the
 # loop devices of this machine.
 cargo test --locked --lib --bins
-cargo test --locked --tests -- --test-threads=1
+cargo test --locked --test '*' -- --test-threads=1
