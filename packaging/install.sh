@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs guilocker on Debian 12: the packages it needs, a release build, the binaries, the
+# config, the systemd unit (or a detached daemon where systemd is not running), and the
+# desktop files. Run from a checkout: sudo packaging/install.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[[ $(id -u) == 0 ]] || { echo "install.sh: run as root: sudo packaging/install.sh" >&2; exit 1; }
+
+prefix=${PREFIX:-/usr/local}
+runtime=(dislocker ntfs-3g exfat-fuse fusefat util-linux mount)
+build=(pkg-config libgtk-4-dev libadwaita-1-dev)
+missing=()
+for p in "${runtime[@]}" "${build[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  for env in "${SUDO_USER:+$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo/env}" /root/.cargo/env; do
+    [[ -n $env && -f $env ]] && source "$env" && break
+  done
+fi
+command -v cargo >/dev/null || { echo "install.sh: cargo not found; install Rust with rustup" >&2; exit 1; }
+cargo build --release --locked
+
+install -D -m 0755 target/release/guilocker "$prefix/bin/guilocker"
+if [[ -x target/release/guilocker-dialog ]]; then
+  install -D -m 0755 target/release/guilocker-dialog "$prefix/libexec/guilocker/guilocker-dialog"
+fi
+if [[ ! -e /etc/guilocker/config.toml ]]; then
+  install -D -m 0644 packaging/config/config.toml /etc/guilocker/config.toml
+fi
+getent group plugdev >/dev/null || groupadd --system plugdev
+[[ -n ${SUDO_USER:-} && $SUDO_USER != root ]] && usermod -aG plugdev "$SUDO_USER" || true
+
+# Desktop integration, when the files exist (agent autostart, dialog, icon).
+[[ -f packaging/autostart/guilocker-agent.desktop ]] &&
+  install -D -m 0644 packaging/autostart/guilocker-agent.desktop /etc/xdg/autostart/guilocker-agent.desktop
+[[ -f packaging/guilocker.desktop ]] &&
+  install -D -m 0644 packaging/guilocker.desktop "$prefix/share/applications/guilocker.desktop"
+[[ -f assets/guilocker.svg ]] &&
+  install -D -m 0644 assets/guilocker.svg "$prefix/share/icons/hicolor/scalable/apps/guilocker.svg"
+
+if [[ -d /run/systemd/system ]]; then
+  sed "s|/usr/local/bin/guilocker|$prefix/bin/guilocker|" packaging/systemd/guilocker.service \
+    > /etc/systemd/system/guilocker.service
+  systemctl daemon-reload
+  systemctl enable guilocker.service
+  systemctl restart guilocker.service
+  echo "guilocker: installed; the daemon runs under systemd (systemctl status guilocker)"
+else
+  # Replace a running daemon: it puts its volumes away on SIGTERM; wait for it to exit.
+  pidfile=/run/guilocker/guilocker.pid
+  if [[ -s $pidfile ]] && pid=$(<"$pidfile") && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    timeout 90 tail --pid="$pid" -f /dev/null
+  fi
+  "$prefix/bin/guilocker" daemon
+  echo "guilocker: installed; the daemon runs detached (pid $(cat /run/guilocker/guilocker.pid))"
+fi
