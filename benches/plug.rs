@@ -12,7 +12,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -39,12 +42,22 @@ fn main() {
         eprintln!("plug benchmark: needs root (loop devices); skipped");
         return;
     }
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/bitlocker/bitlk-images.tar.xz");
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-plug-{}", std::process::id()));
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/bitlocker/bitlk-images.tar.xz");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-plug-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let status = Command::new("tar").arg("xJSf").arg(&shared).arg("-C").arg(&dir).status();
+    let status = Command::new("tar")
+        .arg("xJSf")
+        .arg(&shared)
+        .arg("-C")
+        .arg(&dir)
+        .status();
     if !status.is_ok_and(|s| s.success()) {
-        eprintln!("plug benchmark: cannot unpack {}; skipped", shared.display());
+        eprintln!(
+            "plug benchmark: cannot unpack {}; skipped",
+            shared.display()
+        );
         return;
     }
     let image = dir.join("bitlk-images/bitlk-aes-xts-128.img");
@@ -74,11 +87,18 @@ fn main() {
 
     let plugs = env_or("PLUGS", 60);
     let mut events = Client::connect(&socket).unwrap().subscribe().unwrap();
-    events.stream().set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    events
+        .stream()
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut latencies = Vec::new();
     for _ in 0..plugs {
         let t0 = Instant::now();
-        let out = Command::new("losetup").args(["--find", "--show"]).arg(&image).output().unwrap();
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image)
+            .output()
+            .unwrap();
         let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         loop {
             let (kind, info) = events.next().unwrap().unwrap();
@@ -96,7 +116,10 @@ fn main() {
         }
     }
     latencies.sort_by(|a, b| a.total_cmp(b));
-    println!("plug → event at a subscribed client, {} plugs (losetup included):", latencies.len());
+    println!(
+        "plug → event at a subscribed client, {} plugs (losetup included):",
+        latencies.len()
+    );
     println!(
         "  median {:.2} ms   p99 {:.2} ms   min {:.2} ms   max {:.2} ms",
         percentile(&latencies, 0.5),
@@ -106,7 +129,9 @@ fn main() {
     );
 
     let idle = env_or("IDLE_SECONDS", 30);
-    let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap_or(100) as f64;
+    let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap_or(100) as f64;
     let before = cpu_ticks(pid);
     let t = Instant::now();
     // The measured interval itself, not a wait for some condition.
@@ -120,7 +145,10 @@ fn main() {
         cpu_ms / t.elapsed().as_secs_f64() / 10.0,
         rss
     );
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::SIGTERM,
+    );
     let _ = daemon.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }

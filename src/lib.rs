@@ -4,12 +4,15 @@
 //! clients, `protocol` what they say to each other. GTK lives only in the separate
 //! `guilocker-dialog` binary, so the root daemon never maps it.
 
+pub mod agent;
 pub mod bitlocker;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dialog;
 pub mod logging;
+pub mod pidfile;
 pub mod process;
 pub mod protocol;
 pub mod secret;

@@ -89,6 +89,11 @@ fn detached_daemon_and_second_instance() {
         let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
         assert_eq!(target, std::path::Path::new("/dev/null"), "fd {fd}");
     }
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(
+        !maps.contains("libgtk"),
+        "GTK is mapped into the root daemon"
+    );
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o666, "socket must be connectable by every user");
     let mode = std::fs::metadata(&pidfile).unwrap().permissions().mode() & 0o777;

@@ -1,5 +1,6 @@
 //! Command line: argument definitions and dispatch. Client commands talk to the daemon.
 
+mod dialog;
 mod monitor;
 mod status;
 mod unlock;
@@ -66,6 +67,14 @@ pub enum Command {
     Unlock(unlock::UnlockArgs),
     /// Unmount and lock a drive again
     Unmount(unmount::UnmountArgs),
+    /// The per-user login agent: asks for passwords when drives are plugged in
+    Agent {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// The unlock dialog, for the agent (secrets travel on stdin/stdout, never argv)
+    #[command(hide = true)]
+    Dialog,
     /// Print daemon events as they happen
     Monitor {
         /// One JSON object per line
@@ -139,6 +148,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Unlock(args) => unlock::run(args),
         Command::Unmount(args) => unmount::run(args),
         Command::Monitor { json, socket } => monitor::run(&socket.socket, json),
+        Command::Dialog => dialog::run(),
+        Command::Agent { socket } => crate::agent::run(crate::agent::Options {
+            socket: socket.socket,
+        })
+        .map_err(|e| Failure::new(exit::FAILED, format!("{e:#}"))),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

@@ -1,85 +1,15 @@
-//! Classic daemonization and the pidfile that keeps a second daemon out.
+//! Classic daemonization: double fork, setsid, chdir, umask, /dev/null, readiness pipe.
 
-use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::fcntl::OFlag;
 use nix::unistd::{chdir, dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, setsid, ForkResult};
 use std::fs::File;
-use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::io::{Read, Write};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum DaemonizeError {
-    #[error("already running (pid {pid}, pidfile {path})")]
-    AlreadyRunning { pid: String, path: PathBuf },
-    #[error("pidfile {path}: {source}")]
-    Pidfile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("cannot detach: {0}")]
     Detach(nix::Error),
-}
-
-/// A pidfile held with an exclusive flock for the daemon's whole life. The lock belongs to the
-/// open file description, so it survives the forks of [`detach`].
-pub struct Pidfile {
-    file: Flock<File>,
-    path: PathBuf,
-}
-
-impl Pidfile {
-    pub fn lock(path: &Path) -> Result<Self, DaemonizeError> {
-        let err = |source| DaemonizeError::Pidfile {
-            path: path.into(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map_err(err)?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(file) => Ok(Self {
-                file,
-                path: path.into(),
-            }),
-            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                Err(DaemonizeError::AlreadyRunning {
-                    pid: pid.trim().to_owned(),
-                    path: path.into(),
-                })
-            }
-            Err((_, errno)) => Err(err(errno.into())),
-        }
-    }
-
-    /// Writes our (final) pid.
-    pub fn write_pid(&mut self) -> Result<(), DaemonizeError> {
-        let err = |source| DaemonizeError::Pidfile {
-            path: self.path.clone(),
-            source,
-        };
-        self.file.set_len(0).map_err(err)?;
-        self.file.rewind().map_err(err)?;
-        writeln!(&mut *self.file, "{}", std::process::id()).map_err(err)?;
-        Ok(())
-    }
-}
-
-impl Drop for Pidfile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 /// The detached daemon's way to tell the waiting parent it is ready, or why it is not.

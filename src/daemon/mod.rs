@@ -66,7 +66,7 @@ pub fn run(opts: Options) -> Result<()> {
             .create(&opts.runtime_dir)
             .with_context(|| format!("cannot create {}", opts.runtime_dir.display()))?;
     }
-    let mut pidfile = daemonize::Pidfile::lock(&opts.pidfile)?;
+    let mut pidfile = crate::pidfile::Pidfile::lock(&opts.pidfile)?;
     let readiness = if opts.foreground {
         None
     } else {
@@ -104,7 +104,7 @@ type Started = (
     Option<watch::UeventSocket>,
 );
 
-fn start(opts: &Options, config: Config, pidfile: &mut daemonize::Pidfile) -> Result<Started> {
+fn start(opts: &Options, config: Config, pidfile: &mut crate::pidfile::Pidfile) -> Result<Started> {
     pidfile.write_pid()?;
     // Signals are handled only through the signalfd: block them before any thread exists so
     // every thread inherits the mask. SIGPIPE is ignored: a client that hangs up must not

@@ -1,0 +1,168 @@
+//! One GTK dialog per locked drive: a child process that speaks the dialog pipe protocol.
+//!
+//! The dialog sends the secret on its stdout; the agent forwards it to the daemon over the
+//! control socket and writes the answer back to the dialog's stdin. The secret never touches
+//! argv or the environment.
+
+use super::Agent;
+use crate::client::{Client, ClientError};
+use crate::protocol::{
+    read_frame, write_frame, DeviceInfo, DialogInput, DialogOutput, ErrorKind, Request, Response,
+    DIALOG_EXIT_CANCELLED, DIALOG_EXIT_NO_DISPLAY, DIALOG_EXIT_UNLOCKED,
+};
+use std::io::BufReader;
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The agent's side of an open dialog.
+pub struct DialogHandle {
+    stdin: Arc<Mutex<ChildStdin>>,
+    unlocking: Arc<AtomicBool>,
+}
+
+impl DialogHandle {
+    /// Asks the dialog to close (the drive went away, or was unlocked elsewhere).
+    pub fn close(&self, reason: &str) {
+        let mut stdin = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = write_frame(
+            &mut *stdin,
+            &DialogInput::Close {
+                reason: Some(reason.into()),
+            },
+        );
+    }
+
+    /// An unlock from this dialog is under way.
+    pub fn is_unlocking(&self) -> bool {
+        self.unlocking.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts `guilocker dialog` for `device` and a thread that serves it.
+pub fn start(agent: Arc<Agent>, device: DeviceInfo) -> std::io::Result<DialogHandle> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .arg("dialog")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    write_frame(
+        &mut stdin,
+        &DialogInput::Show {
+            device: device.clone(),
+        },
+    )
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let stdin = Arc::new(Mutex::new(stdin));
+    let unlocking = Arc::new(AtomicBool::new(false));
+    let handle = DialogHandle {
+        stdin: Arc::clone(&stdin),
+        unlocking: Arc::clone(&unlocking),
+    };
+    log::info!("{}: asking for the password", device.device);
+    std::thread::Builder::new()
+        .name("guilocker-dialog".into())
+        .spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut settle = false;
+            loop {
+                match read_frame::<DialogOutput, _>(&mut reader) {
+                    Ok(Some(DialogOutput::Unlock { secret, read_only })) => {
+                        unlocking.store(true, Ordering::Relaxed);
+                        let request = Request::Unlock {
+                            device: device.device.clone(),
+                            secret,
+                            read_only,
+                            mount: true,
+                            owner: None,
+                        };
+                        let answer =
+                            Client::connect(&agent.socket).and_then(|mut c| c.request(&request));
+                        drop(request);
+                        unlocking.store(false, Ordering::Relaxed);
+                        let reply = reply_for(&device.device, &answer);
+                        let mut pipe = stdin.lock().unwrap_or_else(|e| e.into_inner());
+                        let _ = write_frame(&mut *pipe, &reply);
+                        drop(pipe);
+                        if let Ok(Response::Unlocked { device: info }) = answer {
+                            settle = true;
+                            agent.unlocked(&info);
+                        }
+                    }
+                    Ok(Some(DialogOutput::Cancel)) => {
+                        log::info!("{}: the person cancelled", device.device);
+                        settle = true;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        log::warn!("{}: the dialog said something odd: {e}", device.device);
+                        break;
+                    }
+                }
+            }
+            let status = child.wait();
+            match status.map(|s| s.code()) {
+                Ok(Some(DIALOG_EXIT_UNLOCKED | DIALOG_EXIT_CANCELLED)) => settle = true,
+                Ok(Some(DIALOG_EXIT_NO_DISPLAY)) => {
+                    log::warn!("{}: the dialog could not open a display", device.device);
+                    settle = true;
+                }
+                _ => {}
+            }
+            agent.dialog_ended(&device.device, settle);
+        })?;
+    Ok(handle)
+}
+
+/// What the dialog shows for the daemon's answer: the cause without the device prefix.
+fn reply_for(device: &str, answer: &Result<Response, ClientError>) -> DialogInput {
+    match answer {
+        Ok(Response::Unlocked { .. }) => DialogInput::Result {
+            ok: true,
+            kind: None,
+            message: None,
+        },
+        Ok(other) => DialogInput::Result {
+            ok: false,
+            kind: Some(ErrorKind::Failed),
+            message: Some(format!("unexpected reply from the daemon: {other:?}")),
+        },
+        Err(ClientError::Daemon { kind, message }) => {
+            let prefix = format!("{device}: ");
+            DialogInput::Result {
+                ok: false,
+                kind: Some(*kind),
+                message: Some(message.strip_prefix(&prefix).unwrap_or(message).to_owned()),
+            }
+        }
+        Err(e) => DialogInput::Result {
+            ok: false,
+            kind: Some(ErrorKind::Failed),
+            message: Some(e.to_string()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_lose_the_device_prefix() {
+        let answer = Err(ClientError::Daemon {
+            kind: ErrorKind::WrongSecret,
+            message: "/dev/sdb1: wrong password".into(),
+        });
+        match reply_for("/dev/sdb1", &answer) {
+            DialogInput::Result { ok, kind, message } => {
+                assert!(!ok);
+                assert_eq!(kind, Some(ErrorKind::WrongSecret));
+                assert_eq!(message.as_deref(), Some("wrong password"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

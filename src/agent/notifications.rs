@@ -1,0 +1,107 @@
+//! Desktop notifications (freedesktop, through notify-rust): "unlocked", with Open and
+//! Unmount, and problems that need attention.
+
+use crate::client::Client;
+use crate::protocol::{DeviceInfo, Request};
+use notify_rust::{Notification, Timeout, Urgency};
+use std::path::PathBuf;
+
+const APP: &str = "guilocker";
+const ICON: &str = "guilocker";
+
+/// "‘LABEL’ unlocked — mounted at …" with Open and Unmount. Waits for the action on a thread
+/// of its own.
+pub fn unlocked(socket: PathBuf, device: DeviceInfo) {
+    let spawned = std::thread::Builder::new()
+        .name("guilocker-notify".into())
+        .spawn(move || {
+            let label = device
+                .label
+                .clone()
+                .unwrap_or_else(|| "BitLocker drive".into());
+            let body = match &device.mountpoint {
+                Some(m) => format!("Mounted at {m}"),
+                None => "Unlocked; not mounted.".into(),
+            };
+            let mut n = Notification::new();
+            n.appname(APP)
+                .icon(ICON)
+                .summary(&format!("‘{label}’ unlocked"))
+                .body(&body)
+                .timeout(Timeout::Milliseconds(10_000));
+            if device.mountpoint.is_some() {
+                n.action("open", "Open").action("unmount", "Unmount");
+            }
+            let handle = match n.show() {
+                Ok(h) => h,
+                Err(e) => {
+                    log::warn!("{}: cannot show a notification: {e}", device.device);
+                    return;
+                }
+            };
+            handle.wait_for_action(|action| match action {
+                "open" => open(&device),
+                "unmount" => unmount(&socket, &device, &label),
+                _ => {}
+            });
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start a notification thread: {e}");
+    }
+}
+
+/// Something that needs the person's attention.
+pub fn problem(summary: &str, body: &str) {
+    let shown = Notification::new()
+        .appname(APP)
+        .icon(ICON)
+        .summary(summary)
+        .body(body)
+        .urgency(Urgency::Critical)
+        .show();
+    if let Err(e) = shown {
+        log::warn!("cannot show a notification ({summary}): {e}");
+    }
+}
+
+/// Opens the mountpoint with the desktop's default handler (the file manager).
+fn open(device: &DeviceInfo) {
+    let Some(mountpoint) = &device.mountpoint else {
+        return;
+    };
+    for opener in [&["xdg-open"][..], &["gio", "open"][..]] {
+        let started = std::process::Command::new(opener[0])
+            .args(&opener[1..])
+            .arg(mountpoint)
+            .spawn();
+        if let Ok(mut child) = started {
+            let _ = child.wait();
+            return;
+        }
+    }
+    problem(
+        "Cannot open the drive",
+        &format!("No file manager could open {mountpoint}."),
+    );
+}
+
+fn unmount(socket: &std::path::Path, device: &DeviceInfo, label: &str) {
+    let result = Client::connect(socket).and_then(|mut c| {
+        c.request(&Request::Unmount {
+            target: Some(device.device.clone()),
+            all: false,
+            force: false,
+        })
+    });
+    match result {
+        Ok(_) => {
+            let _ = Notification::new()
+                .appname(APP)
+                .icon(ICON)
+                .summary(&format!("‘{label}’ can be removed"))
+                .body("It was unmounted and locked.")
+                .show();
+        }
+        Err(e) => problem(&format!("‘{label}’ could not be unmounted"), &e.to_string()),
+    }
+}

@@ -1,0 +1,36 @@
+//! `guilocker dialog`: hands over to the GTK binary, which lives apart so that nothing else
+//! ever maps GTK.
+
+use super::{exit, Failure};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+const DIALOG_BIN: &str = "guilocker-dialog";
+/// Where `packaging/install.sh` puts it.
+const LIBEXEC: [&str; 2] = ["/usr/local/libexec/guilocker", "/usr/libexec/guilocker"];
+
+/// Next to this executable (a build tree), else the libexec directories.
+fn find() -> Option<PathBuf> {
+    let here = std::env::current_exe().ok()?.parent()?.join(DIALOG_BIN);
+    std::iter::once(here)
+        .chain(LIBEXEC.iter().map(|d| PathBuf::from(d).join(DIALOG_BIN)))
+        .find(|p| p.is_file())
+}
+
+pub fn run() -> Result<(), Failure> {
+    let path = find().ok_or_else(|| {
+        Failure::new(
+            exit::FAILED,
+            format!(
+                "{DIALOG_BIN} is not installed (looked next to guilocker and in {})",
+                LIBEXEC.join(", ")
+            ),
+        )
+    })?;
+    // exec keeps stdin and stdout: they are the agent's pipes.
+    let err = std::process::Command::new(&path).exec();
+    Err(Failure::new(
+        exit::FAILED,
+        format!("cannot run {}: {err}", path.display()),
+    ))
+}

@@ -1,0 +1,405 @@
+//! What the dialog shows and allows, computed without GTK so it can be unit-tested.
+
+use crate::bitlocker::recovery::{self, RecoveryKeyError, GROUPS, GROUP_DIGITS};
+use crate::protocol::DeviceInfo;
+use crate::secret::SecretString;
+use zeroize::Zeroizing;
+
+/// A way to unlock that the dialog can offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Password,
+    RecoveryKey,
+    StartupKey,
+    /// Protection is suspended: no secret is needed.
+    ClearKey,
+}
+
+impl Method {
+    /// The name of this method's page in the template's `GtkStack`.
+    pub fn page(self) -> &'static str {
+        match self {
+            Self::Password => "password",
+            Self::RecoveryKey => "recovery",
+            Self::StartupKey => "key-file",
+            Self::ClearKey => "clear-key",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Self::Password => "its password",
+            Self::RecoveryKey => "its recovery key",
+            Self::StartupKey => "its startup key file",
+            Self::ClearKey => "no key",
+        }
+    }
+}
+
+/// The methods to offer, first one selected, and a note when the choice is narrower than
+/// people might expect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub methods: Vec<Method>,
+    pub note: Option<String>,
+}
+
+/// Decides what to offer from the drive's key protectors. Unknown protectors are listed
+/// as empty, and then every method that might work is offered.
+pub fn offer(protectors: &[String]) -> Offer {
+    if protectors.is_empty() {
+        return Offer {
+            methods: vec![Method::Password, Method::RecoveryKey, Method::StartupKey],
+            note: None,
+        };
+    }
+    let has = |kind: &str| protectors.iter().any(|p| p == kind);
+    // Suspended protection opens with no secret at all: asking for one would only confuse.
+    if has("clear_key") {
+        return Offer {
+            methods: vec![Method::ClearKey],
+            note: None,
+        };
+    }
+    let methods: Vec<Method> = [
+        ("password", Method::Password),
+        ("recovery_password", Method::RecoveryKey),
+        ("startup_key", Method::StartupKey),
+    ]
+    .into_iter()
+    .filter(|(kind, _)| has(kind))
+    .map(|(_, method)| method)
+    .collect();
+    let unusable = protectors.iter().any(|p| {
+        !matches!(
+            p.as_str(),
+            "clear_key" | "password" | "recovery_password" | "startup_key"
+        )
+    });
+    let note = match methods.as_slice() {
+        [] => Some(no_method_note(has("tpm"), has("smart_card"))),
+        // A drive that also has a TPM or smart card protector: say why the usual way is missing.
+        [only] if unusable => Some(format!(
+            "This drive can only be opened here with {}.",
+            only.noun()
+        )),
+        _ => None,
+    };
+    Offer { methods, note }
+}
+
+fn no_method_note(tpm: bool, smart_card: bool) -> String {
+    let what = match (tpm, smart_card) {
+        (true, true) => "the TPM chip of its Windows computer or a smart card",
+        (true, false) => "the TPM chip of its Windows computer",
+        (false, true) => "a smart card",
+        (false, false) => "a key protector that guilocker does not support",
+    };
+    format!("This drive can only be opened with {what}, so it cannot be unlocked here.")
+}
+
+/// The heading: the volume label, or a generic name.
+pub fn title(device: &DeviceInfo) -> String {
+    match device.label.as_deref().map(str::trim) {
+        Some(label) if !label.is_empty() => label.to_owned(),
+        _ => "BitLocker drive".to_owned(),
+    }
+}
+
+/// "15.5 GB · SanDisk Cruzer Blade": size, then vendor and model when known.
+pub fn details(device: &DeviceInfo) -> String {
+    let mut parts = vec![human_size(device.size_bytes)];
+    let maker: Vec<&str> = [device.vendor.as_deref(), device.model.as_deref()]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !maker.is_empty() {
+        parts.push(maker.join(" "));
+    }
+    parts.join(" · ")
+}
+
+/// The BitLocker description (Windows writes PC name, drive letter and date), if any.
+pub fn description(device: &DeviceInfo) -> Option<String> {
+    let text = device.description.as_deref()?.trim();
+    (!text.is_empty()).then(|| format!("Described as “{text}”"))
+}
+
+/// Decimal units, as GNOME's file manager shows them: "15.5 GB".
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["kB", "MB", "GB", "TB", "PB", "EB"];
+    if bytes < 1000 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64 / 1000.0;
+    let mut unit = 0;
+    while value >= 999.95 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Where a recovery key being typed stands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyCheck {
+    Empty,
+    /// So far so good; `digits` typed of 48.
+    Incomplete {
+        digits: usize,
+    },
+    /// Something is wrong; the message names the group but never shows digits.
+    Invalid(String),
+    /// All 48 digits check out: the canonical `111111-…` form (`Debug` prints `***`).
+    Valid(SecretString),
+}
+
+impl KeyCheck {
+    /// The line under the entry.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Empty => format!("0 of {} digits", GROUPS * GROUP_DIGITS),
+            Self::Incomplete { digits } => format!("{digits} of {} digits", GROUPS * GROUP_DIGITS),
+            Self::Invalid(message) => message.clone(),
+            Self::Valid(_) => "All 8 groups are valid.".to_owned(),
+        }
+    }
+}
+
+fn is_separator(c: char) -> bool {
+    matches!(c, '-' | ' ' | '\t' | '\n' | '\r')
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+fn bad_group(group: usize, cause: recovery::GroupError) -> KeyCheck {
+    KeyCheck::Invalid(capitalized(
+        &RecoveryKeyError::BadGroup { group, cause }.to_string(),
+    ))
+}
+
+/// Checks a recovery key as it is typed or pasted: each finished 6-digit group is checked as
+/// soon as it is complete, so the person learns which group has a typo.
+pub fn check_recovery_key(text: &str) -> KeyCheck {
+    if text.trim().is_empty() {
+        return KeyCheck::Empty;
+    }
+    if text
+        .chars()
+        .any(|c| !c.is_ascii_digit() && !is_separator(c))
+    {
+        return KeyCheck::Invalid(capitalized(&RecoveryKeyError::BadCharacter.to_string()));
+    }
+    let segments: Vec<&str> = text.split(is_separator).filter(|s| !s.is_empty()).collect();
+    let digits: usize = segments.iter().map(|s| s.len()).sum();
+    let total = GROUPS * GROUP_DIGITS;
+    // Typed with dashes: each segment is one group, so a short group is named as such.
+    let dashed = text.trim_start().contains(is_separator);
+    if dashed && segments.iter().all(|s| s.len() <= GROUP_DIGITS) {
+        let still_typing_last = !text.ends_with(is_separator);
+        for (i, segment) in segments.iter().enumerate() {
+            let last = i + 1 == segments.len();
+            if segment.len() == GROUP_DIGITS {
+                if let Err(cause) = recovery::check_group(segment) {
+                    return bad_group(i + 1, cause);
+                }
+            } else if !(last && still_typing_last) {
+                return bad_group(i + 1, recovery::GroupError::NotSixDigits);
+            }
+        }
+        if segments.len() > GROUPS {
+            return KeyCheck::Invalid(too_many(digits));
+        }
+    } else {
+        // Pasted or typed without dashes: cut the digits into groups of six.
+        let joined: Zeroizing<String> = Zeroizing::new(segments.concat());
+        for (i, group) in joined.as_bytes().chunks(GROUP_DIGITS).enumerate() {
+            if group.len() == GROUP_DIGITS {
+                let group = std::str::from_utf8(group).unwrap_or_default();
+                if let Err(cause) = recovery::check_group(group) {
+                    return bad_group(i + 1, cause);
+                }
+            }
+        }
+    }
+    if digits > total {
+        return KeyCheck::Invalid(too_many(digits));
+    }
+    if digits < total {
+        return KeyCheck::Incomplete { digits };
+    }
+    match recovery::normalize(text) {
+        Ok(key) => KeyCheck::Valid(SecretString::from(key.as_str())),
+        Err(e) => KeyCheck::Invalid(capitalized(&e.to_string())),
+    }
+}
+
+fn too_many(digits: usize) -> String {
+    format!("A recovery key has 48 digits; this has {digits}.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::DeviceState;
+
+    const GOOD: &str = "235818-357951-253979-013365-241120-245575-342914-591910";
+
+    fn kinds(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn unknown_protectors_offer_everything() {
+        let o = offer(&[]);
+        assert_eq!(
+            o.methods,
+            [Method::Password, Method::RecoveryKey, Method::StartupKey]
+        );
+        assert_eq!(o.note, None);
+    }
+
+    #[test]
+    fn offers_only_what_the_drive_has() {
+        let o = offer(&kinds(&["recovery_password", "password"]));
+        assert_eq!(o.methods, [Method::Password, Method::RecoveryKey]);
+        assert_eq!(o.note, None);
+        let o = offer(&kinds(&["tpm", "recovery_password"]));
+        assert_eq!(o.methods, [Method::RecoveryKey]);
+        assert_eq!(
+            o.note.as_deref(),
+            Some("This drive can only be opened here with its recovery key.")
+        );
+        let o = offer(&kinds(&["password", "clear_key", "tpm"]));
+        assert_eq!(o.methods, [Method::ClearKey]);
+        assert_eq!(o.note, None);
+    }
+
+    #[test]
+    fn says_plainly_when_nothing_works_here() {
+        let o = offer(&kinds(&["tpm", "smart_card"]));
+        assert!(o.methods.is_empty());
+        assert!(o.note.unwrap().contains("TPM chip"));
+        let o = offer(&kinds(&["smart_card"]));
+        assert!(o.note.unwrap().contains("smart card"));
+    }
+
+    #[test]
+    fn sizes_read_like_gnome() {
+        assert_eq!(human_size(512), "512 bytes");
+        assert_eq!(human_size(15_500_000_000), "15.5 GB");
+        assert_eq!(human_size(15_518_924_800), "15.5 GB");
+        assert_eq!(human_size(1_000_000), "1.0 MB");
+        assert_eq!(human_size(999_999), "1.0 MB");
+        assert_eq!(human_size(2_000_000_000_000), "2.0 TB");
+    }
+
+    #[test]
+    fn drive_texts() {
+        let mut d = DeviceInfo {
+            device: "/dev/sdb1".into(),
+            bitlocker: true,
+            state: DeviceState::Locked,
+            mountpoint: None,
+            decrypted: None,
+            label: None,
+            size_bytes: 15_500_000_000,
+            owner: None,
+            fs_type: None,
+            read_only: false,
+            error: None,
+            vendor: Some("SanDisk".into()),
+            model: Some("Cruzer Blade ".into()),
+            guid: None,
+            description: Some(" ".into()),
+            protectors: vec![],
+        };
+        assert_eq!(title(&d), "BitLocker drive");
+        assert_eq!(details(&d), "15.5 GB · SanDisk Cruzer Blade");
+        assert_eq!(description(&d), None);
+        d.label = Some("WORK".into());
+        d.vendor = None;
+        d.description = Some("DESKTOP-7QH2 E: 14/03/2024".into());
+        assert_eq!(title(&d), "WORK");
+        assert_eq!(details(&d), "15.5 GB · Cruzer Blade");
+        assert_eq!(
+            description(&d).as_deref(),
+            Some("Described as “DESKTOP-7QH2 E: 14/03/2024”")
+        );
+    }
+
+    #[test]
+    fn recovery_key_while_typing() {
+        assert_eq!(check_recovery_key(""), KeyCheck::Empty);
+        assert_eq!(
+            check_recovery_key("23581"),
+            KeyCheck::Incomplete { digits: 5 }
+        );
+        assert_eq!(
+            check_recovery_key("235818-35"),
+            KeyCheck::Incomplete { digits: 8 }
+        );
+        assert_eq!(
+            check_recovery_key("235818-"),
+            KeyCheck::Incomplete { digits: 6 }
+        );
+        assert_eq!(
+            check_recovery_key("23581-"),
+            KeyCheck::Invalid("Group 1 of the recovery key must be 6 digits".into())
+        );
+        assert_eq!(
+            check_recovery_key("235818-357950-2"),
+            KeyCheck::Invalid(
+                "Group 2 of the recovery key is not divisible by 11 (a typo?)".into()
+            )
+        );
+        // Without dashes the groups are found by counting.
+        assert_eq!(
+            check_recovery_key("235818357950"),
+            KeyCheck::Invalid(
+                "Group 2 of the recovery key is not divisible by 11 (a typo?)".into()
+            )
+        );
+        assert!(matches!(check_recovery_key("2358x8"), KeyCheck::Invalid(_)));
+    }
+
+    #[test]
+    fn recovery_key_complete_in_any_shape() {
+        for text in [
+            GOOD.to_owned(),
+            GOOD.replace('-', ""),
+            GOOD.replace('-', " "),
+            format!("  {GOOD}\n"),
+        ] {
+            match check_recovery_key(&text) {
+                KeyCheck::Valid(key) => assert_eq!(key.expose(), GOOD),
+                other => panic!("{other:?}"),
+            }
+        }
+        let long = format!("{GOOD}-000000");
+        assert!(matches!(check_recovery_key(&long), KeyCheck::Invalid(_)));
+        assert!(matches!(
+            check_recovery_key(&format!("{}0", GOOD.replace('-', ""))),
+            KeyCheck::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn messages_never_show_digits() {
+        let typo = GOOD.replacen("253979", "253978", 1);
+        let message = check_recovery_key(&typo).message();
+        assert_eq!(
+            message,
+            "Group 3 of the recovery key is not divisible by 11 (a typo?)"
+        );
+        assert!(!message.contains("253978"));
+    }
+}
