@@ -147,6 +147,16 @@ impl Command {
     /// Forks and execs. Returns once exec has succeeded or failed (an exec error arrives
     /// through a close-on-exec pipe, so a missing program is a typed error, not exit 127).
     pub fn spawn(self) -> Result<Child, ProcessError> {
+        // argv never carries a secret (they go through pipes, a pty or a memfd).
+        log::debug!(
+            "running {} {}",
+            self.program_name(),
+            self.args
+                .iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         reaper().spawn(self)
     }
 

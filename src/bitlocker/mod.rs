@@ -1,36 +1,40 @@
-//! The BitLocker on-disk format: signature, recovery keys (metadata and key derivation follow).
+//! Native reader of the BitLocker on-disk format and its key derivation (FVEK for dislocker -k).
+//!
+//! Everything here parses bytes from untrusted disks for a root daemon: every offset and size
+//! is checked, reads are bounded, and secrets live in zeroizing buffers and never reach a
+//! message, a `Debug` string or the JSON of [`VolumeInfo`].
 
+mod bek;
+mod crc32;
+mod entries;
+mod error;
+mod guid;
+mod header;
+mod info;
+mod kdf;
+mod keys;
+mod metadata;
 pub mod recovery;
-
-/// Volume header signature of BitLocker volumes, at byte 3.
-const SIGNATURE: &[u8; 8] = b"-FVE-FS-";
-/// BitLocker To Go volumes keep a FAT header for old Windows; this GUID at byte 424
-/// (4967d63b-2e29-4ad8-8399-f6a339e3d001, as stored on disk) marks them.
-const TO_GO_GUID: [u8; 16] = [
-    0x3b, 0xd6, 0x67, 0x49, 0x29, 0x2e, 0xd8, 0x4a, 0x83, 0x99, 0xf6, 0xa3, 0x39, 0xe3, 0xd0, 0x01,
-];
-const TO_GO_GUID_OFFSET: usize = 424;
-
-/// True when the first sector belongs to a BitLocker (or BitLocker To Go) volume.
-pub fn is_bitlocker(first_sector: &[u8]) -> bool {
-    first_sector.get(3..11) == Some(SIGNATURE)
-        || first_sector.get(TO_GO_GUID_OFFSET..TO_GO_GUID_OFFSET + 16) == Some(&TO_GO_GUID)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod testdata;
+mod unlock;
 
-    #[test]
-    fn signatures() {
-        let mut s = [0u8; 512];
-        assert!(!is_bitlocker(&s));
-        s[3..11].copy_from_slice(SIGNATURE);
-        assert!(is_bitlocker(&s));
-        let mut togo = [0u8; 512];
-        togo[3..11].copy_from_slice(b"MSWIN4.1");
-        togo[424..440].copy_from_slice(&TO_GO_GUID);
-        assert!(is_bitlocker(&togo));
-        assert!(!is_bitlocker(&s[..10]));
-    }
+pub use bek::{parse_startup_key, StartupKey};
+pub use error::BitlockerError;
+pub use guid::Guid;
+pub use info::{Cipher, EncryptionState, Protector, ProtectorKind, VolumeInfo};
+pub use keys::Fvek;
+#[doc(hidden)]
+pub use metadata::parse_metadata_block;
+pub use metadata::{read_metadata, Metadata};
+pub use unlock::{derive_fvek, unlock, Key};
+
+/// True when the first sector (512 bytes suffice) is a BitLocker volume: `-FVE-FS-` at byte 3,
+/// or a BitLocker To Go volume, whose FAT32 boot sector ("MSWIN4.1") carries the BitLocker
+/// GUID at byte 424, followed by the three FVE metadata offsets.
+pub fn is_bitlocker(first_sector: &[u8]) -> bool {
+    !matches!(
+        header::parse(first_sector),
+        Err(BitlockerError::NotBitlocker)
+    )
 }

@@ -1,6 +1,7 @@
 //! Command line: argument definitions and dispatch. Client commands talk to the daemon.
 
 mod dialog;
+mod inspect;
 mod monitor;
 mod status;
 mod unlock;
@@ -75,6 +76,8 @@ pub enum Command {
     /// The unlock dialog, for the agent (secrets travel on stdin/stdout, never argv)
     #[command(hide = true)]
     Dialog,
+    /// Show what a drive's BitLocker metadata says (no secret needed)
+    Inspect(inspect::InspectArgs),
     /// Print daemon events as they happen
     Monitor {
         /// One JSON object per line
@@ -149,6 +152,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Unmount(args) => unmount::run(args),
         Command::Monitor { json, socket } => monitor::run(&socket.socket, json),
         Command::Dialog => dialog::run(),
+        Command::Inspect(args) => inspect::run(args),
         Command::Agent { socket } => crate::agent::run(crate::agent::Options {
             socket: socket.socket,
         })

@@ -154,11 +154,12 @@ pub fn run(args: UnlockArgs) -> Result<(), Failure> {
             };
             match first {
                 Some(Ok(r)) => r,
+                // Without the metadata we only guessed; with it, "cannot open" is the answer.
                 Some(Err(ClientError::Daemon {
                     kind: ErrorKind::CannotOpen,
                     ..
-                }))
-                | None => send(&mut client, &args, prompt(device)?)?,
+                })) if protectors.is_empty() => send(&mut client, &args, prompt(device)?)?,
+                None => send(&mut client, &args, prompt(device)?)?,
                 Some(Err(e)) => return Err(e.into()),
             }
         }

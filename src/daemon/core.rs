@@ -19,7 +19,7 @@ use crate::process::ExitStatus;
 use crate::protocol::{DeviceInfo, DeviceState, EventKind, UnlockSecret};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 /// Attempts to open a device node that is not there yet, before giving up on it.
@@ -64,6 +64,7 @@ struct UnlockJob<'a> {
     path: String,
     generation: u64,
     secret: &'a UnlockSecret,
+    metadata: Option<Arc<crate::bitlocker::Metadata>>,
     read_only: bool,
     mount: bool,
     owner: Owner,
@@ -171,6 +172,7 @@ impl Daemon {
             vendor,
             model,
             volume: VolumeFacts::default(),
+            metadata: None,
             session: None,
             busy: false,
             probe_attempts: 0,
@@ -198,14 +200,21 @@ impl Daemon {
         };
         let first = dev.probe_attempts == 0;
         match result {
-            Ok(found) => {
-                let bitlocker = found == Probe::BitLocker;
-                dev.bitlocker = Some(bitlocker);
-                dev.state = if bitlocker {
-                    DeviceState::Locked
-                } else {
-                    DeviceState::Plain
-                };
+            Ok(Probe::Other) => {
+                dev.bitlocker = Some(false);
+                dev.state = DeviceState::Plain;
+            }
+            Ok(Probe::BitLocker(meta)) => {
+                dev.bitlocker = Some(true);
+                dev.state = DeviceState::Locked;
+                match *meta {
+                    Ok(meta) => {
+                        dev.volume = VolumeFacts::from_metadata(&meta);
+                        dev.metadata = Some(Arc::new(meta));
+                    }
+                    // dislocker may still manage; the unlock falls back to it.
+                    Err(e) => log::warn!("{path}: cannot read the BitLocker metadata: {e}"),
+                }
             }
             Err(ProbeError::NoNode { .. }) if dev.probe_attempts < MAX_PROBE_ATTEMPTS => {
                 dev.probe_attempts += 1;
@@ -231,6 +240,30 @@ impl Daemon {
             );
         }
         self.emit(EventKind::Added, info);
+    }
+
+    /// What the BitLocker metadata of a device says (no secrets in it), and its device path.
+    pub fn inspect(&self, target: &str) -> Result<(String, serde_json::Value), DaemonError> {
+        let table = self.lock();
+        let dev = table
+            .find(target)
+            .ok_or_else(|| DaemonError::NoSuchDevice {
+                device: target.into(),
+            })?;
+        match (dev.bitlocker, &dev.metadata) {
+            (Some(false), _) => Err(DaemonError::NotBitLocker {
+                device: dev.path.clone(),
+            }),
+            (_, Some(meta)) => serde_json::to_value(&meta.info)
+                .map(|v| (dev.path.clone(), v))
+                .map_err(|e| {
+                    DaemonError::failed(&dev.path, format!("cannot describe the metadata: {e}"))
+                }),
+            (_, None) => Err(DaemonError::failed(
+                &dev.path,
+                "the BitLocker metadata could not be read",
+            )),
+        }
     }
 
     /// Unlocks (and by default mounts) a BitLocker device for the caller.
@@ -288,6 +321,7 @@ impl Daemon {
             path: path.clone(),
             generation: dev.generation,
             secret,
+            metadata: dev.metadata.clone(),
             read_only: read_only || config.read_only,
             mount,
             owner,
@@ -371,7 +405,13 @@ impl Daemon {
     fn run_unlock(&self, job: &UnlockJob, config: &Config) -> Result<Session, DaemonError> {
         let dir = self.paths.dislocker_dir(&job.name);
         prepare_dir(&job.path, &dir)?;
-        let unlocked = match unlock::start(&job.path, job.secret, &dir, job.read_only) {
+        let unlocked = match unlock::start(
+            &job.path,
+            job.secret,
+            job.metadata.as_deref(),
+            &dir,
+            job.read_only,
+        ) {
             Ok(u) => u,
             Err(e) => {
                 mount::remove_dirs(&[dir]);

@@ -1,5 +1,6 @@
 //! Probing a new block device: read its first sector (never run a program) and sysfs facts.
 
+use crate::bitlocker::{BitlockerError, Metadata};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -17,14 +18,16 @@ pub enum ProbeError {
     },
 }
 
-/// What the first sector says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the first sector says; for BitLocker, also what its metadata says (or why it could
+/// not be read).
+#[derive(Debug)]
 pub enum Probe {
-    BitLocker,
+    BitLocker(Box<Result<Metadata, BitlockerError>>),
     Other,
 }
 
-/// Reads the first 512 bytes of `device` and checks for a BitLocker signature.
+/// Reads the first 512 bytes of `device` and checks for a BitLocker signature; for a
+/// BitLocker volume, reads its metadata too (bounded reads, done once per appearance).
 pub fn probe(device: &Path) -> Result<Probe, ProbeError> {
     let mut file = File::options()
         .read(true)
@@ -46,11 +49,12 @@ pub fn probe(device: &Path) -> Result<Probe, ProbeError> {
             device: device.into(),
             source,
         })?;
-    Ok(if crate::bitlocker::is_bitlocker(&sector) {
-        Probe::BitLocker
-    } else {
-        Probe::Other
-    })
+    if !crate::bitlocker::is_bitlocker(&sector) {
+        return Ok(Probe::Other);
+    }
+    Ok(Probe::BitLocker(Box::new(crate::bitlocker::read_metadata(
+        &file,
+    ))))
 }
 
 /// Vendor and model from sysfs, when the device (or its disk) has them.
@@ -89,13 +93,16 @@ mod tests {
         let mut sector = vec![0u8; 512];
         sector[3..11].copy_from_slice(b"-FVE-FS-");
         File::create(&bl).unwrap().write_all(&sector).unwrap();
-        assert_eq!(probe(&bl).unwrap(), Probe::BitLocker);
+        match probe(&bl).unwrap() {
+            Probe::BitLocker(meta) => assert!(meta.is_err(), "no metadata in a bare signature"),
+            Probe::Other => panic!("signature not seen"),
+        }
         let other = dir.join("other");
         File::create(&other)
             .unwrap()
             .write_all(&[0u8; 512])
             .unwrap();
-        assert_eq!(probe(&other).unwrap(), Probe::Other);
+        assert!(matches!(probe(&other).unwrap(), Probe::Other));
         let short = dir.join("short");
         File::create(&short).unwrap().write_all(b"abc").unwrap();
         let err = probe(&short).unwrap_err().to_string();

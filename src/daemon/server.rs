@@ -234,10 +234,9 @@ fn handle(daemon: &Daemon, caller: &Caller, request: Request) -> Response {
         Request::Unmount { target, all, force } => daemon
             .unmount(caller, target.as_deref(), all, force)
             .map(|devices| Response::Unmounted { devices }),
-        Request::Inspect { device } => Err(DaemonError::failed(
-            &device,
-            "reading BitLocker metadata is not available in this build",
-        )),
+        Request::Inspect { device } => daemon
+            .inspect(&device)
+            .map(|(device, volume)| Response::Inspected { device, volume }),
         Request::Subscribe => unreachable!("handled by serve"),
     })
 }

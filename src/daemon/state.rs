@@ -3,17 +3,44 @@
 use super::filesystem::FsInfo;
 use super::mount::{MountedFs, Owner};
 use super::watch::{Appearance, Snapshot};
+use crate::bitlocker::Metadata;
 use crate::process::Child;
 use crate::protocol::{DeviceInfo, DeviceState};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-/// What the BitLocker metadata says of a volume (filled by the metadata reader).
+/// What the BitLocker metadata says of a volume, for status and the dialog.
 #[derive(Debug, Clone, Default)]
 pub struct VolumeFacts {
     pub guid: Option<String>,
     pub description: Option<String>,
     pub protectors: Vec<String>,
+}
+
+impl VolumeFacts {
+    pub fn from_metadata(meta: &Metadata) -> Self {
+        let info = &meta.info;
+        let mut protectors: Vec<String> = info
+            .protectors
+            .iter()
+            .map(|p| p.kind.id().to_owned())
+            .collect();
+        protectors.dedup();
+        Self {
+            guid: Some(info.guid.to_string()),
+            // Text from a stranger's disk: no control characters, bounded.
+            description: Some(
+                info.description
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(256)
+                    .collect::<String>(),
+            )
+            .filter(|d| !d.trim().is_empty()),
+            protectors,
+        }
+    }
 }
 
 /// An unlocked volume: the dislocker child and, when mounted, the filesystem.
@@ -44,6 +71,8 @@ pub struct Device {
     pub vendor: Option<String>,
     pub model: Option<String>,
     pub volume: VolumeFacts,
+    /// The parsed BitLocker metadata, when it could be read (unlock derives keys from it).
+    pub metadata: Option<Arc<Metadata>>,
     pub session: Option<Session>,
     /// An unlock or unmount is under way (its thread holds the session).
     pub busy: bool,

@@ -1,13 +1,17 @@
 //! Unlocking with dislocker: a supervised FUSE child that serves the decrypted view.
 //!
-//! The secret never reaches argv or the environment: the user password goes to dislocker's
-//! stdin, the recovery password through a pty that is its controlling terminal (it reads
-//! that only from /dev/tty), a startup key as a memfd passed as fd 3. dislocker is never run
-//! with `-v`: its debug log prints the password.
+//! Fast path: we derive the volume key ourselves from the metadata (any Unicode password,
+//! both .BEK layouts, every protector of the right kind) and hand dislocker the finished key
+//! in a memfd (`-k`); a wrong secret is answered without starting dislocker at all.
+//! Fallback, when our reader cannot handle the volume: dislocker's own methods. Then the
+//! secret still never reaches argv or the environment: the password goes to its stdin, the
+//! recovery password through a pty that is its controlling terminal (it reads that only from
+//! /dev/tty), a startup key as a memfd passed as fd 3. dislocker is never run with `-v`: its
+//! debug log prints the password.
 
 use super::error::DaemonError;
 use super::mounts::{mounted_at, MountWatch};
-use crate::bitlocker::recovery;
+use crate::bitlocker::{recovery, BitlockerError, Fvek, Key, Metadata};
 use crate::process::{drain_into, set_nonblocking, Child, Command, Stdio};
 use crate::protocol::UnlockSecret;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -29,6 +33,45 @@ pub struct Unlocked {
     pub child: Child,
     pub dir: PathBuf,
     pub decrypted: PathBuf,
+}
+
+/// Derives the volume key natively. `Ok(None)`: our reader cannot handle this volume, let
+/// dislocker try. A wrong secret or a volume that cannot be opened is a final answer.
+fn native_key(
+    device: &str,
+    meta: &Metadata,
+    secret: &UnlockSecret,
+) -> Result<Option<Fvek>, DaemonError> {
+    let key = match secret {
+        UnlockSecret::Password { value } => Key::Password(value),
+        UnlockSecret::RecoveryPassword { value } => Key::RecoveryPassword(value),
+        UnlockSecret::StartupKey { bek } => Key::StartupKey(bek.expose()),
+        UnlockSecret::ClearKey => Key::ClearKey,
+    };
+    match crate::bitlocker::unlock(meta, key) {
+        Ok(fvek) => Ok(Some(fvek)),
+        // Asked to open without a secret, but protection is not suspended: not a typo.
+        Err(BitlockerError::MissingProtector { .. })
+            if matches!(secret, UnlockSecret::ClearKey) =>
+        {
+            Err(DaemonError::CannotOpen {
+                device: device.into(),
+                cause: "protection is not suspended: a password or key is needed".into(),
+            })
+        }
+        Err(e) if e.is_wrong_secret() => Err(DaemonError::WrongSecret {
+            device: device.into(),
+            cause: e.to_string(),
+        }),
+        Err(e) if e.cannot_open_here() => Err(DaemonError::CannotOpen {
+            device: device.into(),
+            cause: e.to_string(),
+        }),
+        Err(e) => {
+            log::warn!("{device}: {e}; letting dislocker derive the key");
+            Ok(None)
+        }
+    }
 }
 
 /// A password dislocker can be given on one line.
@@ -67,6 +110,7 @@ fn memfd_with(device: &str, name: &std::ffi::CStr, bytes: &[u8]) -> Result<Owned
 pub fn start(
     device: &str,
     secret: &UnlockSecret,
+    metadata: Option<&Metadata>,
     dir: &Path,
     read_only: bool,
 ) -> Result<Unlocked, DaemonError> {
@@ -76,27 +120,36 @@ pub fn start(
     }
     let mut stdin_line = None;
     let mut tty_line = None;
-    cmd = match secret {
-        UnlockSecret::Password { value } => {
-            stdin_line = Some(password_line(device, value.expose())?);
-            cmd.arg("-u").stdin(Stdio::Pipe)
+    let fvek = match metadata {
+        Some(meta) => native_key(device, meta, secret)?,
+        None => None,
+    };
+    cmd = if let Some(fvek) = fvek {
+        let fd = memfd_with(device, c"guilocker-fvek", &fvek.dislocker_key_file())?;
+        cmd.args(["-k", "/proc/self/fd/3"]).fd3(fd)
+    } else {
+        match secret {
+            UnlockSecret::Password { value } => {
+                stdin_line = Some(password_line(device, value.expose())?);
+                cmd.arg("-u").stdin(Stdio::Pipe)
+            }
+            UnlockSecret::RecoveryPassword { value } => {
+                let key =
+                    recovery::normalize(value.expose()).map_err(|e| DaemonError::WrongSecret {
+                        device: device.into(),
+                        cause: e.to_string(),
+                    })?;
+                let mut line = Zeroizing::new(key.as_bytes().to_vec());
+                line.push(b'\n');
+                tty_line = Some(line);
+                cmd.arg("-p").controlling_tty()
+            }
+            UnlockSecret::StartupKey { bek } => {
+                let fd = memfd_with(device, c"guilocker-bek", bek.expose())?;
+                cmd.args(["-f", "/proc/self/fd/3"]).fd3(fd)
+            }
+            UnlockSecret::ClearKey => cmd.arg("-c"),
         }
-        UnlockSecret::RecoveryPassword { value } => {
-            let key =
-                recovery::normalize(value.expose()).map_err(|e| DaemonError::WrongSecret {
-                    device: device.into(),
-                    cause: e.to_string(),
-                })?;
-            let mut line = Zeroizing::new(key.as_bytes().to_vec());
-            line.push(b'\n');
-            tty_line = Some(line);
-            cmd.arg("-p").controlling_tty()
-        }
-        UnlockSecret::StartupKey { bek } => {
-            let fd = memfd_with(device, c"guilocker-bek", bek.expose())?;
-            cmd.args(["-f", "/proc/self/fd/3"]).fd3(fd)
-        }
-        UnlockSecret::ClearKey => cmd.arg("-c"),
     };
     // After "--" the arguments are FUSE's: stay in the foreground so we supervise it.
     let cmd = cmd.arg("--").arg("-f").arg(dir);

@@ -279,13 +279,24 @@ impl TestDaemon {
 
     /// Waits for a daemon log line containing `text`; returns it.
     pub fn wait_log(&self, text: &str) -> String {
+        self.log_until(text).pop().unwrap()
+    }
+
+    /// Every daemon log line up to and including the next one containing `text`.
+    pub fn log_until(&self, text: &str) -> Vec<String> {
         let rx = self.log.lock().unwrap();
         let deadline = Instant::now() + WAIT;
+        let mut lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.contains(text) => return line,
-                Ok(_) => {}
+                Ok(line) => {
+                    let done = line.contains(text);
+                    lines.push(line);
+                    if done {
+                        return lines;
+                    }
+                }
                 Err(e) => panic!("no daemon log line with {text:?}: {e}"),
             }
         }

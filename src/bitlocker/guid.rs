@@ -1,0 +1,65 @@
+//! GUIDs as Windows stores them (first three fields little-endian), printed as 8-4-4-4-12.
+
+use serde::{Serialize, Serializer};
+use std::fmt;
+
+/// A GUID in its on-disk byte order.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Guid(pub [u8; 16]);
+
+impl Guid {
+    /// The GUID at `bytes[at..at + 16]`, if the slice is long enough.
+    pub(crate) fn read(bytes: &[u8], at: usize) -> Option<Self> {
+        let raw = bytes.get(at..at.checked_add(16)?)?;
+        let mut out = [0u8; 16];
+        out.copy_from_slice(raw);
+        Some(Self(out))
+    }
+}
+
+impl fmt::Display for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.0;
+        // Data1..Data3 are little-endian integers on disk; Data4 is a plain byte array.
+        write!(
+            f,
+            "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-",
+            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9]
+        )?;
+        b[10..].iter().try_for_each(|x| write!(f, "{x:02x}"))
+    }
+}
+
+impl fmt::Debug for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Guid {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_mixed_endian() {
+        // The BitLocker signature GUID as stored in a volume header.
+        let raw = [
+            0x3b, 0xd6, 0x67, 0x49, 0x29, 0x2e, 0xd8, 0x4a, 0x83, 0x99, 0xf6, 0xa3, 0x39, 0xe3,
+            0xd0, 0x01,
+        ];
+        let g = Guid(raw);
+        assert_eq!(g.to_string(), "4967d63b-2e29-4ad8-8399-f6a339e3d001");
+        assert_eq!(
+            serde_json::to_string(&g).unwrap(),
+            "\"4967d63b-2e29-4ad8-8399-f6a339e3d001\""
+        );
+        assert_eq!(Guid::read(&raw, 1), None);
+        assert_eq!(Guid::read(&raw, usize::MAX), None);
+    }
+}

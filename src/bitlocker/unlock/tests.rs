@@ -1,0 +1,239 @@
+//! Unlock paths on real metadata: password, recovery key, .BEK (Windows 10 and 11), clear key.
+
+use super::*;
+use crate::bitlocker::guid::Guid;
+use crate::bitlocker::metadata::read_metadata;
+use crate::bitlocker::testdata::{self, bytes, SparseDevice};
+use crate::bitlocker::{Cipher, VolumeInfo};
+
+fn load(sector: &str, block: &str) -> Metadata {
+    read_metadata(SparseDevice::image(&bytes(sector), &bytes(block))).unwrap()
+}
+
+fn xts128() -> Metadata {
+    load(testdata::XTS128_SECTOR0, testdata::XTS128_BLOCK)
+}
+
+fn win11() -> Metadata {
+    load(testdata::WIN11_SK_SECTOR0, testdata::WIN11_SK_BLOCK)
+}
+
+fn clearkey() -> Metadata {
+    load(testdata::CLEARKEY_SECTOR0, testdata::CLEARKEY_BLOCK)
+}
+
+/// The stretch vector from the fixture: "anaconda" must unwrap the VMK (CCM tag verifies),
+/// and the recovery key must reach the very same FVEK.
+#[test]
+fn password_and_recovery_key_reach_the_same_fvek() {
+    let meta = xts128();
+    let pw = SecretString::from("anaconda");
+    let a = unlock(&meta, Key::Password(&pw)).unwrap();
+    assert_eq!(a.method, 0x8004);
+    assert_eq!(a.key.len(), 32);
+    let rp = SecretString::from(testdata::RP_XTS128);
+    let b = unlock(&meta, Key::RecoveryPassword(&rp)).unwrap();
+    assert_eq!(*a.key, *b.key);
+    assert_eq!(key_file_sha256(&a), PIN_XTS128);
+}
+
+#[test]
+fn wrong_secrets() {
+    let meta = xts128();
+    // One stretch each (the UTF-16 of such passwords is checked in kdf.rs).
+    for pw in ["비밀번호", "Grüße"] {
+        let e = unlock(&meta, Key::Password(&SecretString::from(pw))).unwrap_err();
+        assert!(matches!(e, BitlockerError::WrongPassword), "{e}");
+        assert!(e.is_wrong_secret());
+    }
+    // A typo is caught by the digit checks, before any stretching.
+    let typo = testdata::RP_XTS128.replacen("253979", "253978", 1);
+    let e = unlock(
+        &meta,
+        Key::RecoveryPassword(&SecretString::from(typo.as_str())),
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("recovery key: group 3"), "{e}");
+    assert!(!e.to_string().contains("253978"));
+    let valid_but_wrong = "000000-000000-000000-000000-000000-000000-000000-000000";
+    let e = unlock(
+        &meta,
+        Key::RecoveryPassword(&SecretString::from(valid_but_wrong)),
+    )
+    .unwrap_err();
+    assert!(matches!(e, BitlockerError::WrongRecoveryKey));
+}
+
+#[test]
+fn startup_keys_of_both_windows_versions() {
+    let meta = win11();
+    let fvek = unlock(&meta, Key::StartupKey(&bytes(testdata::WIN11_BEK))).unwrap();
+    assert_eq!(fvek.key.len(), 32);
+    // The Windows 10 key belongs to another volume's protector: named in the message.
+    let e = unlock(&meta, Key::StartupKey(&bytes(testdata::WIN10_BEK))).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "this startup key belongs to key protector 4381f759-c4f8-4de0-bb61-fc33a831bda5, \
+         which volume e8ea9756-9cc1-4ca2-b99d-fae884f56150 does not have"
+    );
+    // The Windows 11 key names its volume.
+    let e = unlock(&xts128(), Key::StartupKey(&bytes(testdata::WIN11_BEK))).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "this startup key belongs to volume e8ea9756-9cc1-4ca2-b99d-fae884f56150, \
+         not to 8f595209-f5b9-49a0-85d4-cb8f80258c27"
+    );
+    assert!(e.is_wrong_secret());
+    // Right protector id, wrong key bytes.
+    let mut forged = bytes(testdata::WIN11_BEK);
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let e = unlock(&meta, Key::StartupKey(&forged)).unwrap_err();
+    assert!(
+        matches!(e, BitlockerError::StartupKeyRejected { .. }),
+        "{e}"
+    );
+    let e = unlock(&meta, Key::StartupKey(b"not a key")).unwrap_err();
+    assert!(e
+        .to_string()
+        .starts_with("not a BitLocker startup key (.BEK) file"));
+}
+
+#[test]
+fn clear_key_and_missing_protectors() {
+    let meta = clearkey();
+    assert_eq!(unlock(&meta, Key::ClearKey).unwrap().key.len(), 32);
+    let e = unlock(&meta, Key::Password(&SecretString::from("x"))).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "this drive has no password protector; it opens without a secret (its protection is suspended)"
+    );
+    let e = unlock(&xts128(), Key::ClearKey).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "this drive has no clear key protector; use the password or the recovery key"
+    );
+    assert!(e.is_wrong_secret() && !e.cannot_open_here());
+    let e = unlock(&win11(), Key::ClearKey).unwrap_err();
+    assert!(e
+        .to_string()
+        .ends_with("use the password or the recovery key or the startup key (.BEK file)"));
+}
+
+fn synthetic(kinds: &[ProtectorKind], state: EncryptionState, method: u16) -> Metadata {
+    let protectors: Vec<ProtectorKeys> = kinds
+        .iter()
+        .map(|&kind| ProtectorKeys {
+            kind,
+            guid: Guid([kind_byte(kind); 16]),
+            salt: None,
+            vmk: None,
+            clear_key: None,
+        })
+        .collect();
+    Metadata {
+        info: VolumeInfo {
+            guid: Guid::default(),
+            to_go: false,
+            description: String::new(),
+            creation_time: None,
+            cipher: Cipher::from_method(method),
+            encryption_method: method,
+            volume_size: 0,
+            sector_size: 512,
+            state,
+            metadata_block: 1,
+            protectors: Vec::new(),
+        },
+        protectors,
+        fvek: None,
+    }
+}
+
+fn kind_byte(kind: ProtectorKind) -> u8 {
+    match kind {
+        ProtectorKind::Tpm => 1,
+        ProtectorKind::SmartCard => 2,
+        _ => 3,
+    }
+}
+
+#[test]
+fn cannot_open_here() {
+    let only_hw = synthetic(
+        &[ProtectorKind::Tpm, ProtectorKind::SmartCard],
+        EncryptionState::Complete,
+        0x8004,
+    );
+    let e = unlock(&only_hw, Key::Password(&SecretString::from("x"))).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "no protector of that kind can be used here (only TPM / smart card)"
+    );
+    assert!(e.cannot_open_here() && !e.is_wrong_secret());
+    let e = derive_fvek(&only_hw, Key::ClearKey).unwrap_err();
+    assert!(e.cannot_open_here());
+
+    let busy = synthetic(
+        &[ProtectorKind::Password],
+        EncryptionState::InProgress,
+        0x8002,
+    );
+    let e = unlock(&busy, Key::Password(&SecretString::from("x"))).unwrap_err();
+    assert!(
+        e.to_string().starts_with("encryption is still in progress"),
+        "{e}"
+    );
+    assert!(e.cannot_open_here());
+
+    let odd = synthetic(
+        &[ProtectorKind::Password],
+        EncryptionState::Complete,
+        0x8010,
+    );
+    let e = unlock(&odd, Key::Password(&SecretString::from("x"))).unwrap_err();
+    assert_eq!(e.to_string(), "unsupported encryption method 0x8010");
+
+    // A protector without its stretch key is reported as damaged, not as a wrong password.
+    let broken = synthetic(
+        &[ProtectorKind::Password],
+        EncryptionState::Complete,
+        0x8004,
+    );
+    let e = unlock(&broken, Key::Password(&SecretString::from("x"))).unwrap_err();
+    assert!(e.to_string().contains("lacks its stretch key"), "{e}");
+}
+
+#[test]
+fn debug_output_hides_secrets() {
+    let bek = bytes(testdata::WIN11_BEK);
+    assert_eq!(format!("{:?}", Key::StartupKey(&bek)), "StartupKey(***)");
+    let pw = SecretString::from("anaconda");
+    assert!(!format!("{:?}", Key::Password(&pw)).contains("anaconda"));
+    let fvek = unlock(&clearkey(), Key::ClearKey).unwrap();
+    assert_eq!(format!("{fvek:?}"), "Fvek { method: 0x8004, key: *** }");
+    assert!(format!("{:?}", clearkey()).contains("clear_key: Some(\"***\")"));
+}
+
+/// SHA-256 of the `dislocker -k` file of each excerpt's FVEK, as verified against the real
+/// dislocker by tests/bitlocker_fixtures.rs: catches any change in derivation or layout.
+const PIN_XTS128: &str = "073aff8773cc36374a2925f793d92b29e886ca05b1c00e3755e2073d8c88d4b0";
+const PIN_WIN11: &str = "a98c40dcc0dcd3558626dca0b9e47f391214618e04b3676f22c0b155916321d2";
+const PIN_CLEARKEY: &str = "29dda20f3f701c009174a693c2d5dceedf116ef770f1ef8b090dd8d8310be622";
+
+fn key_file_sha256(f: &Fvek) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(&*f.dislocker_key_file())
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+#[test]
+fn pinned_dislocker_key_files() {
+    let bek = bytes(testdata::WIN11_BEK);
+    let win11 = unlock(&win11(), Key::StartupKey(&bek)).unwrap();
+    assert_eq!(key_file_sha256(&win11), PIN_WIN11);
+    let clear = unlock(&clearkey(), Key::ClearKey).unwrap();
+    assert_eq!(key_file_sha256(&clear), PIN_CLEARKEY);
+}

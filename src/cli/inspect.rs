@@ -1,0 +1,134 @@
+//! `guilocker inspect`: what a volume's BitLocker metadata says. No secret is needed or shown.
+
+use super::status::human_size;
+use super::{exit, Failure, SocketArg};
+use crate::client::Client;
+use crate::protocol::{Request, Response};
+use clap::Args;
+use serde_json::Value;
+use std::io::Write;
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A BitLocker device (/dev/sdb1, through the daemon) or an image file (read directly)
+    pub device: String,
+    /// JSON, for programs
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+pub fn run(args: InspectArgs) -> Result<(), Failure> {
+    let path = std::path::Path::new(&args.device);
+    let (device, volume) = if path.is_file() {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Failure::new(exit::FAILED, format!("{}: {e}", args.device)))?;
+        let meta = crate::bitlocker::read_metadata(&file)
+            .map_err(|e| Failure::new(exit::FAILED, format!("{}: {e}", args.device)))?;
+        let value = serde_json::to_value(&meta.info)
+            .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
+        (args.device.clone(), value)
+    } else {
+        match Client::connect(&args.socket.socket)?.request(&Request::Inspect {
+            device: args.device.clone(),
+        })? {
+            Response::Inspected { device, volume } => (device, volume),
+            other => {
+                return Err(Failure::new(
+                    exit::FAILED,
+                    format!("unexpected reply: {other:?}"),
+                ))
+            }
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&volume).unwrap_or_default()
+        )?;
+    } else {
+        write!(out, "{}", describe(&device, &volume))?;
+    }
+    Ok(())
+}
+
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("-")
+}
+
+/// Days since 1970-01-01 to a civil date (proleptic Gregorian), for the creation time.
+fn date(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60
+    )
+}
+
+fn describe(device: &str, v: &Value) -> String {
+    let kind = if v.get("to_go").and_then(Value::as_bool) == Some(true) {
+        "BitLocker To Go volume"
+    } else {
+        "BitLocker volume"
+    };
+    let mut s = format!("{device}: {kind}\n");
+    let mut row = |k: &str, val: String| s.push_str(&format!("  {k:<12} {val}\n"));
+    row("GUID", text(v, "guid").to_owned());
+    if let Some(d) = v
+        .get("description")
+        .and_then(Value::as_str)
+        .filter(|d| !d.is_empty())
+    {
+        row(
+            "Description",
+            d.chars().filter(|c| !c.is_control()).collect(),
+        );
+    }
+    if let Some(t) = v.get("creation_time").and_then(Value::as_i64) {
+        row("Created", date(t));
+    }
+    row("Cipher", text(v, "cipher").replace('_', "-"));
+    row("Encryption", text(v, "state").replace('_', " "));
+    if let Some(size) = v.get("volume_size").and_then(Value::as_u64) {
+        row("Size", human_size(size));
+    }
+    let protectors = v
+        .get("protectors")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (i, p) in protectors.iter().enumerate() {
+        let label = if i == 0 { "Protectors" } else { "" };
+        row(
+            label,
+            format!("{:<18} {}", text(p, "kind"), text(p, "guid")),
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(date(0), "1970-01-01 00:00 UTC");
+        assert_eq!(date(1_700_000_000), "2023-11-14 22:13 UTC");
+        assert_eq!(date(951_782_400), "2000-02-29 00:00 UTC");
+    }
+}
