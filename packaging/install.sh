@@ -28,22 +28,20 @@ command -v cargo >/dev/null || { echo "install.sh: cargo not found; install Rust
 cargo build --release --locked
 
 install -D -m 0755 target/release/guilocker "$prefix/bin/guilocker"
-if [[ -x target/release/guilocker-dialog ]]; then
-  install -D -m 0755 target/release/guilocker-dialog "$prefix/libexec/guilocker/guilocker-dialog"
-fi
+# The GTK dialog lives apart, so the daemon and the agent never load GTK.
+install -D -m 0755 target/release/guilocker-dialog "$prefix/libexec/guilocker/guilocker-dialog"
 if [[ ! -e /etc/guilocker/config.toml ]]; then
   install -D -m 0644 packaging/config/config.toml /etc/guilocker/config.toml
 fi
 getent group plugdev >/dev/null || groupadd --system plugdev
 [[ -n ${SUDO_USER:-} && $SUDO_USER != root ]] && usermod -aG plugdev "$SUDO_USER" || true
 
-# Desktop integration, when the files exist (agent autostart, dialog, icon).
-[[ -f packaging/autostart/guilocker-agent.desktop ]] &&
-  install -D -m 0644 packaging/autostart/guilocker-agent.desktop /etc/xdg/autostart/guilocker-agent.desktop
-[[ -f packaging/guilocker.desktop ]] &&
-  install -D -m 0644 packaging/guilocker.desktop "$prefix/share/applications/guilocker.desktop"
-[[ -f assets/guilocker.svg ]] &&
-  install -D -m 0644 assets/guilocker.svg "$prefix/share/icons/hicolor/scalable/apps/guilocker.svg"
+# Desktop integration: the agent starts at every login; the dialog's entry and icon.
+install -D -m 0644 packaging/autostart/guilocker-agent.desktop /etc/xdg/autostart/guilocker-agent.desktop
+install -D -m 0644 packaging/org.guilocker.Dialog.desktop \
+  "$prefix/share/applications/org.guilocker.Dialog.desktop"
+install -D -m 0644 assets/guilocker.svg "$prefix/share/icons/hicolor/scalable/apps/guilocker.svg"
+command -v gtk-update-icon-cache >/dev/null && gtk-update-icon-cache -q "$prefix/share/icons/hicolor" || true
 
 if [[ -d /run/systemd/system ]]; then
   sed "s|/usr/local/bin/guilocker|$prefix/bin/guilocker|" packaging/systemd/guilocker.service \

@@ -38,7 +38,7 @@ pub fn check_group(group: &str) -> Result<u16, GroupError> {
         return Err(GroupError::NotSixDigits);
     }
     let value: u32 = group.parse().map_err(|_| GroupError::NotSixDigits)?;
-    if value % 11 != 0 {
+    if !value.is_multiple_of(11) {
         return Err(GroupError::NotDivisibleBy11);
     }
     if value >= GROUP_LIMIT {
