@@ -4,27 +4,15 @@
 # desktop files. Run from a checkout: sudo packaging/install.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source packaging/lib.sh
 
 [[ $(id -u) == 0 ]] || { echo "install.sh: run as root: sudo packaging/install.sh" >&2; exit 1; }
 
 prefix=${PREFIX:-/usr/local}
 runtime=(dislocker ntfs-3g exfat-fuse fusefat util-linux mount)
 build=(pkg-config libgtk-4-dev libadwaita-1-dev)
-missing=()
-for p in "${runtime[@]}" "${build[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
-
-if ! command -v cargo >/dev/null; then
-  for env in "${SUDO_USER:+$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo/env}" /root/.cargo/env; do
-    [[ -n $env && -f $env ]] && source "$env" && break
-  done
-fi
-command -v cargo >/dev/null || { echo "install.sh: cargo not found; install Rust with rustup" >&2; exit 1; }
+ensure_packages "${runtime[@]}" "${build[@]}"
+ensure_cargo
 cargo build --release --locked
 
 install -D -m 0755 target/release/guilocker "$prefix/bin/guilocker"

@@ -57,11 +57,7 @@ fn round_trip(name: &str, source: &str, fs: &str, label: &str, table: &str) {
         assert!(!disk.bitlocker);
     }
 
-    let (code, out, err) = daemon.cli(
-        Some(TEST_USER),
-        &["unlock", &dev, "--password-stdin"],
-        "anaconda\n",
-    );
+    let (code, out, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
     assert_eq!(code, 0, "unlock failed: {out}{err}");
     let info = daemon.device(&dev).unwrap();
     assert_eq!(info.state, DeviceState::Mounted);
@@ -118,11 +114,7 @@ fn round_trip(name: &str, source: &str, fs: &str, label: &str, table: &str) {
     wait_event(&mut events, "the stick to come back", |k, d| {
         k == EventKind::Added && d.device == dev && d.bitlocker
     });
-    let (code, out, err) = daemon.cli(
-        Some(TEST_USER),
-        &["unlock", &dev, "--password-stdin"],
-        "anaconda\n",
-    );
+    let (code, out, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
     assert_eq!(code, 0, "second unlock failed: {out}{err}");
     let info = daemon.device(&dev).unwrap();
     let mountpoint = PathBuf::from(info.mountpoint.unwrap());
@@ -208,11 +200,7 @@ fn wrong_password_and_other_users() {
         k == EventKind::Added && d.device == dev
     });
 
-    let (code, _, err) = daemon.cli(
-        Some(TEST_USER),
-        &["unlock", &dev, "--password-stdin"],
-        "not-the-password\n",
-    );
+    let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "not-the-password");
     assert_eq!(code, 3, "{err}");
     assert_eq!(err.trim(), format!("guilocker: {dev}: wrong password"));
     let info = daemon.device(&dev).unwrap();
@@ -233,19 +221,11 @@ fn wrong_password_and_other_users() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("group 3"), "{err}");
 
-    let (code, _, err) = daemon.cli(
-        Some(OTHER_USER),
-        &["unlock", &dev, "--password-stdin"],
-        "anaconda\n",
-    );
+    let (code, _, err) = daemon.unlock_with_password(Some(OTHER_USER), &dev, "anaconda");
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not in the group 'plugdev'"), "{err}");
 
-    let (code, _, err) = daemon.cli(
-        Some(TEST_USER),
-        &["unlock", &dev, "--password-stdin"],
-        "anaconda\n",
-    );
+    let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
     assert_eq!(code, 0, "{err}");
     let mountpoint = PathBuf::from(daemon.device(&dev).unwrap().mountpoint.unwrap());
 
@@ -253,11 +233,7 @@ fn wrong_password_and_other_users() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("unlocked by guilocker-test"), "{err}");
     assert!(is_mounted(&mountpoint));
-    let (code, _, err) = daemon.cli(
-        Some(TEST_USER),
-        &["unlock", &dev, "--password-stdin"],
-        "anaconda\n",
-    );
+    let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("already unlocked"), "{err}");
 
@@ -307,11 +283,7 @@ fn surprise_removal_while_mounted() {
     wait_event(&mut events, "the volume", |k, d| {
         k == EventKind::Added && d.device == dev
     });
-    let (code, _, err) = daemon.cli(
-        Some(TEST_USER),
-        &["unlock", &dev, "--password-stdin"],
-        "anaconda\n",
-    );
+    let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
     assert_eq!(code, 0, "{err}");
     let info = daemon.device(&dev).unwrap();
     let mountpoint = PathBuf::from(info.mountpoint.unwrap());

@@ -5,6 +5,7 @@
 # skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source packaging/lib.sh
 
 if [[ $(id -u) != 0 ]]; then
   echo "tests/run.sh: needs root (loop devices, FUSE and mounts); run: sudo tests/run.sh" >&2
@@ -18,23 +19,8 @@ packages=(
   python3-gi gir1.2-atspi-2.0 at-spi2-core
   desktop-file-utils
 )
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "tests/run.sh: installing ${missing[*]}"
-  apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
-
-# Cargo from rustup when sudo dropped it from PATH.
-if ! command -v cargo >/dev/null; then
-  for env in "${SUDO_USER:+$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo/env}" /root/.cargo/env; do
-    [[ -n $env && -f $env ]] && source "$env" && break
-  done
-fi
-command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found; install Rust with rustup" >&2; exit 1; }
+ensure_packages "${packages[@]}"
+ensure_cargo
 
 # The kernel pieces the end-to-end tests use (built in on some kernels: then this is a no-op).
 modprobe fuse 2>/dev/null || true

@@ -352,6 +352,20 @@ impl TestDaemon {
         )
     }
 
+    /// `guilocker unlock DEV --password-stdin`, as `user` (root when `None`).
+    pub fn unlock_with_password(
+        &self,
+        user: Option<&str>,
+        dev: &str,
+        password: &str,
+    ) -> (i32, String, String) {
+        self.cli(
+            user,
+            &["unlock", dev, "--password-stdin"],
+            &format!("{password}\n"),
+        )
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }

@@ -1,0 +1,29 @@
+# Shell functions shared by packaging/install.sh and tests/run.sh. Source it; it runs nothing.
+
+# ensure_packages NAME...: installs the Debian packages that are not installed yet.
+ensure_packages() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    echo "guilocker: installing ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+}
+
+# ensure_cargo: puts rustup's cargo on PATH when sudo dropped it, or fails with advice.
+ensure_cargo() {
+  local env
+  if ! command -v cargo >/dev/null; then
+    for env in "${SUDO_USER:+$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo/env}" /root/.cargo/env; do
+      if [[ -n $env && -f $env ]]; then
+        # shellcheck disable=SC1090
+        source "$env"
+        break
+      fi
+    done
+  fi
+  command -v cargo >/dev/null || { echo "guilocker: cargo not found; install Rust with rustup" >&2; return 1; }
+}
