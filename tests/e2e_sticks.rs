@@ -337,3 +337,51 @@ fn sigterm_puts_everything_away() {
     assert!(!daemon.socket.exists(), "socket file left behind");
     assert!(!daemon.pidfile.exists(), "pidfile left behind");
 }
+
+/// dislocker killed under a mounted volume: the daemon notices at once (SIGCHLD), detaches
+/// the filesystem, removes its directories, says so, and the drive can be unlocked again.
+#[test]
+fn dead_dislocker_is_noticed_and_cleaned_up() {
+    let _serial = serial();
+    if !prerequisites(STICK_TOOLS) {
+        return;
+    }
+    ensure_user(TEST_USER, true);
+    let daemon = TestDaemon::start("dead-dislocker");
+    let image = make_stick(&daemon.dir, "bitlk-aes-xts-128", "ntfs", "KILLED", "mbr");
+    let mut events = daemon.events();
+    let stick = Stick::plug(&image, true);
+    let dev = stick.volume();
+    wait_event(&mut events, "the volume", |k, d| {
+        k == EventKind::Added && d.device == dev
+    });
+    let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
+    assert_eq!(code, 0, "{err}");
+    let info = daemon.device(&dev).unwrap();
+    let mountpoint = PathBuf::from(info.mountpoint.unwrap());
+    let view = PathBuf::from(info.decrypted.unwrap())
+        .parent()
+        .unwrap()
+        .to_owned();
+
+    let pids = dislockers_for(&dev);
+    assert_eq!(pids.len(), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    let failed = wait_event(&mut events, "the daemon to notice", |k, d| {
+        k == EventKind::Changed && d.device == dev && d.state == DeviceState::Failed
+    });
+    assert!(failed.error.unwrap().contains("went away"));
+    assert!(!is_mounted(&mountpoint));
+    assert!(!mountpoint.exists());
+    assert!(!is_mounted(&view));
+    assert!(!view.exists());
+
+    let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
+    assert_eq!(code, 0, "unlock after the failure: {err}");
+    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unmount", &dev], "");
+    assert_eq!(code, 0, "{err}");
+}
