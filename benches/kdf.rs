@@ -7,7 +7,6 @@ use guilocker::bitlocker::{read_metadata, unlock, Key};
 use guilocker::secret::SecretString;
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,17 +55,17 @@ fn main() {
         let t = Instant::now();
         let meta = read_metadata(File::open(&loop_dev.0).unwrap()).unwrap();
         let fvek = unlock(&meta, Key::Password(&right)).unwrap();
-        let key = Path::new("/dev/shm").join(format!("guilocker-bench-{}", std::process::id()));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key)
-            .unwrap();
+        // The key goes to dislocker in a memfd it inherits, as in the daemon: never a file.
+        let fd = nix::sys::memfd::memfd_create(
+            c"guilocker-bench-fvek",
+            nix::sys::memfd::MFdFlags::empty(),
+        )
+        .unwrap();
+        let mut f = File::from(fd);
         f.write_all(&fvek.dislocker_key_file()).unwrap();
+        let key = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
+        let ok = dislocker(&loop_dev.0, &mnt, &["-k", &key], None);
         drop(f);
-        let ok = dislocker(&loop_dev.0, &mnt, &["-k", key.to_str().unwrap()], None);
-        let _ = fs::remove_file(&key);
         let elapsed = t.elapsed();
         unmount(&mnt);
         (elapsed, ok)
