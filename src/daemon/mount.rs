@@ -62,6 +62,26 @@ fn step_err<'a>(
     }
 }
 
+/// mount(8) and the FUSE drivers follow symlinks in the target path. If anyone but root could
+/// write to a directory above the mountpoint, they could swap the fresh mountpoint for a
+/// symlink and have root mount over /etc. So every directory we mount under must be a real
+/// directory, owned by root, writable by nobody else.
+fn check_safe_dir(device: &str, dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| DaemonError::io(device, "cannot examine", dir, e))?;
+    if !meta.file_type().is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(DaemonError::failed(
+            device,
+            format!(
+                "refusing to mount under {}: it must be a directory owned by root and writable only by root",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Creates `/media/<owner>` (0750, group = owner's) and the mountpoint (0700) if missing.
 fn make_dirs(
     device: &str,
@@ -83,6 +103,13 @@ fn make_dirs(
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(DaemonError::io(device, "cannot create", parent, e)),
+    }
+    if let Some(root) = parent.parent() {
+        check_safe_dir(device, root)?;
+    }
+    if let Err(e) = check_safe_dir(device, parent) {
+        remove_dirs(&made);
+        return Err(e);
     }
     std::fs::DirBuilder::new()
         .mode(0o700)
@@ -303,4 +330,31 @@ pub fn unmount(
     }
     remove_dirs(&m.made_dirs);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn only_root_owned_unwritable_directories_are_safe() {
+        let dir = std::env::temp_dir().join(format!("guilocker-safe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root_owned = nix::unistd::Uid::effective().is_root();
+        assert_eq!(check_safe_dir("/dev/x", &dir).is_ok(), root_owned);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_safe_dir("/dev/x", &dir).unwrap_err().to_string();
+        assert!(err.starts_with("/dev/x: refusing to mount under"), "{err}");
+        let link = dir.with_extension("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/", &link).unwrap();
+        assert!(
+            check_safe_dir("/dev/x", &link).is_err(),
+            "a symlink is never safe"
+        );
+        std::fs::remove_file(&link).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+    }
 }
