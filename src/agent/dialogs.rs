@@ -17,11 +17,18 @@ use std::sync::{Arc, Mutex};
 
 /// The agent's side of an open dialog.
 pub struct DialogHandle {
+    /// Tells this dialog from a later one for the same device name (a stick unplugged and
+    /// plugged in again while the first dialog was still exiting).
+    id: u64,
     stdin: Arc<Mutex<ChildStdin>>,
     unlocking: Arc<AtomicBool>,
 }
 
 impl DialogHandle {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Asks the dialog to close (the drive went away, or was unlocked elsewhere).
     pub fn close(&self, reason: &str) {
         let mut stdin = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
@@ -37,10 +44,29 @@ impl DialogHandle {
     pub fn is_unlocking(&self) -> bool {
         self.unlocking.load(Ordering::Relaxed)
     }
+
+    /// A handle whose "dialog" is `cat`, for tests of the agent's bookkeeping.
+    #[cfg(test)]
+    pub(super) fn for_test(id: u64) -> Self {
+        let mut child = Command::new("cat")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run cat");
+        let stdin = child.stdin.take().expect("piped");
+        // cat ends when the handle, and with it the pipe, is dropped.
+        std::thread::spawn(move || child.wait());
+        Self {
+            id,
+            stdin: Arc::new(Mutex::new(stdin)),
+            unlocking: Arc::new(AtomicBool::new(false)),
+        }
+    }
 }
 
-/// Starts `guilocker dialog` for `device` and a thread that serves it.
-pub fn start(agent: Arc<Agent>, device: DeviceInfo) -> std::io::Result<DialogHandle> {
+/// Starts `guilocker dialog` for `device` and a thread that serves it. The thread reports the
+/// end to [`Agent::dialog_ended`] with `id`.
+pub fn start(agent: Arc<Agent>, device: DeviceInfo, id: u64) -> std::io::Result<DialogHandle> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .arg("dialog")
@@ -59,10 +85,15 @@ pub fn start(agent: Arc<Agent>, device: DeviceInfo) -> std::io::Result<DialogHan
     let stdin = Arc::new(Mutex::new(stdin));
     let unlocking = Arc::new(AtomicBool::new(false));
     let handle = DialogHandle {
+        id,
         stdin: Arc::clone(&stdin),
         unlocking: Arc::clone(&unlocking),
     };
-    log::info!("{}: asking for the password", device.device);
+    log::info!(
+        "{}: asking for the password (dialog pid {})",
+        device.device,
+        child.id()
+    );
     std::thread::Builder::new()
         .name("guilocker-dialog".into())
         .spawn(move || {
@@ -104,7 +135,7 @@ pub fn start(agent: Arc<Agent>, device: DeviceInfo) -> std::io::Result<DialogHan
                 }
             }
             let status = child.wait();
-            match status.map(|s| s.code()) {
+            match status.as_ref().map(|s| s.code()) {
                 Ok(Some(DIALOG_EXIT_UNLOCKED | DIALOG_EXIT_CANCELLED)) => settle = true,
                 Ok(Some(DIALOG_EXIT_NO_DISPLAY)) => {
                     log::warn!("{}: the dialog could not open a display", device.device);
@@ -112,7 +143,11 @@ pub fn start(agent: Arc<Agent>, device: DeviceInfo) -> std::io::Result<DialogHan
                 }
                 _ => {}
             }
-            agent.dialog_ended(&device.device, settle);
+            match status {
+                Ok(status) => log::debug!("{}: the dialog ended ({status})", device.device),
+                Err(e) => log::warn!("{}: cannot wait for the dialog: {e}", device.device),
+            }
+            agent.dialog_ended(&device.device, id, settle);
         })?;
     Ok(handle)
 }

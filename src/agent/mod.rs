@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 pub use dialogs::DialogHandle;
 
@@ -29,7 +30,16 @@ struct Memory {
     settled: HashSet<String>,
     /// Devices this agent unlocked, with their label, to tell the person if they vanish.
     mine: HashMap<String, String>,
+    /// The id of the last dialog started.
+    last_dialog: u64,
 }
+
+/// A connection that ends sooner than this (the daemon answers but refuses us, or is
+/// shutting down) is retried after a pause, not in a tight loop.
+const SHORT_SESSION: Duration = Duration::from_secs(5);
+/// The first and the longest pause between such retries.
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub struct Agent {
     socket: PathBuf,
@@ -62,8 +72,11 @@ pub fn run(opts: Options) -> Result<()> {
         memory: Mutex::default(),
     });
     let mut waiting = false;
+    let mut backoff: Option<Duration> = None;
     loop {
-        match agent.session() {
+        let started = Instant::now();
+        let result = agent.session();
+        match &result {
             Ok(()) => {
                 log::info!("the daemon went away; waiting for it to come back");
                 waiting = true;
@@ -75,6 +88,19 @@ pub fn run(opts: Options) -> Result<()> {
                     waiting = true;
                 }
             }
+        }
+        // No socket to connect to: the watch below wakes up when there is one. But a daemon
+        // that answers and then ends the session at once would be reconnected to at once,
+        // over and over. One quick end may be a restart: straight back to waiting. Quick
+        // ends in a row: pause, longer each time.
+        let answered = !matches!(result, Err(ClientError::Connect { .. }));
+        if answered && started.elapsed() < SHORT_SESSION {
+            if let Some(pause) = backoff {
+                std::thread::sleep(pause);
+            }
+            backoff = Some(backoff.map_or(MIN_BACKOFF, |b| (b * 2).min(MAX_BACKOFF)));
+        } else {
+            backoff = None;
         }
         reconnect::wait_for_socket(&agent.socket);
     }
@@ -91,6 +117,7 @@ impl Agent {
         let events = Client::connect(&self.socket)?.subscribe()?;
         let devices = Client::connect(&self.socket)?.status()?;
         log::info!("connected to the daemon at {}", self.socket.display());
+        self.forget_missing(&devices);
         for device in devices {
             self.offer(device);
         }
@@ -99,6 +126,23 @@ impl Agent {
             self.on_event(kind, device);
         }
         Ok(())
+    }
+
+    /// After a reconnect: what went away while the daemon was down gets no Removed event.
+    /// Close its dialog and forget it, so a stick plugged in again under the same name is
+    /// asked about again.
+    fn forget_missing(&self, devices: &[DeviceInfo]) {
+        let present: HashSet<&str> = devices.iter().map(|d| d.device.as_str()).collect();
+        let mut memory = self.memory();
+        memory.settled.retain(|d| present.contains(d.as_str()));
+        memory.mine.retain(|d, _| present.contains(d.as_str()));
+        memory.dialogs.retain(|d, dialog| {
+            let keep = present.contains(d.as_str());
+            if !keep {
+                dialog.close("The drive was removed.");
+            }
+            keep
+        });
     }
 
     fn on_event(self: &Arc<Self>, kind: EventKind, device: DeviceInfo) {
@@ -156,7 +200,9 @@ impl Agent {
         if memory.dialogs.contains_key(&device.device) || memory.settled.contains(&device.device) {
             return;
         }
-        match dialogs::start(Arc::clone(self), device.clone()) {
+        memory.last_dialog += 1;
+        let id = memory.last_dialog;
+        match dialogs::start(Arc::clone(self), device.clone(), id) {
             Ok(handle) => {
                 memory.dialogs.insert(device.device.clone(), handle);
             }
@@ -167,12 +213,16 @@ impl Agent {
         }
     }
 
-    /// Called by a dialog's thread when its dialog has ended.
-    fn dialog_ended(&self, device: &str, settle: bool) {
+    /// Called by a dialog's thread when its dialog `id` has ended. Only the dialog still on
+    /// record counts: after an unplug its device was forgotten, and a replug may already have
+    /// a newer dialog, which must be neither dropped nor settled by the old one's end.
+    fn dialog_ended(&self, device: &str, id: u64, settle: bool) {
         let mut memory = self.memory();
-        memory.dialogs.remove(device);
-        if settle {
-            memory.settled.insert(device.to_owned());
+        if memory.dialogs.get(device).is_some_and(|d| d.id() == id) {
+            memory.dialogs.remove(device);
+            if settle {
+                memory.settled.insert(device.to_owned());
+            }
         }
     }
 
@@ -183,5 +233,75 @@ impl Agent {
             .unwrap_or_else(|| "BitLocker drive".into());
         self.memory().mine.insert(device.device.clone(), label);
         notifications::unlocked(self.socket.clone(), device.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent() -> Agent {
+        Agent {
+            socket: PathBuf::from("/nonexistent/control.sock"),
+            memory: Mutex::default(),
+        }
+    }
+
+    fn device(name: &str) -> DeviceInfo {
+        serde_json::from_value(serde_json::json!({
+            "device": name, "bitlocker": true, "state": "locked", "mountpoint": null,
+            "decrypted": null, "label": null, "size_bytes": 1, "owner": null,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_cancelled_dialog_settles_its_device() {
+        let agent = agent();
+        agent
+            .memory()
+            .dialogs
+            .insert("/dev/sdb1".into(), DialogHandle::for_test(1));
+        agent.dialog_ended("/dev/sdb1", 1, true);
+        let memory = agent.memory();
+        assert!(memory.dialogs.is_empty());
+        assert!(memory.settled.contains("/dev/sdb1"));
+    }
+
+    /// Unplugged, plugged in again under the same name, and only then does the first
+    /// dialog's end come in: the new dialog stays, and the device is not settled.
+    #[test]
+    fn an_old_dialog_ending_late_leaves_the_new_one_alone() {
+        let agent = agent();
+        agent
+            .memory()
+            .dialogs
+            .insert("/dev/sdb1".into(), DialogHandle::for_test(2));
+        agent.dialog_ended("/dev/sdb1", 1, true);
+        let memory = agent.memory();
+        assert_eq!(
+            memory.dialogs.get("/dev/sdb1").map(DialogHandle::id),
+            Some(2)
+        );
+        assert!(!memory.settled.contains("/dev/sdb1"));
+    }
+
+    #[test]
+    fn a_reconnect_forgets_what_went_away_meanwhile() {
+        let agent = agent();
+        {
+            let mut memory = agent.memory();
+            memory.settled.insert("/dev/sdb1".into());
+            memory.settled.insert("/dev/sdc1".into());
+            memory.mine.insert("/dev/sdb1".into(), "A".into());
+            memory
+                .dialogs
+                .insert("/dev/sdd1".into(), DialogHandle::for_test(1));
+        }
+        agent.forget_missing(&[device("/dev/sdc1")]);
+        let memory = agent.memory();
+        assert_eq!(memory.settled.iter().collect::<Vec<_>>(), ["/dev/sdc1"]);
+        assert!(memory.mine.is_empty());
+        assert!(memory.dialogs.is_empty());
     }
 }

@@ -50,8 +50,19 @@ pub fn unlocked(socket: PathBuf, device: DeviceInfo) {
     }
 }
 
-/// Something that needs the person's attention.
+/// Something that needs the person's attention. Sent from a thread of its own: the agent's
+/// event loop must not wait on a slow or stuck notification server.
 pub fn problem(summary: &str, body: &str) {
+    let (summary, body) = (summary.to_owned(), body.to_owned());
+    let spawned = std::thread::Builder::new()
+        .name("guilocker-notify".into())
+        .spawn(move || show_problem(&summary, &body));
+    if let Err(e) = spawned {
+        log::warn!("cannot start a notification thread: {e}");
+    }
+}
+
+fn show_problem(summary: &str, body: &str) {
     let shown = Notification::new()
         .appname(APP)
         .icon(ICON)
@@ -79,7 +90,7 @@ fn open(device: &DeviceInfo) {
             return;
         }
     }
-    problem(
+    show_problem(
         "Cannot open the drive",
         &format!("No file manager could open {mountpoint}."),
     );
@@ -102,6 +113,6 @@ fn unmount(socket: &std::path::Path, device: &DeviceInfo, label: &str) {
                 .body("It was unmounted and locked.")
                 .show();
         }
-        Err(e) => problem(&format!("‘{label}’ could not be unmounted"), &e.to_string()),
+        Err(e) => show_problem(&format!("‘{label}’ could not be unmounted"), &e.to_string()),
     }
 }

@@ -1,0 +1,1202 @@
+//! The whole desktop, end to end: an X server (Xvfb), a session bus, a notification server
+//! (notification-daemon) and the login agent, all as the ordinary user `guilocker-test`;
+//! the root daemon; a BitLocker stick on a loop device. xdotool types into the dialog the
+//! agent shows, AT-SPI reads what it says, dbus-monitor sees the notifications.
+//!
+//! Needs root, Xvfb, xdotool, dbus-daemon, dbus-monitor, notification-daemon, ImageMagick,
+//! python3 with gi + Atspi, dislocker, ntfs-3g and the fixtures (Debian: xvfb xdotool dbus-bin
+//! dbus-daemon notification-daemon imagemagick python3-gi gir1.2-atspi-2.0 at-spi2-core
+//! dislocker ntfs-3g). Without them the tests print why and pass, except with CI=true.
+//! Screenshots go to target/screenshots/e2e-*.png.
+
+mod common;
+
+use common::*;
+use guilocker::client::Events;
+use guilocker::protocol::{DeviceState, EventKind};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const TITLE: &str = "Unlock BitLocker drive";
+const SOURCE: &str = "bitlk-aes-xts-128";
+const PASSWORD: &str = "anaconda";
+const LABEL: &str = "DESKTOP";
+const NOTIFICATION_DAEMON: &str = "/usr/lib/notification-daemon/notification-daemon";
+/// Python with gi (Debian's; a pyenv one earlier in PATH usually has none).
+const PYTHON: &str = "/usr/bin/python3";
+/// For anything on screen: a cold GTK start on a busy two-core machine.
+const GUI_WAIT: Duration = Duration::from_secs(30);
+/// Between two looks at something that sends no event (the X window list, AT-SPI).
+const POLL: Duration = Duration::from_millis(20);
+const PROGRAMS: &[&str] = &[
+    "Xvfb",
+    "xdotool",
+    "dbus-daemon",
+    "dbus-monitor",
+    "import",
+    "runuser",
+    "dislocker",
+    "ntfs-3g",
+    "mkntfs",
+    "losetup",
+    "partx",
+    "sfdisk",
+];
+
+/// Straight to stderr: the harness would swallow eprintln! of a passing test.
+fn note(message: &str) {
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
+/// What these tests need beyond `common::prerequisites`, then that.
+fn desktop_prerequisites() -> bool {
+    let mut missing = Vec::new();
+    if !Path::new(NOTIFICATION_DAEMON).exists() {
+        missing.push(NOTIFICATION_DAEMON.to_owned());
+    }
+    let atspi = "import gi; gi.require_version('Atspi', '2.0'); from gi.repository import Atspi";
+    let has_atspi = Command::new(PYTHON)
+        .args(["-c", atspi])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_atspi {
+        missing.push("python3 Atspi (python3-gi, gir1.2-atspi-2.0)".to_owned());
+    }
+    if !missing.is_empty() {
+        let why = format!("desktop test needs {}", missing.join(", "));
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{why} (CI=true: not skipping)"
+        );
+        note(&format!("SKIPPED: {why}"));
+        return false;
+    }
+    prerequisites(PROGRAMS)
+}
+
+/// Scratch directories of this file's earlier runs (`desktop-*-<pid>` under target/tmp,
+/// two copies of the binaries and a stick image each): removed once their process is gone,
+/// unless something is still mounted in them.
+fn remove_stale_scratch() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let Ok(entries) = std::fs::read_dir(env!("CARGO_TARGET_TMPDIR")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("desktop-")
+                .and_then(|rest| rest.rsplit_once('-'))
+                .and_then(|(_, pid)| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let path = entry.path();
+            let in_use = Path::new(&format!("/proc/{pid}")).exists()
+                || mounts.contains(&*path.to_string_lossy());
+            if !in_use {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    });
+}
+
+/// `guilocker` and `guilocker-dialog` side by side where the test user may run them: the
+/// agent starts the dialog from next to its own executable.
+fn user_bins() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = scratch("desktop-bin");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for (name, from) in [
+            ("guilocker", env!("CARGO_BIN_EXE_guilocker")),
+            ("guilocker-dialog", env!("CARGO_BIN_EXE_guilocker-dialog")),
+        ] {
+            let to = dir.join(name);
+            std::fs::copy(from, &to).unwrap();
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        dir
+    })
+}
+
+/// One NTFS stick image (MBR) for all tests. Made before any daemon of ours runs: the tool
+/// attaches the bare BitLocker volume for a moment, and an agent would ask about it.
+fn stick_image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| make_stick(&scratch("desktop-sticks"), SOURCE, "ntfs", LABEL, "mbr"))
+}
+
+fn recovery_key() -> String {
+    images()
+        .into_iter()
+        .find(|i| i.name == SOURCE)
+        .and_then(|i| i.get("RP").map(str::to_owned))
+        .expect("the fixture's recovery key in images.conf")
+}
+
+/// Lines from a child's output, kept, so a test can wait for one with a deadline and look
+/// back at all of them.
+struct Lines {
+    what: &'static str,
+    rx: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn spawn(what: &'static str, stream: impl Read + Send + 'static, echo: bool) -> Self {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if echo {
+                    note(&format!("  {what}| {line}"));
+                }
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            what,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Everything so far, without waiting.
+    fn now(&mut self) -> &[String] {
+        self.seen.extend(self.rx.try_iter());
+        &self.seen
+    }
+
+    /// Waits until `probe` finds something in the lines so far.
+    fn wait<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut(&[String]) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.seen.extend(self.rx.try_iter());
+            if let Some(found) = probe(&self.seen) {
+                return found;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "timed out waiting for {what} from {}; it said:\n{}",
+                    self.what,
+                    self.seen.join("\n")
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "{} ended while waiting for {what}; it said:\n{}",
+                    self.what,
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+/// Pids whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // pid (comm) state ppid …: comm may hold spaces and parentheses.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; its state is Z.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+        .unwrap_or(false)
+}
+
+/// Waits for a child with a deadline, without panicking (for drops).
+fn wait_quietly(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(POLL),
+            _ => return None,
+        }
+    }
+}
+
+/// A program run as the test user through `runuser`. Stopped (SIGTERM to the program
+/// itself, so runuser just reports its exit) on drop.
+struct UserProcess {
+    name: &'static str,
+    runuser: Child,
+}
+
+impl UserProcess {
+    fn spawn(name: &'static str, mut cmd: Command) -> Self {
+        let runuser = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Self { name, runuser }
+    }
+
+    /// The program's own pid (runuser forks it, then waits).
+    fn pid(&self) -> u32 {
+        let deadline = Instant::now() + GUI_WAIT;
+        loop {
+            if let Some(&pid) = children_of(self.runuser.id()).first() {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not start under runuser",
+                self.name
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        wait_quietly(&mut self.runuser, timeout)
+            .unwrap_or_else(|| panic!("{} did not exit within {timeout:?}", self.name))
+    }
+
+    fn stop(&mut self) {
+        if let Ok(Some(_)) = self.runuser.try_wait() {
+            return;
+        }
+        // Signalling runuser instead would make it wait 2 s and then SIGKILL the program.
+        let targets = children_of(self.runuser.id());
+        for pid in &targets {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
+        }
+        if targets.is_empty() {
+            let _ = kill(Pid::from_raw(self.runuser.id() as i32), Signal::SIGTERM);
+        }
+        if wait_quietly(&mut self.runuser, Duration::from_secs(10)).is_none() {
+            note(&format!("{} ignored SIGTERM; killing it", self.name));
+            for pid in children_of(self.runuser.id()) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            let _ = self.runuser.kill();
+            let _ = self.runuser.wait();
+        }
+    }
+}
+
+impl Drop for UserProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The test user's desktop session: X server, session bus, notification server and a
+/// dbus-monitor on that bus. Everything is stopped on drop, in reverse order.
+struct Desktop {
+    uid: u32,
+    runtime: PathBuf,
+    display: String,
+    /// The session's environment, for everything run in it.
+    env: Vec<(String, String)>,
+    monitor_out: Lines,
+    notifications: Option<UserProcess>,
+    monitor: Option<UserProcess>,
+    bus: Option<UserProcess>,
+    xvfb: Option<Child>,
+}
+
+impl Desktop {
+    fn start(uid: u32) -> Self {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let runtime = std::env::temp_dir().join(format!(
+            "guilocker-e2e-desktop-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&runtime);
+        std::fs::create_dir(&runtime).unwrap();
+        let gid = nix::unistd::User::from_uid(uid.into())
+            .unwrap()
+            .unwrap()
+            .gid;
+        nix::unistd::chown(&runtime, Some(uid.into()), Some(gid)).unwrap();
+        std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+        // -displayfd: a display number of its own, said once the server takes clients.
+        // -ac: the test user's programs may connect.
+        let mut xvfb = Command::new("Xvfb")
+            .args(["-displayfd", "1", "-screen", "0", "1024x768x24"])
+            .args(["-noreset", "-ac", "-nolisten", "tcp"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start Xvfb");
+        let number = first_line(xvfb.stdout.take().unwrap());
+        let display = format!(":{}", number.trim());
+        let rt = runtime.display().to_string();
+        let mut desktop = Self {
+            uid,
+            env: vec![
+                ("DISPLAY".into(), display.clone()),
+                ("XDG_RUNTIME_DIR".into(), rt.clone()),
+                // The user has no home; keep GTK's and GLib's files in the runtime dir.
+                ("XDG_DATA_HOME".into(), rt.clone()),
+                ("XDG_CONFIG_HOME".into(), rt.clone()),
+                ("XDG_CACHE_HOME".into(), rt.clone()),
+                ("GDK_BACKEND".into(), "x11".into()),
+                ("GSK_RENDERER".into(), "cairo".into()),
+                ("GDK_DEBUG".into(), "gl-disable".into()),
+                ("GUILOCKER_LOG".into(), "debug".into()),
+            ],
+            runtime,
+            display,
+            monitor_out: Lines::spawn("dbus-monitor", std::io::empty(), false),
+            notifications: None,
+            monitor: None,
+            bus: None,
+            xvfb: Some(xvfb),
+        };
+
+        let mut bus = desktop.as_user(&[]);
+        bus.arg(which("dbus-daemon").unwrap())
+            .args(["--session", "--nofork", "--print-address=1"])
+            .arg(format!("--address=unix:path={rt}/bus"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut bus = UserProcess::spawn("dbus-daemon", bus);
+        let address = first_line(bus.runuser.stdout.take().unwrap());
+        assert!(address.starts_with("unix:"), "dbus-daemon said {address:?}");
+        desktop.bus = Some(bus);
+        desktop
+            .env
+            .push(("DBUS_SESSION_BUS_ADDRESS".into(), address.trim().to_owned()));
+
+        // The monitor first, so it sees the notification server take its name.
+        let mut monitor = desktop.as_user(&[]);
+        monitor
+            .arg(which("dbus-monitor").unwrap())
+            .arg("interface='org.freedesktop.Notifications'")
+            .arg("type='signal',member='NameOwnerChanged',arg0='org.freedesktop.Notifications'")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut monitor = UserProcess::spawn("dbus-monitor", monitor);
+        desktop.monitor_out = Lines::spawn(
+            "dbus-monitor",
+            monitor.runuser.stdout.take().unwrap(),
+            false,
+        );
+        desktop.monitor = Some(monitor);
+        // It drops its own name when it becomes a monitor.
+        desktop
+            .monitor_out
+            .wait("the monitor to be ready", GUI_WAIT, |lines| {
+                lines
+                    .iter()
+                    .any(|l| l.contains("member=NameLost"))
+                    .then_some(())
+            });
+
+        let mut server = desktop.as_user(&[("NO_AT_BRIDGE", "1")]);
+        server
+            .arg(NOTIFICATION_DAEMON)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        desktop.notifications = Some(UserProcess::spawn("notification-daemon", server));
+        desktop
+            .monitor_out
+            .wait("the notification server on the bus", GUI_WAIT, |lines| {
+                lines
+                    .iter()
+                    .any(|l| l.trim() == "string \"org.freedesktop.Notifications\"")
+                    .then_some(())
+            });
+        desktop
+    }
+
+    /// `runuser -u guilocker-test -- env <session> [extra]`; the program follows.
+    fn as_user(&self, extra: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", TEST_USER, "--", "env", "-u", "WAYLAND_DISPLAY"])
+            .args(self.env.iter().map(|(k, v)| format!("{k}={v}")))
+            .args(extra.iter().map(|(k, v)| format!("{k}={v}")))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// A command on this X display, as root.
+    fn x(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("DISPLAY", &self.display).stdin(Stdio::null());
+        cmd
+    }
+
+    fn xdotool(&self, args: &[&str]) -> String {
+        let out = self.x("xdotool").args(args).output().expect("run xdotool");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The dialog windows of process `pid` that are on screen.
+    fn windows_of(&self, pid: u32) -> Vec<String> {
+        let pid = pid.to_string();
+        let title = format!("^{TITLE}$");
+        self.xdotool(&[
+            "search",
+            "--all",
+            "--onlyvisible",
+            "--pid",
+            &pid,
+            "--name",
+            &title,
+        ])
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+    }
+
+    /// The process that shows a window.
+    fn window_pid(&self, window: &str) -> Option<u32> {
+        self.xdotool(&["getwindowpid", window]).trim().parse().ok()
+    }
+
+    /// Every unlock dialog on screen.
+    fn all_dialogs(&self) -> Vec<String> {
+        self.xdotool(&["search", "--onlyvisible", "--name", &format!("^{TITLE}$")])
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Polls until process `pid` shows its dialog; returns the window id.
+    fn wait_window(&self, pid: u32) -> String {
+        poll(&format!("the dialog window of pid {pid}"), || {
+            self.windows_of(pid).into_iter().next()
+        })
+    }
+
+    fn wait_window_gone(&self, window: &str) {
+        poll(&format!("window {window} to go"), || {
+            (!self.all_dialogs().iter().any(|w| w == window)).then_some(())
+        });
+    }
+
+    /// Types into a window as a person would, one key after another.
+    fn type_text(&self, window: &str, text: &str) {
+        let out = self
+            .x("xdotool")
+            .args(["type", "--window", window, "--delay", "30", text])
+            .output()
+            .expect("run xdotool");
+        assert!(out.status.success(), "xdotool type failed");
+    }
+
+    fn key(&self, window: &str, key: &str) {
+        let out = self
+            .x("xdotool")
+            .args(["key", "--window", window, key])
+            .output()
+            .expect("run xdotool");
+        assert!(out.status.success(), "xdotool key {key} failed");
+    }
+
+    /// A key that closes the window. xdotool then fails before it releases the key, and a
+    /// key left down repeats into the next window that gets the focus: release it.
+    fn closing_key(&self, window: &str, key: &str) {
+        let _ = self
+            .x("xdotool")
+            .args(["key", "--window", window, key])
+            .output();
+        let out = self
+            .x("xdotool")
+            .args(["keyup", key])
+            .output()
+            .expect("run xdotool");
+        assert!(out.status.success(), "xdotool keyup {key} failed");
+    }
+
+    /// What a screen reader sees of process `pid` (tests/atspi_dump.py): one node a line,
+    /// tab-separated depth, role, name, description, states. Run as the user: it is their
+    /// session bus.
+    fn accessible_tree(&self, pid: u32) -> String {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/atspi_dump.py");
+        let out = self
+            .as_user(&[])
+            .arg(PYTHON)
+            .arg(script)
+            .arg(pid.to_string())
+            .output()
+            .expect("run atspi_dump.py");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Polls the dialog's accessible tree until a node matches.
+    fn wait_node(&self, pid: u32, what: &str, matches: impl Fn(&Node) -> bool) {
+        let deadline = Instant::now() + GUI_WAIT;
+        loop {
+            let tree = self.accessible_tree(pid);
+            if tree.lines().filter_map(Node::parse).any(|n| matches(&n)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; the dialog's accessible tree:\n{tree}"
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    fn wait_focused(&self, pid: u32, role: &str, name: &str) {
+        self.wait_node(pid, &format!("{role} {name:?} focused"), |n| {
+            n.role == role && n.name == name && n.is("focused")
+        });
+    }
+
+    fn screenshot(&self, window: &str, name: &str) -> PathBuf {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
+            .join("screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.png"));
+        // What was waited for is in the widget tree; give GTK its next frame to paint it.
+        // Cosmetic only: nothing is decided on the picture.
+        thread::sleep(Duration::from_millis(150));
+        let status = self
+            .x("import")
+            .args(["-window", window])
+            .arg(&path)
+            .status()
+            .expect("run import");
+        assert!(status.success(), "screenshot {name} failed");
+        note(&format!("screenshot: {}", path.display()));
+        path
+    }
+
+    /// Notify calls seen so far: (summary, actions).
+    fn notifications(&mut self) -> Vec<(String, Vec<String>)> {
+        parse_notify_calls(self.monitor_out.now())
+    }
+
+    fn wait_notification(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        self.monitor_out
+            .wait(&format!("a notification {what}"), WAIT, |lines| {
+                parse_notify_calls(lines)
+                    .into_iter()
+                    .find(|(summary, _)| pred(summary))
+                    .map(|(_, actions)| actions)
+            })
+    }
+
+    /// Processes of this session that outlived it (services the bus started, such as the
+    /// accessibility bus): the test user's, with this session's runtime dir in their
+    /// environment.
+    fn leftovers(&self) -> Vec<u32> {
+        let marker = format!("XDG_RUNTIME_DIR={}", self.runtime.display());
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                use std::os::unix::fs::MetadataExt;
+                if std::fs::metadata(e.path()).ok()?.uid() != self.uid || !alive(pid) {
+                    return None;
+                }
+                let environ = std::fs::read(e.path().join("environ")).ok()?;
+                environ
+                    .split(|b| *b == 0)
+                    .any(|v| v == marker.as_bytes())
+                    .then_some(pid)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Desktop {
+    fn drop(&mut self) {
+        drop(self.notifications.take());
+        drop(self.monitor.take());
+        drop(self.bus.take());
+        if let Some(mut xvfb) = self.xvfb.take() {
+            // SIGTERM lets it remove its lock file and socket.
+            let _ = kill(Pid::from_raw(xvfb.id() as i32), Signal::SIGTERM);
+            if wait_quietly(&mut xvfb, Duration::from_secs(5)).is_none() {
+                let _ = xvfb.kill();
+                let _ = xvfb.wait();
+            }
+        }
+        // The accessibility bus follows the session bus out, but not at once.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut left = self.leftovers();
+        while !left.is_empty() && Instant::now() < deadline {
+            thread::sleep(POLL);
+            left = self.leftovers();
+        }
+        for pid in left {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_dir_all(&self.runtime);
+    }
+}
+
+/// `(summary, actions)` of each `Notify` method call in dbus-monitor's output. The call's
+/// arguments are: app_name, replaces_id, app_icon, summary, body, actions, hints, timeout.
+fn parse_notify_calls(lines: &[String]) -> Vec<(String, Vec<String>)> {
+    let mut calls = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if !(lines[i].starts_with("method call") && lines[i].contains("member=Notify")) {
+            i += 1;
+            continue;
+        }
+        i += 1;
+        let mut strings = Vec::new();
+        let mut actions = Vec::new();
+        let mut depth = 0;
+        let mut arg = 0;
+        while i < lines.len() && lines[i].starts_with(' ') {
+            let line = lines[i].trim();
+            if line.starts_with("array [") {
+                depth += 1;
+            } else if line == "]" {
+                depth -= 1;
+                if depth == 0 {
+                    arg += 1;
+                }
+            } else if let Some(s) = line.strip_prefix("string \"") {
+                let s = s.strip_suffix('"').unwrap_or(s).to_owned();
+                if depth == 0 {
+                    strings.push(s);
+                    arg += 1;
+                } else if arg == 5 {
+                    actions.push(s);
+                }
+            } else if depth == 0 {
+                arg += 1;
+            }
+            i += 1;
+        }
+        if let Some(summary) = strings.get(2) {
+            calls.push((summary.clone(), actions));
+        }
+    }
+    calls
+}
+
+fn first_line(stream: impl Read) -> String {
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    line
+}
+
+fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + GUI_WAIT;
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(POLL);
+    }
+}
+
+/// One line of atspi_dump.py.
+struct Node {
+    role: String,
+    name: String,
+    states: String,
+}
+
+impl Node {
+    fn parse(line: &str) -> Option<Self> {
+        let mut fields = line.split('\t');
+        let _depth = fields.next()?;
+        let role = fields.next()?.to_owned();
+        let name = fields.next()?.to_owned();
+        let _description = fields.next()?;
+        let states = fields.next().unwrap_or_default().to_owned();
+        Some(Self { role, name, states })
+    }
+
+    fn is(&self, state: &str) -> bool {
+        self.states.split(',').any(|s| s == state)
+    }
+}
+
+/// `guilocker agent`, as the test user, in the desktop session.
+struct Agent {
+    process: UserProcess,
+    log: Lines,
+}
+
+impl Agent {
+    fn start(desktop: &Desktop, socket: &Path) -> Self {
+        let mut cmd = desktop.as_user(&[]);
+        cmd.arg(user_bins().join("guilocker"))
+            .arg("agent")
+            .arg("--socket")
+            .arg(socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut process = UserProcess::spawn("the agent", cmd);
+        let log = Lines::spawn("agent", process.runuser.stderr.take().unwrap(), true);
+        Self { process, log }
+    }
+
+    /// Waits until `count` log lines contain `text`.
+    fn wait_lines(&mut self, text: &str, count: usize) {
+        self.log
+            .wait(&format!("{count} × {text:?}"), WAIT, |lines| {
+                (lines.iter().filter(|l| l.contains(text)).count() >= count).then_some(())
+            });
+    }
+
+    /// Pids of the dialogs the agent started for `dev`, in order.
+    fn dialogs_for(lines: &[String], dev: &str) -> Vec<u32> {
+        Self::all_dialogs(lines)
+            .into_iter()
+            .filter(|(d, _)| d == dev)
+            .map(|(_, pid)| pid)
+            .collect()
+    }
+
+    /// Every dialog the agent started: (device, pid). Other tests on this machine may plug
+    /// BitLocker sticks too, and this agent asks about them as well.
+    fn all_dialogs(lines: &[String]) -> Vec<(String, u32)> {
+        let marker = ": asking for the password (dialog pid ";
+        lines
+            .iter()
+            .filter_map(|l| {
+                let at = l.find(marker)?;
+                let dev = l[..at].rsplit(' ').next()?.to_owned();
+                let pid = l[at + marker.len()..].trim_end_matches(')').parse().ok()?;
+                Some((dev, pid))
+            })
+            .collect()
+    }
+
+    /// The pid of the `n`th dialog (from 1) the agent started for `dev`.
+    fn dialog(&mut self, dev: &str, n: usize) -> u32 {
+        self.log
+            .wait(&format!("dialog #{n} for {dev}"), GUI_WAIT, |lines| {
+                Self::dialogs_for(lines, dev).get(n - 1).copied()
+            })
+    }
+
+    fn dialog_count(&mut self, dev: &str) -> usize {
+        Self::dialogs_for(self.log.now(), dev).len()
+    }
+
+    /// Resident memory of the agent process, kB.
+    fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
+            .expect("the agent's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+/// A test's world: desktop session, daemon, agent and the sticks plugged in. Put away in
+/// an order that leaves nothing behind: agent, daemon (it unmounts), sticks, desktop.
+struct Scene {
+    name: &'static str,
+    agent: Option<Agent>,
+    daemon: TestDaemon,
+    events: Events,
+    sticks: Vec<Stick>,
+    desktop: Desktop,
+}
+
+impl Scene {
+    fn start(name: &'static str) -> Self {
+        remove_stale_scratch();
+        let uid = ensure_user(TEST_USER, true);
+        stick_image();
+        user_bins();
+        let desktop = Desktop::start(uid);
+        let daemon = TestDaemon::start(name);
+        let events = daemon.events();
+        let mut agent = Agent::start(&desktop, &daemon.socket);
+        agent.wait_lines("connected to the daemon", 1);
+        Self {
+            name,
+            agent: Some(agent),
+            daemon,
+            events,
+            sticks: Vec::new(),
+            desktop,
+        }
+    }
+
+    fn agent(&mut self) -> &mut Agent {
+        self.agent.as_mut().unwrap()
+    }
+
+    /// Attaches the stick image; returns its BitLocker volume's device and when it was
+    /// attached.
+    fn plug(&mut self) -> (String, Instant) {
+        let attached = Instant::now();
+        let stick = Stick::plug(stick_image(), true);
+        let dev = stick.volume();
+        self.sticks.push(stick);
+        (dev, attached)
+    }
+
+    fn unplug(&mut self, dev: &str) {
+        let i = self
+            .sticks
+            .iter()
+            .position(|s| s.volume() == dev)
+            .expect("a stick of ours");
+        self.sticks.remove(i).unplug();
+    }
+
+    /// The agent's dialog number `n` for `dev`: its pid and window, once on screen.
+    fn dialog(&mut self, dev: &str, n: usize) -> (u32, String) {
+        let pid = self.agent().dialog(dev, n);
+        let window = self.desktop.wait_window(pid);
+        (pid, window)
+    }
+
+    /// Waits for `dev` to be mounted for the test user; returns the mountpoint.
+    fn wait_mounted(&mut self, dev: &str) -> PathBuf {
+        let info = wait_event(&mut self.events, "the volume to be mounted", |k, d| {
+            k == EventKind::Changed && d.device == dev && d.state == DeviceState::Mounted
+        });
+        assert_eq!(info.owner.as_deref(), Some(TEST_USER), "{info:?}");
+        let info = self.daemon.device(dev).expect("still listed");
+        assert_eq!(info.state, DeviceState::Mounted);
+        assert_eq!(info.owner.as_deref(), Some(TEST_USER));
+        assert_eq!(info.label.as_deref(), Some(LABEL));
+        let mountpoint = PathBuf::from(info.mountpoint.expect("a mountpoint"));
+        assert!(
+            is_mounted(&mountpoint),
+            "{} not mounted",
+            mountpoint.display()
+        );
+        mountpoint
+    }
+
+    /// The "unlocked" notification, with its Open and Unmount actions.
+    fn expect_unlocked_notification(&mut self) {
+        let actions = self
+            .desktop
+            .wait_notification("saying unlocked", |s| s.contains("unlocked"));
+        let (summary, _) = self
+            .desktop
+            .notifications()
+            .into_iter()
+            .find(|(s, _)| s.contains("unlocked"))
+            .unwrap();
+        assert!(summary.contains(LABEL), "summary {summary:?}");
+        assert_eq!(actions, ["open", "Open", "unmount", "Unmount"]);
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        drop(self.agent.take());
+        self.daemon.stop();
+        self.sticks.clear();
+    }
+}
+
+#[test]
+fn password_unlocks_mounts_and_notifies() {
+    let _serial = serial();
+    if !desktop_prerequisites() {
+        return;
+    }
+    let mut scene = Scene::start("desktop-password");
+    note(&format!(
+        "agent idle VmRSS (connected, no drive): {} kB",
+        scene.agent().rss_kb()
+    ));
+
+    let (dev, attached) = scene.plug();
+    let (pid, window) = scene.dialog(&dev, 1);
+    note(&format!(
+        "attach (losetup) to dialog window mapped: {} ms",
+        attached.elapsed().as_millis()
+    ));
+    scene
+        .desktop
+        .wait_focused(pid, "password text", "BitLocker password");
+    scene.desktop.screenshot(&window, "e2e-initial");
+
+    scene.desktop.type_text(&window, PASSWORD);
+    scene.desktop.key(&window, "Return");
+    let mountpoint = scene.wait_mounted(&dev);
+    scene.desktop.wait_window_gone(&window);
+    scene.expect_unlocked_notification();
+    note(&format!(
+        "{dev} mounted at {}; agent VmRSS after the dialog and notification: {} kB",
+        mountpoint.display(),
+        scene.agent().rss_kb()
+    ));
+}
+
+#[test]
+fn wrong_password_keeps_the_window_and_says_why() {
+    let _serial = serial();
+    if !desktop_prerequisites() {
+        return;
+    }
+    let mut scene = Scene::start("desktop-wrong");
+    let (dev, _) = scene.plug();
+    let (pid, window) = scene.dialog(&dev, 1);
+    scene
+        .desktop
+        .wait_focused(pid, "password text", "BitLocker password");
+
+    scene.desktop.type_text(&window, "not-the-password");
+    scene.desktop.key(&window, "Return");
+    scene.desktop.wait_node(pid, "the error message", |n| {
+        n.role == "label" && n.name == "Wrong password."
+    });
+    // Ready for the next try, in the same window.
+    scene
+        .desktop
+        .wait_focused(pid, "password text", "BitLocker password");
+    assert_eq!(scene.desktop.windows_of(pid), std::slice::from_ref(&window));
+    assert_eq!(
+        scene.daemon.device(&dev).unwrap().state,
+        DeviceState::Locked
+    );
+    assert!(scene
+        .desktop
+        .notifications()
+        .iter()
+        .all(|(s, _)| !s.contains("unlocked")));
+    scene.desktop.screenshot(&window, "e2e-wrong-password");
+
+    scene.desktop.type_text(&window, PASSWORD);
+    scene.desktop.key(&window, "Return");
+    scene.wait_mounted(&dev);
+    scene.desktop.wait_window_gone(&window);
+    scene.expect_unlocked_notification();
+    assert_eq!(scene.agent().dialog_count(&dev), 1, "one dialog throughout");
+}
+
+#[test]
+fn recovery_key_chosen_by_keyboard_unlocks() {
+    let _serial = serial();
+    if !desktop_prerequisites() {
+        return;
+    }
+    let key = recovery_key();
+    let mut scene = Scene::start("desktop-recovery");
+    let (dev, _) = scene.plug();
+    let (pid, window) = scene.dialog(&dev, 1);
+    scene
+        .desktop
+        .wait_focused(pid, "password text", "BitLocker password");
+
+    // "Recovery _key": its mnemonic switches the method and focuses the key entry.
+    scene.desktop.key(&window, "alt+k");
+    scene
+        .desktop
+        .wait_focused(pid, "text", "BitLocker recovery key");
+    scene.desktop.type_text(&window, &key);
+    scene.desktop.wait_node(pid, "the key accepted", |n| {
+        n.role == "label" && n.name == "All 8 groups are valid."
+    });
+    scene.desktop.screenshot(&window, "e2e-recovery");
+    scene.desktop.key(&window, "Return");
+    scene.wait_mounted(&dev);
+    scene.desktop.wait_window_gone(&window);
+    scene.expect_unlocked_notification();
+}
+
+/// Escape cancels, and the agent does not ask again about that stick while it stays
+/// plugged in; unplugging a stick closes its open dialog; plugging it in again asks again.
+#[test]
+fn cancel_holds_until_replug_and_unplug_closes_the_dialog() {
+    let _serial = serial();
+    if !desktop_prerequisites() {
+        return;
+    }
+    let mut scene = Scene::start("desktop-cancel");
+    let (first, _) = scene.plug();
+    let (pid, window) = scene.dialog(&first, 1);
+    scene
+        .desktop
+        .wait_focused(pid, "password text", "BitLocker password");
+    scene.desktop.closing_key(&window, "Escape");
+    scene
+        .agent()
+        .wait_lines(&format!("{first}: the person cancelled"), 1);
+    scene.desktop.wait_window_gone(&window);
+    poll("the cancelled dialog's process to end", || {
+        (!alive(pid)).then_some(())
+    });
+
+    // A second stick. The agent handles the daemon's events one at a time, in order: once
+    // it shows this stick's dialog, it has handled everything that came before, and had it
+    // meant to ask about the first stick again, it would have. Then a second more, for
+    // anything slower (a dialog's end reported late), before concluding it will not.
+    let (second, _) = scene.plug();
+    let (second_pid, second_window) = scene.dialog(&second, 1);
+    // On screen too: every dialog shown belongs to a dialog process the agent started for
+    // another device.
+    let quiet_until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < quiet_until {
+        assert_eq!(scene.agent().dialog_count(&first), 1, "asked again");
+        let others: Vec<u32> = Agent::all_dialogs(scene.agent().log.now())
+            .into_iter()
+            .filter(|(dev, _)| *dev != first)
+            .map(|(_, pid)| pid)
+            .collect();
+        for window in scene.desktop.all_dialogs() {
+            let shown_by = scene.desktop.window_pid(&window);
+            assert!(
+                shown_by.is_some_and(|p| others.contains(&p)),
+                "dialog window {window} of pid {shown_by:?} is not for another stick"
+            );
+        }
+        thread::sleep(POLL);
+    }
+    assert_eq!(
+        scene.desktop.windows_of(second_pid),
+        std::slice::from_ref(&second_window)
+    );
+
+    // Unplugged while its dialog is open: the dialog goes away by itself.
+    scene.unplug(&second);
+    scene.desktop.wait_window_gone(&second_window);
+    poll("the second dialog's process to end", || {
+        (!alive(second_pid)).then_some(())
+    });
+
+    // Out and in again: a new appearance, a new dialog (under whichever name it gets).
+    scene.unplug(&first);
+    wait_event(&mut scene.events, "the first stick to go", |k, d| {
+        k == EventKind::Removed && d.device == first
+    });
+    let (again, _) = scene.plug();
+    let n = scene.agent().dialog_count(&again) + 1;
+    let (again_pid, again_window) = scene.dialog(&again, n);
+    assert_ne!(again_pid, pid);
+    scene.unplug(&again);
+    scene.desktop.wait_window_gone(&again_window);
+}
+
+#[test]
+fn one_agent_per_session_and_it_outlives_a_daemon_restart() {
+    let _serial = serial();
+    if !desktop_prerequisites() {
+        return;
+    }
+    let mut scene = Scene::start("desktop-restart");
+
+    let mut second = scene.desktop.as_user(&[]);
+    second
+        .arg(user_bins().join("guilocker"))
+        .arg("agent")
+        .arg("--socket")
+        .arg(&scene.daemon.socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut second = UserProcess::spawn("a second agent", second);
+    let mut stderr = String::new();
+    second
+        .runuser
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = second.wait(WAIT);
+    assert_eq!(status.code(), Some(1), "second agent: {stderr}");
+    assert!(stderr.contains("already running"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+
+    // Same socket path; the daemon's directory is even removed and made again in between,
+    // as systemd's RuntimeDirectory= does.
+    assert_eq!(scene.daemon.stop(), Some(0));
+    scene.agent().wait_lines("the daemon went away", 1);
+    let restarted = Instant::now();
+    scene.daemon = TestDaemon::start(scene.name);
+    let listening = restarted.elapsed();
+    scene.agent().wait_lines("connected to the daemon", 2);
+    let reconnected = restarted.elapsed();
+    note(&format!(
+        "daemon restart: listening after {} ms, agent reconnected after {} ms",
+        listening.as_millis(),
+        reconnected.as_millis()
+    ));
+    // Far below the agent's 30 s safety net: it was woken by the socket appearing.
+    assert!(
+        reconnected - listening < Duration::from_secs(10),
+        "{reconnected:?}"
+    );
+    scene.events = scene.daemon.events();
+
+    let (dev, _) = scene.plug();
+    let (pid, _window) = scene.dialog(&dev, 1);
+    scene
+        .desktop
+        .wait_focused(pid, "password text", "BitLocker password");
+}
+
+/// The parser against dbus-monitor's real layout.
+#[test]
+fn notify_calls_are_parsed() {
+    let text = r#"method call time=1.2 sender=:1.5 -> destination=org.freedesktop.Notifications serial=7 path=/org/freedesktop/Notifications; interface=org.freedesktop.Notifications; member=Notify
+   string "guilocker"
+   uint32 0
+   string "guilocker"
+   string "‘STICK’ unlocked"
+   string "Mounted at /media/u/STICK"
+   array [
+      string "open"
+      string "Open"
+      string "unmount"
+      string "Unmount"
+   ]
+   array [
+      dict entry(
+         string "urgency"
+         variant             byte 1
+      )
+   ]
+   int32 10000
+method return time=1.3 sender=:1.3 -> destination=:1.5 serial=9 reply_serial=7
+   uint32 1"#;
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let calls = parse_notify_calls(&lines);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].0, "‘STICK’ unlocked");
+    assert_eq!(calls[0].1, ["open", "Open", "unmount", "Unmount"]);
+}
