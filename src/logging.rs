@@ -12,7 +12,9 @@ struct Logger;
 
 impl log::Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= log::max_level()
+        // Our own lines at the chosen level; libraries' only when something is wrong.
+        let ours = metadata.target().starts_with("guilocker");
+        metadata.level() <= log::max_level() && (ours || metadata.level() <= Level::Warn)
     }
 
     fn log(&self, record: &Record) {

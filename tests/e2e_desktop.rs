@@ -30,6 +30,7 @@ const TITLE: &str = "Unlock BitLocker drive";
 const SOURCE: &str = "bitlk-aes-xts-128";
 const PASSWORD: &str = "anaconda";
 const LABEL: &str = "DESKTOP";
+const CLEAR_LABEL: &str = "CLEAR";
 const NOTIFICATION_DAEMON: &str = "/usr/lib/notification-daemon/notification-daemon";
 /// Python with gi (Debian's; a pyenv one earlier in PATH usually has none).
 const PYTHON: &str = "/usr/bin/python3";
@@ -138,6 +139,40 @@ fn user_bins() -> &'static Path {
 fn stick_image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE.get_or_init(|| make_stick(&scratch("desktop-sticks"), SOURCE, "ntfs", LABEL, "mbr"))
+}
+
+/// A stick whose BitLocker protection is suspended (a clear key), with an NTFS filesystem
+/// labelled CLEAR, made the way make-bitlocker-stick makes its sticks (which needs a
+/// password): dislocker with the clear key, mkntfs through it, lock again.
+fn clear_key_image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = scratch("desktop-clear-key");
+        let image = dir.join("clear.img");
+        run_ok(
+            Command::new("cp")
+                .arg("--sparse=always")
+                .arg(fixtures().join("bitlk-aes-xts-128-clearkey-only.img"))
+                .arg(&image),
+        );
+        let view = dir.join("view");
+        std::fs::create_dir_all(&view).unwrap();
+        let stick = Stick::plug(&image, false);
+        // Without FUSE's -f, dislocker returns once its view is mounted.
+        run_ok(
+            Command::new("dislocker")
+                .args(["-V", &stick.volume(), "-c", "--"])
+                .arg(&view),
+        );
+        run_ok(
+            Command::new("mkntfs")
+                .args(["-q", "-F", "-f", "-L", CLEAR_LABEL])
+                .arg(view.join("dislocker-file")),
+        );
+        run_ok(Command::new("umount").arg(&view));
+        drop(stick);
+        image
+    })
 }
 
 fn recovery_key() -> String {
@@ -873,6 +908,14 @@ impl Scene {
         (dev, attached)
     }
 
+    /// Attaches another image (no partition table); returns its device.
+    fn plug_image(&mut self, image: &Path) -> String {
+        let stick = Stick::plug(image, false);
+        let dev = stick.volume();
+        self.sticks.push(stick);
+        dev
+    }
+
     fn unplug(&mut self, dev: &str) {
         let i = self
             .sticks
@@ -965,6 +1008,32 @@ fn password_unlocks_mounts_and_notifies() {
         mountpoint.display(),
         scene.agent().rss_kb()
     ));
+}
+
+/// Protection suspended (a clear key): the agent opens it without asking, and says so.
+#[test]
+fn suspended_protection_opens_without_asking() {
+    let _serial = serial();
+    if !desktop_prerequisites() {
+        return;
+    }
+    let image = clear_key_image();
+    let mut scene = Scene::start("desktop-clear");
+    let dev = scene.plug_image(image);
+    let info = wait_event(&mut scene.events, "the volume to be mounted", |k, d| {
+        k == EventKind::Changed && d.device == dev && d.state == DeviceState::Mounted
+    });
+    assert_eq!(info.owner.as_deref(), Some(TEST_USER));
+    assert_eq!(info.label.as_deref(), Some(CLEAR_LABEL));
+    scene.agent().wait_lines("protection is suspended", 1);
+    assert_eq!(
+        scene.agent().dialog_count(&dev),
+        0,
+        "a dialog was shown for {dev}"
+    );
+    scene.desktop.wait_notification("saying unlocked", |s| {
+        s.contains(CLEAR_LABEL) && s.contains("unlocked")
+    });
 }
 
 #[test]

@@ -200,6 +200,19 @@ impl Agent {
         if memory.dialogs.contains_key(&device.device) || memory.settled.contains(&device.device) {
             return;
         }
+        if device.protectors.iter().any(|p| p == "clear_key") {
+            // Protection is suspended: it opens without a secret, so nothing to ask.
+            memory.settled.insert(device.device.clone());
+            drop(memory);
+            let agent = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("guilocker-clear-key".into())
+                .spawn(move || agent.open_without_secret(device));
+            if let Err(e) = spawned {
+                log::error!("cannot start a thread to open a drive: {e}");
+            }
+            return;
+        }
         memory.last_dialog += 1;
         let id = memory.last_dialog;
         match dialogs::start(Arc::clone(self), device.clone(), id) {
@@ -209,6 +222,31 @@ impl Agent {
             Err(e) => {
                 log::error!("{}: cannot show the unlock dialog: {e}", device.device);
                 memory.settled.insert(device.device);
+            }
+        }
+    }
+
+    /// Unlocks and mounts a drive whose protection is suspended; says what happened.
+    fn open_without_secret(&self, device: DeviceInfo) {
+        log::info!(
+            "{}: protection is suspended; opening it without a password",
+            device.device
+        );
+        let request = crate::protocol::Request::Unlock {
+            device: device.device.clone(),
+            secret: crate::protocol::UnlockSecret::ClearKey,
+            read_only: false,
+            mount: true,
+            owner: None,
+        };
+        match Client::connect(&self.socket).and_then(|mut c| c.request(&request)) {
+            Ok(crate::protocol::Response::Unlocked { device: info }) => self.unlocked(&info),
+            Ok(other) => log::warn!("{}: unexpected reply {other:?}", device.device),
+            Err(e) => {
+                let prefix = format!("{}: ", device.device);
+                let text = e.to_string();
+                let cause = text.strip_prefix(&prefix).unwrap_or(&text);
+                notifications::problem(&format!("{} cannot be opened", device.device), cause);
             }
         }
     }

@@ -30,14 +30,20 @@ pub struct Listener {
 
 impl Listener {
     pub fn bind(path: &Path) -> std::io::Result<Self> {
-        // A socket file left by a daemon that died; the pidfile lock says none is running.
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        // Bound under a temporary name, opened up, then renamed into place: whoever sees the
+        // socket can connect to it (and a file left by a daemon that died is replaced; the
+        // pidfile lock says none is running).
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let listener = UnixListener::bind(&tmp)?;
+        let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
         listener.set_nonblocking(true)?;
         Ok(Self {
             listener,
