@@ -385,3 +385,63 @@ fn dead_dislocker_is_noticed_and_cleaned_up() {
     let (code, _, err) = daemon.cli(Some(TEST_USER), &["unmount", &dev], "");
     assert_eq!(code, 0, "{err}");
 }
+
+/// After a crash under systemd (the daemon killed, then its dislocker and FUSE driver): the
+/// next daemon detaches the dead mounts, removes their directories, and the drive unlocks.
+#[test]
+fn restart_after_a_crash_cleans_up() {
+    let _serial = serial();
+    if !prerequisites(STICK_TOOLS) {
+        return;
+    }
+    ensure_user(TEST_USER, true);
+    let mut daemon = TestDaemon::start("crash");
+    let image = make_stick(&daemon.dir, "bitlk-aes-xts-128", "ntfs", "CRASHED", "mbr");
+    let mut events = daemon.events();
+    let stick = Stick::plug(&image, true);
+    let dev = stick.volume();
+    wait_event(&mut events, "the volume", |k, d| {
+        k == EventKind::Added && d.device == dev
+    });
+    let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
+    assert_eq!(code, 0, "{err}");
+    let info = daemon.device(&dev).unwrap();
+    let mountpoint = PathBuf::from(info.mountpoint.unwrap());
+    let decrypted = info.decrypted.unwrap();
+    let view = PathBuf::from(&decrypted).parent().unwrap().to_owned();
+    drop(events);
+
+    daemon.crash();
+    // What systemd's KillMode does to the rest of the unit after a crash.
+    let mut victims = dislockers_for(&dev);
+    victims.extend(guilocker::daemon::mounts::openers(std::path::Path::new(
+        &decrypted,
+    )));
+    assert!(victims.len() >= 2, "dislocker and ntfs-3g: {victims:?}");
+    for pid in victims {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    }
+    assert!(
+        is_mounted(&mountpoint) && is_mounted(&view),
+        "dead mounts are still in the table"
+    );
+
+    let startup = daemon.respawn();
+    assert!(
+        startup.iter().any(|l| l.contains("cleaned up 1 volume")),
+        "{startup:#?}"
+    );
+    assert!(
+        !is_mounted(&mountpoint),
+        "{} still mounted",
+        mountpoint.display()
+    );
+    assert!(!mountpoint.exists());
+    assert!(!is_mounted(&view));
+    assert!(!view.exists());
+    assert_eq!(daemon.device(&dev).unwrap().state, DeviceState::Locked);
+    let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
+    assert_eq!(code, 0, "unlock after the restart: {err}");
+    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unmount", &dev], "");
+    assert_eq!(code, 0, "{err}");
+}

@@ -709,7 +709,18 @@ fn prepare_dir(device: &str, dir: &Path) -> Result<(), DaemonError> {
             .map_err(|e| DaemonError::io(device, "cannot create", parent, e))?;
     }
     if super::mounts::mounted_at(dir).is_some() {
-        log::warn!("{device}: stale mount at {}; detaching it", dir.display());
+        if !super::mounts::is_dead(dir) {
+            // A dislocker we do not know (a previous daemon's) still serves it; detaching
+            // it could pull the disk from under a mounted filesystem.
+            return Err(DaemonError::InvalidState {
+                device: device.into(),
+                what: format!(
+                    "is still unlocked by an earlier guilocker ({} is mounted); unmount it first",
+                    dir.display()
+                ),
+            });
+        }
+        log::warn!("{device}: dead mount at {}; detaching it", dir.display());
         let _ = mount::unmount_path(dir, true);
     }
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {

@@ -14,6 +14,7 @@ pub mod mount;
 pub mod mountpoint;
 pub mod mounts;
 pub mod probe;
+pub mod recover;
 pub mod server;
 pub mod state;
 pub mod unlock;
@@ -141,6 +142,10 @@ fn start(opts: &Options, config: Config, pidfile: &mut crate::pidfile::Pidfile) 
             None
         }
     };
+    let cleaned = recover::clean_stale(&opts.runtime_dir);
+    if cleaned > 0 {
+        log::warn!("cleaned up {cleaned} volume(s) an earlier guilocker left behind");
+    }
     let daemon = Arc::new(core::Daemon::new(
         config,
         core::Paths::new(opts.runtime_dir.clone()),

@@ -11,6 +11,8 @@ pub const MOUNTINFO: &str = "/proc/self/mountinfo";
 pub struct Mount {
     pub mountpoint: PathBuf,
     pub fs_type: String,
+    /// What is mounted: a device, a file (ntfs-3g), or a name.
+    pub source: String,
 }
 
 /// Undoes the octal escapes (`\040` for space …) the kernel uses in mountinfo.
@@ -41,10 +43,13 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
             let mountpoint = left.split(' ').nth(4)?;
-            let fs_type = right.split(' ').next()?;
+            let mut right = right.split(' ');
+            let fs_type = right.next()?;
+            let source = right.next().unwrap_or_default();
             Some(Mount {
                 mountpoint: PathBuf::from(unescape(mountpoint)),
                 fs_type: fs_type.to_owned(),
+                source: unescape(source),
             })
         })
         .collect()
@@ -63,6 +68,11 @@ pub fn mounted_at(path: &Path) -> Option<String> {
         .rev()
         .find(|m| m.mountpoint == path)
         .map(|m| m.fs_type)
+}
+
+/// True when the FUSE server behind a mount is gone ("Transport endpoint is not connected").
+pub fn is_dead(mountpoint: &Path) -> bool {
+    std::fs::metadata(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
 }
 
 /// An open mountinfo whose `poll` reports POLLPRI whenever the mount table changes.
@@ -158,6 +168,7 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].mountpoint, Path::new("/media/alice/My Stick"));
         assert_eq!(m[1].fs_type, "fuse.dislocker");
+        assert_eq!(m[0].source, "/dev/loop1");
         assert_eq!(unescape("a\\134b\\011"), "a\\b\t");
         assert_eq!(unescape("trailing\\04"), "trailing\\04");
     }

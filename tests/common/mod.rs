@@ -254,7 +254,8 @@ impl TestDaemon {
         cmd
     }
 
-    fn spawn(&mut self) {
+    /// Starts the daemon; returns its log lines up to "listening on".
+    fn spawn(&mut self) -> Vec<String> {
         let mut child = self
             .command()
             .arg("--foreground")
@@ -274,7 +275,7 @@ impl TestDaemon {
         });
         self.log = Mutex::new(rx);
         self.child = Some(child);
-        self.wait_log("listening on");
+        self.log_until("listening on")
     }
 
     /// Waits for a daemon log line containing `text`; returns it.
@@ -368,6 +369,21 @@ impl TestDaemon {
 
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// SIGKILL, as a crash would; the daemon cleans nothing up.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again on the same socket, pidfile, runtime dir and config; returns
+    /// its start-up log lines.
+    pub fn respawn(&mut self) -> Vec<String> {
+        assert!(self.child.is_none(), "still running");
+        self.spawn()
     }
 
     /// SIGTERM and wait for exit; returns the exit code.

@@ -1,0 +1,82 @@
+//! After a crash: what an earlier daemon left mounted in our runtime directory.
+//!
+//! Under systemd a crashed daemon's dislocker and FUSE drivers are killed with it, leaving
+//! dead mounts ("Transport endpoint is not connected"): the user's filesystem over a loop
+//! device or a file inside dislocker's view, and the view itself. Those are detached and
+//! their directories removed. Views still served by a live dislocker are left alone.
+
+use super::mount;
+use super::mounts::{self, Mount};
+use super::unlock::DECRYPTED_FILE;
+use std::path::{Path, PathBuf};
+
+/// The loop devices whose backing file is `file`.
+fn loops_over(file: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            (Path::new(backing.trim_end()) == file).then(|| format!("/dev/{name}"))
+        })
+        .collect()
+}
+
+/// Cleans up dead leftovers under `runtime_dir`; returns how many views were cleaned.
+pub fn clean_stale(runtime_dir: &Path) -> usize {
+    let views_dir = runtime_dir.join("dislocker");
+    let all = mounts::mounts();
+    let views: Vec<&Mount> = all
+        .iter()
+        .filter(|m| m.mountpoint.starts_with(&views_dir) && m.mountpoint != views_dir)
+        .collect();
+    let mut cleaned = 0;
+    for view in views {
+        let decrypted = view.mountpoint.join(DECRYPTED_FILE);
+        if !mounts::is_dead(&view.mountpoint) {
+            log::warn!(
+                "{} is still served by a dislocker of an earlier guilocker; leaving it",
+                view.mountpoint.display()
+            );
+            continue;
+        }
+        let loops = loops_over(&decrypted);
+        // The user's filesystem: mounted from the decrypted file or a loop device over it.
+        let users: Vec<PathBuf> = all
+            .iter()
+            .filter(|m| Path::new(&m.source) == decrypted || loops.contains(&m.source))
+            .map(|m| m.mountpoint.clone())
+            .collect();
+        for mountpoint in &users {
+            log::warn!(
+                "{}: left behind by an earlier guilocker; detaching it",
+                mountpoint.display()
+            );
+            if let Err(e) = mount::unmount_path(mountpoint, true) {
+                log::warn!("{e}");
+            }
+            // Only what is empty goes: rmdir, never rm -r.
+            let parent = mountpoint.parent().map(Path::to_owned);
+            mount::remove_dirs(std::slice::from_ref(mountpoint));
+            if let Some(parent) = parent {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+        for dev in &loops {
+            mount::detach_loop(dev);
+        }
+        log::warn!(
+            "{}: dead view of an earlier guilocker; detaching it",
+            view.mountpoint.display()
+        );
+        if let Err(e) = mount::unmount_path(&view.mountpoint, true) {
+            log::warn!("{e}");
+        }
+        mount::remove_dirs(std::slice::from_ref(&view.mountpoint));
+        cleaned += 1;
+    }
+    cleaned
+}
