@@ -5,6 +5,9 @@
 //! dbus-daemon python3-gi gir1.2-atspi-2.0; imagemagick and x11-xserver-utils optional).
 //! Without them the tests print why and pass, except with CI=true, where they fail.
 
+mod common;
+
+use common::atspi::Node;
 use guilocker::protocol::{
     read_frame, write_frame, DeviceInfo, DeviceState, DialogInput, DialogOutput, ErrorKind,
     UnlockSecret, DIALOG_EXIT_CANCELLED, DIALOG_EXIT_CLOSED, DIALOG_EXIT_NO_DISPLAY,
@@ -224,40 +227,15 @@ impl Desktop {
         })
     }
 
-    /// What a screen reader sees of process `pid`: one node a line, tab-separated:
-    /// depth, role, name, description, states.
+    /// What a screen reader sees of process `pid`.
     fn accessible_tree(&self, pid: u32) -> String {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/atspi_dump.py");
-        let out = self
-            .command(python())
-            .arg(script)
-            .arg(pid.to_string())
-            .output()
-            .expect("run atspi_dump.py");
-        if out.status.success() {
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        } else {
-            format!(
-                "(atspi_dump.py: {})",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )
-        }
+        common::atspi::tree(self.command(python()), pid)
     }
 
-    /// Polls the accessibility tree until a node matches; shows the last tree if none does.
+    /// Polls the accessibility tree until a node matches.
     fn wait_node(&self, pid: u32, what: &str, matches: impl Fn(&Node) -> bool) -> Node {
-        let start = Instant::now();
-        loop {
-            let tree = self.accessible_tree(pid);
-            if let Some(node) = tree.lines().filter_map(Node::parse).find(|n| matches(n)) {
-                return node;
-            }
-            assert!(
-                start.elapsed() < WAIT,
-                "timed out waiting for {what}; the dialog's accessible tree:\n{tree}"
-            );
-            thread::sleep(Duration::from_millis(25));
-        }
+        let poll = Duration::from_millis(25);
+        common::atspi::wait_node(what, WAIT, poll, || self.accessible_tree(pid), matches)
     }
 
     fn screenshot(&self, window: &str, name: &str) {
@@ -317,30 +295,6 @@ fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         }
         assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
         thread::sleep(Duration::from_millis(25));
-    }
-}
-
-/// One line of `atspi_dump.py`.
-#[derive(Debug)]
-struct Node {
-    role: String,
-    name: String,
-    states: String,
-}
-
-impl Node {
-    fn parse(line: &str) -> Option<Self> {
-        let mut fields = line.split('\t');
-        let _depth = fields.next()?;
-        let role = fields.next()?.to_owned();
-        let name = fields.next()?.to_owned();
-        let _description = fields.next()?;
-        let states = fields.next().unwrap_or_default().to_owned();
-        Some(Self { role, name, states })
-    }
-
-    fn is(&self, state: &str) -> bool {
-        self.states.split(',').any(|s| s == state)
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::atspi::Node;
 use common::*;
 use guilocker::client::Events;
 use guilocker::protocol::{DeviceState, EventKind};
@@ -577,35 +578,16 @@ impl Desktop {
         assert!(out.status.success(), "xdotool keyup {key} failed");
     }
 
-    /// What a screen reader sees of process `pid` (tests/atspi_dump.py): one node a line,
-    /// tab-separated depth, role, name, description, states. Run as the user: it is their
-    /// session bus.
+    /// What a screen reader sees of process `pid`. Run as the user: it is their session bus.
     fn accessible_tree(&self, pid: u32) -> String {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/atspi_dump.py");
-        let out = self
-            .as_user(&[])
-            .arg(PYTHON)
-            .arg(script)
-            .arg(pid.to_string())
-            .output()
-            .expect("run atspi_dump.py");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let mut python = self.as_user(&[]);
+        python.arg(PYTHON);
+        common::atspi::tree(python, pid)
     }
 
     /// Polls the dialog's accessible tree until a node matches.
     fn wait_node(&self, pid: u32, what: &str, matches: impl Fn(&Node) -> bool) {
-        let deadline = Instant::now() + GUI_WAIT;
-        loop {
-            let tree = self.accessible_tree(pid);
-            if tree.lines().filter_map(Node::parse).any(|n| matches(&n)) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; the dialog's accessible tree:\n{tree}"
-            );
-            thread::sleep(POLL);
-        }
+        common::atspi::wait_node(what, GUI_WAIT, POLL, || self.accessible_tree(pid), matches);
     }
 
     fn wait_focused(&self, pid: u32, role: &str, name: &str) {
@@ -760,29 +742,6 @@ fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         thread::sleep(POLL);
-    }
-}
-
-/// One line of atspi_dump.py.
-struct Node {
-    role: String,
-    name: String,
-    states: String,
-}
-
-impl Node {
-    fn parse(line: &str) -> Option<Self> {
-        let mut fields = line.split('\t');
-        let _depth = fields.next()?;
-        let role = fields.next()?.to_owned();
-        let name = fields.next()?.to_owned();
-        let _description = fields.next()?;
-        let states = fields.next().unwrap_or_default().to_owned();
-        Some(Self { role, name, states })
-    }
-
-    fn is(&self, state: &str) -> bool {
-        self.states.split(',').any(|s| s == state)
     }
 }
 

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod atspi;
+
 use guilocker::client::{Client, Events};
 use guilocker::protocol::{DeviceInfo, EventKind};
 use std::collections::HashMap;
