@@ -245,19 +245,7 @@ impl Desktop {
             ));
             return;
         }
-        let dir = screenshot_dir();
-        std::fs::create_dir_all(&dir).expect("create screenshot dir");
-        let path = dir.join(format!("{name}.png"));
-        // The frame after the state change may not be painted yet; this is cosmetic only.
-        thread::sleep(Duration::from_millis(150));
-        let status = self
-            .command("import")
-            .args(["-window", window])
-            .arg(&path)
-            .status()
-            .expect("run import");
-        assert!(status.success(), "screenshot {name} failed");
-        note(&format!("screenshot: {}", path.display()));
+        common::screenshot(self.command("import"), window, name);
     }
 }
 
@@ -269,14 +257,6 @@ impl Drop for Desktop {
         }
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
-}
-
-fn screenshot_dir() -> PathBuf {
-    // CARGO_TARGET_TMPDIR is <target>/tmp, so this is <target>/screenshots.
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
-        .join("screenshots")
 }
 
 fn first_line(stream: impl Read) -> String {

@@ -597,24 +597,7 @@ impl Desktop {
     }
 
     fn screenshot(&self, window: &str, name: &str) -> PathBuf {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .parent()
-            .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
-            .join("screenshots");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{name}.png"));
-        // What was waited for is in the widget tree; give GTK its next frame to paint it.
-        // Cosmetic only: nothing is decided on the picture.
-        thread::sleep(Duration::from_millis(150));
-        let status = self
-            .x("import")
-            .args(["-window", window])
-            .arg(&path)
-            .status()
-            .expect("run import");
-        assert!(status.success(), "screenshot {name} failed");
-        note(&format!("screenshot: {}", path.display()));
-        path
+        common::screenshot(self.x("import"), window, name)
     }
 
     /// Notify calls seen so far: (summary, actions).

@@ -160,6 +160,49 @@ fn assert_clean(daemon: &TestDaemon, dev: &str, mountpoint: &Path, decrypted_dir
     assert!(!owner_dir.exists(), "{} left behind", owner_dir.display());
 }
 
+/// A daemon of its own with one NTFS stick made from `source`, plugged in and seen.
+/// Fields drop in order: the daemon (it puts the volume away), then the stick.
+struct Plugged {
+    daemon: TestDaemon,
+    events: guilocker::client::Events,
+    stick: Stick,
+    dev: String,
+}
+
+/// `None` when a prerequisite is missing (and not under CI, where that fails).
+fn plugged(name: &str, source: &str, label: &str, table: &str) -> Option<Plugged> {
+    if !prerequisites(STICK_TOOLS) {
+        return None;
+    }
+    ensure_user(TEST_USER, true);
+    let daemon = TestDaemon::start(name);
+    let image = make_stick(&daemon.dir, source, "ntfs", label, table);
+    let mut events = daemon.events();
+    let stick = Stick::plug(&image, table != "none");
+    let dev = stick.volume();
+    wait_event(&mut events, "the volume", |k, d| {
+        k == EventKind::Added && d.device == dev
+    });
+    Some(Plugged {
+        daemon,
+        events,
+        stick,
+        dev,
+    })
+}
+
+/// Unlocks and mounts `dev` for the test user; returns the mountpoint and dislocker's view.
+fn unlock_for_user(daemon: &TestDaemon, dev: &str) -> (PathBuf, PathBuf) {
+    let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), dev, "anaconda");
+    assert_eq!(code, 0, "{err}");
+    let info = daemon.device(dev).unwrap();
+    let view = PathBuf::from(info.decrypted.unwrap())
+        .parent()
+        .unwrap()
+        .to_owned();
+    (PathBuf::from(info.mountpoint.unwrap()), view)
+}
+
 #[test]
 fn ntfs_stick_with_mbr() {
     round_trip("ntfs-mbr", "bitlk-aes-xts-128", "ntfs", "My Stick", "mbr");
@@ -186,19 +229,21 @@ fn fat_to_go_stick_without_partition_table() {
 #[test]
 fn wrong_password_and_other_users() {
     let _serial = serial();
-    if !prerequisites(STICK_TOOLS) {
+    let Some(Plugged {
+        daemon,
+        events: _events,
+        stick: _stick,
+        dev,
+    }) = plugged(
+        "wrong_password_and_other_users",
+        "bitlk-aes-xts-128",
+        "PRIVATE",
+        "mbr",
+    )
+    else {
         return;
-    }
-    ensure_user(TEST_USER, true);
+    };
     ensure_user(OTHER_USER, false);
-    let daemon = TestDaemon::start("wrong-pw");
-    let image = make_stick(&daemon.dir, "bitlk-aes-xts-128", "ntfs", "PRIVATE", "mbr");
-    let mut events = daemon.events();
-    let stick = Stick::plug(&image, true);
-    let dev = stick.volume();
-    wait_event(&mut events, "the volume", |k, d| {
-        k == EventKind::Added && d.device == dev
-    });
 
     let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "not-the-password");
     assert_eq!(code, 3, "{err}");
@@ -271,26 +316,21 @@ fn wrong_password_and_other_users() {
 #[test]
 fn surprise_removal_while_mounted() {
     let _serial = serial();
-    if !prerequisites(STICK_TOOLS) {
+    let Some(Plugged {
+        daemon,
+        mut events,
+        mut stick,
+        dev,
+    }) = plugged(
+        "surprise_removal_while_mounted",
+        "bitlk-aes-cbc-128",
+        "YANKED",
+        "mbr",
+    )
+    else {
         return;
-    }
-    ensure_user(TEST_USER, true);
-    let daemon = TestDaemon::start("unplug");
-    let image = make_stick(&daemon.dir, "bitlk-aes-cbc-128", "ntfs", "YANKED", "mbr");
-    let mut events = daemon.events();
-    let mut stick = Stick::plug(&image, true);
-    let dev = stick.volume();
-    wait_event(&mut events, "the volume", |k, d| {
-        k == EventKind::Added && d.device == dev
-    });
-    let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
-    assert_eq!(code, 0, "{err}");
-    let info = daemon.device(&dev).unwrap();
-    let mountpoint = PathBuf::from(info.mountpoint.unwrap());
-    let view = PathBuf::from(info.decrypted.unwrap())
-        .parent()
-        .unwrap()
-        .to_owned();
+    };
+    let (mountpoint, view) = unlock_for_user(&daemon, &dev);
 
     stick.unplug();
     wait_event(&mut events, "the removal", |k, d| {
@@ -310,18 +350,20 @@ fn surprise_removal_while_mounted() {
 #[test]
 fn sigterm_puts_everything_away() {
     let _serial = serial();
-    if !prerequisites(STICK_TOOLS) {
+    let Some(Plugged {
+        mut daemon,
+        events: _events,
+        stick: _stick,
+        dev,
+    }) = plugged(
+        "sigterm_puts_everything_away",
+        "bitlk-aes-xts-128",
+        "TERM",
+        "none",
+    )
+    else {
         return;
-    }
-    ensure_user(TEST_USER, true);
-    let mut daemon = TestDaemon::start("sigterm");
-    let image = make_stick(&daemon.dir, "bitlk-aes-xts-128", "ntfs", "TERM", "none");
-    let mut events = daemon.events();
-    let stick = Stick::plug(&image, false);
-    let dev = stick.volume();
-    wait_event(&mut events, "the volume", |k, d| {
-        k == EventKind::Added && d.device == dev
-    });
+    };
     let (code, _, err) = daemon.cli(
         None,
         &["unlock", &dev, "--password-stdin", "--owner", TEST_USER],
@@ -343,26 +385,21 @@ fn sigterm_puts_everything_away() {
 #[test]
 fn dead_dislocker_is_noticed_and_cleaned_up() {
     let _serial = serial();
-    if !prerequisites(STICK_TOOLS) {
+    let Some(Plugged {
+        daemon,
+        mut events,
+        stick: _stick,
+        dev,
+    }) = plugged(
+        "dead_dislocker_is_noticed_and_cleaned_up",
+        "bitlk-aes-xts-128",
+        "KILLED",
+        "mbr",
+    )
+    else {
         return;
-    }
-    ensure_user(TEST_USER, true);
-    let daemon = TestDaemon::start("dead-dislocker");
-    let image = make_stick(&daemon.dir, "bitlk-aes-xts-128", "ntfs", "KILLED", "mbr");
-    let mut events = daemon.events();
-    let stick = Stick::plug(&image, true);
-    let dev = stick.volume();
-    wait_event(&mut events, "the volume", |k, d| {
-        k == EventKind::Added && d.device == dev
-    });
-    let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
-    assert_eq!(code, 0, "{err}");
-    let info = daemon.device(&dev).unwrap();
-    let mountpoint = PathBuf::from(info.mountpoint.unwrap());
-    let view = PathBuf::from(info.decrypted.unwrap())
-        .parent()
-        .unwrap()
-        .to_owned();
+    };
+    let (mountpoint, view) = unlock_for_user(&daemon, &dev);
 
     let pids = dislockers_for(&dev);
     assert_eq!(pids.len(), 1);
@@ -391,18 +428,20 @@ fn dead_dislocker_is_noticed_and_cleaned_up() {
 #[test]
 fn restart_after_a_crash_cleans_up() {
     let _serial = serial();
-    if !prerequisites(STICK_TOOLS) {
+    let Some(Plugged {
+        mut daemon,
+        events,
+        stick: _stick,
+        dev,
+    }) = plugged(
+        "restart_after_a_crash_cleans_up",
+        "bitlk-aes-xts-128",
+        "CRASHED",
+        "mbr",
+    )
+    else {
         return;
-    }
-    ensure_user(TEST_USER, true);
-    let mut daemon = TestDaemon::start("crash");
-    let image = make_stick(&daemon.dir, "bitlk-aes-xts-128", "ntfs", "CRASHED", "mbr");
-    let mut events = daemon.events();
-    let stick = Stick::plug(&image, true);
-    let dev = stick.volume();
-    wait_event(&mut events, "the volume", |k, d| {
-        k == EventKind::Added && d.device == dev
-    });
+    };
     let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
     assert_eq!(code, 0, "{err}");
     let info = daemon.device(&dev).unwrap();

@@ -564,3 +564,27 @@ pub fn sha256_file(path: &Path) -> String {
     std::io::copy(&mut file, &mut hasher).unwrap();
     format!("{:x}", hasher.finalize())
 }
+
+/// Saves a screenshot of X window `window` as `<target>/screenshots/<name>.png`, with
+/// `import` (ImageMagick) run as `import_cmd` (already pointed at the right display).
+pub fn screenshot(mut import_cmd: Command, window: &str, name: &str) -> PathBuf {
+    // CARGO_TARGET_TMPDIR is <target>/tmp, so this is <target>/screenshots.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
+        .join("screenshots");
+    std::fs::create_dir_all(&dir).expect("create the screenshot dir");
+    let path = dir.join(format!("{name}.png"));
+    // What was waited for is in the widget tree; give GTK its next frame to paint it.
+    // Cosmetic only: nothing is decided on the picture.
+    std::thread::sleep(Duration::from_millis(150));
+    let status = import_cmd
+        .args(["-window", window])
+        .arg(&path)
+        .status()
+        .expect("run import");
+    assert!(status.success(), "screenshot {name} failed");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "screenshot: {}", path.display());
+    path
+}
