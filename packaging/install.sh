@@ -29,7 +29,9 @@ install -D -m 0644 packaging/autostart/guilocker-agent.desktop /etc/xdg/autostar
 install -D -m 0644 packaging/org.guilocker.Dialog.desktop \
   "$prefix/share/applications/org.guilocker.Dialog.desktop"
 install -D -m 0644 assets/guilocker.svg "$prefix/share/icons/hicolor/scalable/apps/guilocker.svg"
-command -v gtk-update-icon-cache >/dev/null && gtk-update-icon-cache -q "$prefix/share/icons/hicolor" || true
+if [[ -f $prefix/share/icons/hicolor/index.theme ]] && command -v gtk-update-icon-cache >/dev/null; then
+  gtk-update-icon-cache -q "$prefix/share/icons/hicolor"
+fi
 
 if [[ -d /run/systemd/system ]]; then
   sed "s|/usr/local/bin/guilocker|$prefix/bin/guilocker|" packaging/systemd/guilocker.service \
