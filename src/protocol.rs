@@ -247,6 +247,10 @@ pub struct DeviceInfo {
     /// `tpm`, `smart_card`, `clear_key`); empty when unknown.
     #[serde(default)]
     pub protectors: Vec<String>,
+    /// The kernel's disk sequence number: new on every plug, the same across daemon
+    /// restarts. Tells a stick plugged in again under the same name from the one before.
+    #[serde(default)]
+    pub diskseq: Option<u64>,
 }
 
 /// Agent → dialog, on the dialog's stdin.

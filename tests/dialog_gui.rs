@@ -392,6 +392,7 @@ fn device(protectors: &[&str]) -> DeviceInfo {
         guid: None,
         description: Some("DESKTOP-7QH2 E: 14/03/2024".into()),
         protectors: protectors.iter().map(|s| s.to_string()).collect(),
+        diskseq: None,
     }
 }
 

@@ -111,9 +111,14 @@ fn round_trip(name: &str, source: &str, fs: &str, label: &str, table: &str) {
     });
     let mut stick = Stick::plug(&image, table != "none");
     let dev = stick.volume();
-    wait_event(&mut events, "the stick to come back", |k, d| {
+    let back = wait_event(&mut events, "the stick to come back", |k, d| {
         k == EventKind::Added && d.device == dev && d.bitlocker
     });
+    assert!(back.diskseq.is_some(), "no disk sequence number");
+    assert_ne!(
+        back.diskseq, added.diskseq,
+        "a new plug is a new appearance"
+    );
     let (code, out, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
     assert_eq!(code, 0, "second unlock failed: {out}{err}");
     let info = daemon.device(&dev).unwrap();

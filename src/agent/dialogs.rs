@@ -20,6 +20,8 @@ pub struct DialogHandle {
     /// Tells this dialog from a later one for the same device name (a stick unplugged and
     /// plugged in again while the first dialog was still exiting).
     id: u64,
+    /// The appearance of the drive it asks about.
+    diskseq: Option<u64>,
     stdin: Arc<Mutex<ChildStdin>>,
     unlocking: Arc<AtomicBool>,
 }
@@ -27,6 +29,10 @@ pub struct DialogHandle {
 impl DialogHandle {
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    pub fn diskseq(&self) -> Option<u64> {
+        self.diskseq
     }
 
     /// Asks the dialog to close (the drive went away, or was unlocked elsewhere).
@@ -58,6 +64,7 @@ impl DialogHandle {
         std::thread::spawn(move || child.wait());
         Self {
             id,
+            diskseq: None,
             stdin: Arc::new(Mutex::new(stdin)),
             unlocking: Arc::new(AtomicBool::new(false)),
         }
@@ -86,6 +93,7 @@ pub fn start(agent: Arc<Agent>, device: DeviceInfo, id: u64) -> std::io::Result<
     let unlocking = Arc::new(AtomicBool::new(false));
     let handle = DialogHandle {
         id,
+        diskseq: device.diskseq,
         stdin: Arc::clone(&stdin),
         unlocking: Arc::clone(&unlocking),
     };

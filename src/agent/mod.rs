@@ -20,6 +20,13 @@ pub struct Options {
     pub socket: PathBuf,
 }
 
+/// One plug of one drive: its device name and the kernel's disk sequence number.
+type Appearance = (String, Option<u64>);
+
+fn appearance(device: &DeviceInfo) -> Appearance {
+    (device.device.clone(), device.diskseq)
+}
+
 /// What the agent remembers between events.
 #[derive(Default)]
 struct Memory {
@@ -27,7 +34,7 @@ struct Memory {
     dialogs: HashMap<String, DialogHandle>,
     /// Devices that get no new dialog until they are plugged in again: cancelled, or
     /// already unlocked.
-    settled: HashSet<String>,
+    settled: HashSet<Appearance>,
     /// Devices this agent unlocked, with their label, to tell the person if they vanish.
     mine: HashMap<String, String>,
     /// The id of the last dialog started.
@@ -129,15 +136,17 @@ impl Agent {
     }
 
     /// After a reconnect: what went away while the daemon was down gets no Removed event.
-    /// Close its dialog and forget it, so a stick plugged in again under the same name is
-    /// asked about again.
+    /// Close its dialog and forget it, so a stick plugged in again (even under the same
+    /// name: it has a new disk sequence number) is asked about again.
     fn forget_missing(&self, devices: &[DeviceInfo]) {
-        let present: HashSet<&str> = devices.iter().map(|d| d.device.as_str()).collect();
+        let present: HashSet<Appearance> = devices.iter().map(appearance).collect();
         let mut memory = self.memory();
-        memory.settled.retain(|d| present.contains(d.as_str()));
-        memory.mine.retain(|d, _| present.contains(d.as_str()));
+        memory.settled.retain(|a| present.contains(a));
+        memory
+            .mine
+            .retain(|d, _| present.iter().any(|(name, _)| name == d));
         memory.dialogs.retain(|d, dialog| {
-            let keep = present.contains(d.as_str());
+            let keep = present.contains(&(d.clone(), dialog.diskseq()));
             if !keep {
                 dialog.close("The drive was removed.");
             }
@@ -150,7 +159,7 @@ impl Agent {
             EventKind::Added => self.offer(device),
             EventKind::Removed => {
                 let mut memory = self.memory();
-                memory.settled.remove(&device.device);
+                memory.settled.retain(|(name, _)| *name != device.device);
                 if let Some(dialog) = memory.dialogs.remove(&device.device) {
                     dialog.close("The drive was removed.");
                 }
@@ -165,7 +174,7 @@ impl Agent {
             EventKind::Changed => match device.state {
                 DeviceState::Unlocked | DeviceState::Mounted => {
                     let mut memory = self.memory();
-                    memory.settled.insert(device.device.clone());
+                    memory.settled.insert(appearance(&device));
                     // Unlocked elsewhere (the CLI, another session): this dialog is moot.
                     if memory
                         .dialogs
@@ -197,12 +206,14 @@ impl Agent {
             return;
         }
         let mut memory = self.memory();
-        if memory.dialogs.contains_key(&device.device) || memory.settled.contains(&device.device) {
+        if memory.dialogs.contains_key(&device.device)
+            || memory.settled.contains(&appearance(&device))
+        {
             return;
         }
         if device.protectors.iter().any(|p| p == "clear_key") {
             // Protection is suspended: it opens without a secret, so nothing to ask.
-            memory.settled.insert(device.device.clone());
+            memory.settled.insert(appearance(&device));
             drop(memory);
             let agent = Arc::clone(self);
             let spawned = std::thread::Builder::new()
@@ -221,7 +232,7 @@ impl Agent {
             }
             Err(e) => {
                 log::error!("{}: cannot show the unlock dialog: {e}", device.device);
-                memory.settled.insert(device.device);
+                memory.settled.insert(appearance(&device));
             }
         }
     }
@@ -257,9 +268,9 @@ impl Agent {
     fn dialog_ended(&self, device: &str, id: u64, settle: bool) {
         let mut memory = self.memory();
         if memory.dialogs.get(device).is_some_and(|d| d.id() == id) {
-            memory.dialogs.remove(device);
-            if settle {
-                memory.settled.insert(device.to_owned());
+            let ended = memory.dialogs.remove(device);
+            if let (true, Some(dialog)) = (settle, ended) {
+                memory.settled.insert((device.to_owned(), dialog.diskseq()));
             }
         }
     }
@@ -285,6 +296,21 @@ mod tests {
         }
     }
 
+    /// Settled for one plug; the same name plugged in again (new diskseq) is asked about.
+    #[test]
+    fn a_replug_under_the_same_name_is_a_new_appearance() {
+        let agent = agent();
+        let mut first = device("/dev/sdb1");
+        first.diskseq = Some(7);
+        agent.memory().settled.insert(appearance(&first));
+        let mut again = first.clone();
+        again.diskseq = Some(8);
+        agent.forget_missing(&[again.clone()]);
+        let memory = agent.memory();
+        assert!(!memory.settled.contains(&appearance(&first)));
+        assert!(!memory.settled.contains(&appearance(&again)));
+    }
+
     fn device(name: &str) -> DeviceInfo {
         serde_json::from_value(serde_json::json!({
             "device": name, "bitlocker": true, "state": "locked", "mountpoint": null,
@@ -303,7 +329,7 @@ mod tests {
         agent.dialog_ended("/dev/sdb1", 1, true);
         let memory = agent.memory();
         assert!(memory.dialogs.is_empty());
-        assert!(memory.settled.contains("/dev/sdb1"));
+        assert!(memory.settled.contains(&("/dev/sdb1".into(), None)));
     }
 
     /// Unplugged, plugged in again under the same name, and only then does the first
@@ -321,7 +347,7 @@ mod tests {
             memory.dialogs.get("/dev/sdb1").map(DialogHandle::id),
             Some(2)
         );
-        assert!(!memory.settled.contains("/dev/sdb1"));
+        assert!(!memory.settled.iter().any(|(d, _)| d == "/dev/sdb1"));
     }
 
     #[test]
@@ -329,8 +355,8 @@ mod tests {
         let agent = agent();
         {
             let mut memory = agent.memory();
-            memory.settled.insert("/dev/sdb1".into());
-            memory.settled.insert("/dev/sdc1".into());
+            memory.settled.insert(("/dev/sdb1".into(), None));
+            memory.settled.insert(("/dev/sdc1".into(), None));
             memory.mine.insert("/dev/sdb1".into(), "A".into());
             memory
                 .dialogs
@@ -338,7 +364,10 @@ mod tests {
         }
         agent.forget_missing(&[device("/dev/sdc1")]);
         let memory = agent.memory();
-        assert_eq!(memory.settled.iter().collect::<Vec<_>>(), ["/dev/sdc1"]);
+        assert_eq!(
+            memory.settled.iter().collect::<Vec<_>>(),
+            [&("/dev/sdc1".to_owned(), None)]
+        );
         assert!(memory.mine.is_empty());
         assert!(memory.dialogs.is_empty());
     }

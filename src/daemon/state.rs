@@ -104,6 +104,7 @@ impl Device {
             guid: self.volume.guid.clone(),
             description: self.volume.description.clone(),
             protectors: self.volume.protectors.clone(),
+            diskseq: self.appearance.diskseq,
         }
     }
 }

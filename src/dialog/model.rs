@@ -321,6 +321,7 @@ mod tests {
             guid: None,
             description: Some(" ".into()),
             protectors: vec![],
+            diskseq: None,
         };
         assert_eq!(title(&d), "BitLocker drive");
         assert_eq!(details(&d), "15.5 GB · SanDisk Cruzer Blade");
