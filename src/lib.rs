@@ -16,3 +16,4 @@ pub mod pidfile;
 pub mod process;
 pub mod protocol;
 pub mod secret;
+pub mod units;

@@ -414,7 +414,7 @@ fn expect_password(frame: DialogOutput, want: &str, want_read_only: bool) {
 
 /// Type into a window, as a person would, one key after another.
 fn type_text(desktop: &Desktop, window: &str, text: &str) {
-    desktop.xdotool(&["type", "--window", window, "--delay", "30", text]);
+    common::type_text(desktop.command("xdotool"), window, text);
 }
 
 fn key(desktop: &Desktop, window: &str, key: &str) {

@@ -546,12 +546,7 @@ impl Desktop {
 
     /// Types into a window as a person would, one key after another.
     fn type_text(&self, window: &str, text: &str) {
-        let out = self
-            .x("xdotool")
-            .args(["type", "--window", window, "--delay", "30", text])
-            .output()
-            .expect("run xdotool");
-        assert!(out.status.success(), "xdotool type failed");
+        common::type_text(self.x("xdotool"), window, text);
     }
 
     fn key(&self, window: &str, key: &str) {

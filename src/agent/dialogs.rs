@@ -173,14 +173,11 @@ fn reply_for(device: &str, answer: &Result<Response, ClientError>) -> DialogInpu
             kind: Some(ErrorKind::Failed),
             message: Some(format!("unexpected reply from the daemon: {other:?}")),
         },
-        Err(ClientError::Daemon { kind, message }) => {
-            let prefix = format!("{device}: ");
-            DialogInput::Result {
-                ok: false,
-                kind: Some(*kind),
-                message: Some(message.strip_prefix(&prefix).unwrap_or(message).to_owned()),
-            }
-        }
+        Err(ClientError::Daemon { kind, message }) => DialogInput::Result {
+            ok: false,
+            kind: Some(*kind),
+            message: Some(super::cause(device, message).to_owned()),
+        },
         Err(e) => DialogInput::Result {
             ok: false,
             kind: Some(ErrorKind::Failed),

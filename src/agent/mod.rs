@@ -20,6 +20,15 @@ pub struct Options {
     pub socket: PathBuf,
 }
 
+/// The daemon's message without its leading "/dev/sdb1: ", for a dialog or notification
+/// that already says which drive it is about.
+fn cause<'a>(device: &str, message: &'a str) -> &'a str {
+    message
+        .strip_prefix(device)
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(message)
+}
+
 /// One plug of one drive: its device name and the kernel's disk sequence number.
 type Appearance = (String, Option<u64>);
 
@@ -254,10 +263,9 @@ impl Agent {
             Ok(crate::protocol::Response::Unlocked { device: info }) => self.unlocked(&info),
             Ok(other) => log::warn!("{}: unexpected reply {other:?}", device.device),
             Err(e) => {
-                let prefix = format!("{}: ", device.device);
                 let text = e.to_string();
-                let cause = text.strip_prefix(&prefix).unwrap_or(&text);
-                notifications::problem(&format!("{} cannot be opened", device.device), cause);
+                let title = format!("{} cannot be opened", device.device);
+                notifications::problem(&title, cause(&device.device, &text));
             }
         }
     }

@@ -1,9 +1,9 @@
 //! `guilocker inspect`: what a volume's BitLocker metadata says. No secret is needed or shown.
 
-use super::status::human_size;
 use super::{exit, Failure, SocketArg};
 use crate::client::Client;
 use crate::protocol::{Request, Response};
+use crate::units::human_size;
 use clap::Args;
 use serde_json::Value;
 use std::io::Write;
@@ -37,7 +37,10 @@ pub fn run(args: InspectArgs) -> Result<(), Failure> {
             other => {
                 return Err(Failure::new(
                     exit::FAILED,
-                    format!("unexpected reply: {other:?}"),
+                    format!(
+                        "{}: unexpected reply from the daemon: {other:?}",
+                        args.device
+                    ),
                 ))
             }
         }

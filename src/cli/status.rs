@@ -3,6 +3,7 @@
 use super::Failure;
 use crate::client::Client;
 use crate::protocol::DeviceInfo;
+use crate::units::human_size;
 use std::io::Write;
 use std::path::Path;
 
@@ -17,22 +18,6 @@ pub fn run(socket: &Path, json: bool) -> Result<(), Failure> {
         write!(out, "{}", table(&devices))?;
     }
     Ok(())
-}
-
-/// Human size with one decimal, decimal units as file managers show them.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 fn table(devices: &[DeviceInfo]) -> String {
@@ -82,16 +67,4 @@ fn table(devices: &[DeviceInfo]) -> String {
         line(row);
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(human_size(512), "512 B");
-        assert_eq!(human_size(104_857_600), "104.9 MB");
-        assert_eq!(human_size(15_500_000_000), "15.5 GB");
-    }
 }

@@ -39,16 +39,20 @@ pub struct UnlockArgs {
     pub socket: SocketArg,
 }
 
-fn read_limited(reader: impl Read, what: &str) -> Result<Zeroizing<Vec<u8>>, Failure> {
+fn read_limited(
+    device: &str,
+    reader: impl Read,
+    what: &str,
+) -> Result<Zeroizing<Vec<u8>>, Failure> {
     let mut buf = Zeroizing::new(Vec::new());
     reader
         .take(MAX_SECRET + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| Failure::new(exit::FAILED, format!("cannot read {what}: {e}")))?;
+        .map_err(|e| Failure::new(exit::FAILED, format!("{device}: cannot read {what}: {e}")))?;
     if buf.len() as u64 > MAX_SECRET {
         return Err(Failure::new(
             exit::FAILED,
-            format!("{what} is larger than 64 KiB"),
+            format!("{device}: {what} is larger than 64 KiB"),
         ));
     }
     Ok(buf)
@@ -56,7 +60,7 @@ fn read_limited(reader: impl Read, what: &str) -> Result<Zeroizing<Vec<u8>>, Fai
 
 /// One line from stdin, without its line ending.
 fn stdin_line(device: &str, what: &str) -> Result<SecretString, Failure> {
-    let mut raw = read_limited(std::io::stdin().lock(), "standard input")?;
+    let mut raw = read_limited(device, std::io::stdin().lock(), "standard input")?;
     while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         raw.pop();
     }
@@ -127,7 +131,7 @@ pub fn run(args: UnlockArgs) -> Result<(), Failure> {
                 format!("{device}: cannot open {}: {e}", path.display()),
             )
         })?;
-        let bytes = read_limited(file, &path.display().to_string())?;
+        let bytes = read_limited(device, file, &path.display().to_string())?;
         Some(UnlockSecret::StartupKey {
             bek: SecretBytes::new(bytes.to_vec()),
         })
@@ -175,7 +179,10 @@ pub fn run(args: UnlockArgs) -> Result<(), Failure> {
         }
         other => Err(Failure::new(
             exit::FAILED,
-            format!("unexpected reply: {other:?}"),
+            format!(
+                "{}: unexpected reply from the daemon: {other:?}",
+                args.device
+            ),
         )),
     }
 }

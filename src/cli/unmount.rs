@@ -45,7 +45,10 @@ pub fn run(args: UnmountArgs) -> Result<(), Failure> {
         }
         other => Err(Failure::new(
             exit::FAILED,
-            format!("unexpected reply: {other:?}"),
+            format!(
+                "{}: unexpected reply from the daemon: {other:?}",
+                args.target.as_deref().unwrap_or("--all")
+            ),
         )),
     }
 }

@@ -88,54 +88,49 @@ impl MountWatch {
     }
 }
 
-/// Processes with a file, cwd, root or executable under `dir`, as `pid (comm)`.
-pub fn holders(dir: &Path) -> Vec<(i32, String)> {
-    let mut found = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    let inside = |target: &Path| target == dir || target.starts_with(dir);
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let base = entry.path();
-        let mut links: Vec<PathBuf> = ["cwd", "root", "exe"]
-            .iter()
-            .map(|l| base.join(l))
-            .collect();
-        if let Ok(fds) = std::fs::read_dir(base.join("fd")) {
-            links.extend(fds.flatten().map(|f| f.path()));
-        }
-        if links
-            .iter()
-            .any(|l| std::fs::read_link(l).is_ok_and(|t| inside(&t)))
-        {
-            let comm = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
-            found.push((pid, comm.trim().to_owned()));
-        }
-    }
-    found
-}
-
-/// Processes that have `file` itself open (a FUSE driver serving a mount from it).
-pub fn openers(file: &Path) -> Vec<i32> {
+/// Every process with a link (open file, or also cwd/root/exe when `whole` is set) for
+/// which `hit` holds: its pid and command name.
+fn processes_with(whole: bool, hit: impl Fn(&Path) -> bool) -> Vec<(i32, String)> {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     procs
         .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let fds = std::fs::read_dir(e.path().join("fd")).ok()?;
-            fds.flatten()
-                .any(|f| std::fs::read_link(f.path()).is_ok_and(|t| t == file))
-                .then_some(pid)
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let base = entry.path();
+            let mut links: Vec<PathBuf> = if whole {
+                ["cwd", "root", "exe"]
+                    .iter()
+                    .map(|l| base.join(l))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if let Ok(fds) = std::fs::read_dir(base.join("fd")) {
+                links.extend(fds.flatten().map(|f| f.path()));
+            }
+            links
+                .iter()
+                .any(|l| std::fs::read_link(l).is_ok_and(|t| hit(&t)))
+                .then(|| {
+                    let comm = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
+                    (pid, comm.trim().to_owned())
+                })
         })
+        .collect()
+}
+
+/// Processes with a file, cwd, root or executable under `dir`, as `pid (comm)`.
+pub fn holders(dir: &Path) -> Vec<(i32, String)> {
+    processes_with(true, |target| target.starts_with(dir))
+}
+
+/// Processes that have `file` itself open (a FUSE driver serving a mount from it).
+pub fn openers(file: &Path) -> Vec<i32> {
+    processes_with(false, |target| target == file)
+        .into_iter()
+        .map(|(pid, _)| pid)
         .collect()
 }
 

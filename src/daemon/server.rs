@@ -83,13 +83,6 @@ impl Bus {
         let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         subs.retain_mut(|s| s.write_all(&line).is_ok());
     }
-
-    pub fn count(&self) -> usize {
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
-    }
 }
 
 /// Open connections per uid.

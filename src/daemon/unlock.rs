@@ -305,7 +305,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// Turns dislocker's last words into a message a person understands. Only fixed phrases are
 /// matched; its output is never passed on (the pty echo contains the recovery key).
 fn classify(device: &str, secret: &UnlockSecret, output: &[u8]) -> DaemonError {
-    let text = String::from_utf8_lossy(output);
+    // A lossy copy of the pty echo may hold the recovery key: wipe it too.
+    let text = Zeroizing::new(String::from_utf8_lossy(output).into_owned());
     let wrong = |cause: &str| DaemonError::WrongSecret {
         device: device.into(),
         cause: cause.into(),

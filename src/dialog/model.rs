@@ -3,6 +3,7 @@
 use crate::bitlocker::recovery::{self, RecoveryKeyError, GROUPS, GROUP_DIGITS};
 use crate::protocol::DeviceInfo;
 use crate::secret::SecretString;
+use crate::units::human_size;
 use zeroize::Zeroizing;
 
 /// A way to unlock that the dialog can offer.
@@ -125,21 +126,6 @@ pub fn details(device: &DeviceInfo) -> String {
 pub fn description(device: &DeviceInfo) -> Option<String> {
     let text = device.description.as_deref()?.trim();
     (!text.is_empty()).then(|| format!("Described as “{text}”"))
-}
-
-/// Decimal units, as GNOME's file manager shows them: "15.5 GB".
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["kB", "MB", "GB", "TB", "PB", "EB"];
-    if bytes < 1000 {
-        return format!("{bytes} bytes");
-    }
-    let mut value = bytes as f64 / 1000.0;
-    let mut unit = 0;
-    while value >= 999.95 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// Where a recovery key being typed stands.
@@ -290,16 +276,6 @@ mod tests {
         assert!(o.note.unwrap().contains("TPM chip"));
         let o = offer(&kinds(&["smart_card"]));
         assert!(o.note.unwrap().contains("smart card"));
-    }
-
-    #[test]
-    fn sizes_read_like_gnome() {
-        assert_eq!(human_size(512), "512 bytes");
-        assert_eq!(human_size(15_500_000_000), "15.5 GB");
-        assert_eq!(human_size(15_518_924_800), "15.5 GB");
-        assert_eq!(human_size(1_000_000), "1.0 MB");
-        assert_eq!(human_size(999_999), "1.0 MB");
-        assert_eq!(human_size(2_000_000_000_000), "2.0 TB");
     }
 
     #[test]

@@ -588,3 +588,23 @@ pub fn screenshot(mut import_cmd: Command, window: &str, name: &str) -> PathBuf 
     let _ = writeln!(std::io::stderr(), "screenshot: {}", path.display());
     path
 }
+
+/// Types `text` into X window `window` as a person would, one key after another, with
+/// xdotool (`xdotool`, already pointed at the display). The text goes on xdotool's stdin,
+/// never in its argv, where any process could read it.
+pub fn type_text(mut xdotool: Command, window: &str, text: &str) {
+    use std::io::Write;
+    let mut child = xdotool
+        .args(["type", "--window", window, "--delay", "30", "--file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run xdotool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "xdotool type failed");
+}
