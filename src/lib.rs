@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dialog;
+pub mod engine;
 pub mod logging;
 pub mod pidfile;
 pub mod process;

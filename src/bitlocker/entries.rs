@@ -16,6 +16,8 @@ pub(crate) const TYPE_VMK: u16 = 0x0002;
 pub(crate) const TYPE_FVEK: u16 = 0x0003;
 pub(crate) const TYPE_STARTUP_KEY: u16 = 0x0006;
 pub(crate) const TYPE_DESCRIPTION: u16 = 0x0007;
+/// Where the backup of the volume's first sectors (the real boot sector) is kept.
+pub(crate) const TYPE_VOLUME_HEADER: u16 = 0x000f;
 
 // Value types (how the data is laid out).
 pub(crate) const VALUE_KEY: u16 = 0x0001;
@@ -25,6 +27,8 @@ pub(crate) const VALUE_USE_KEY: u16 = 0x0004;
 pub(crate) const VALUE_AES_CCM: u16 = 0x0005;
 pub(crate) const VALUE_VMK: u16 = 0x0008;
 pub(crate) const VALUE_EXTERNAL_KEY: u16 = 0x0009;
+/// An offset and a size, both u64.
+pub(crate) const VALUE_OFFSET_SIZE: u16 = 0x000f;
 pub(crate) const VALUE_GUID: u16 = 0x0017;
 
 /// One entry, borrowed from the buffer it was found in.

@@ -71,6 +71,9 @@ pub enum BitlockerError {
     #[error("unsupported encryption method {method:#06x}")]
     UnsupportedCipher { method: u16 },
 
+    #[error("the layout of the volume cannot be used: {cause}")]
+    Layout { cause: String },
+
     #[error("cannot decrypt the {what}: {cause}")]
     DamagedKey { what: &'static str, cause: String },
 }

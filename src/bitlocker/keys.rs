@@ -115,14 +115,33 @@ impl fmt::Debug for Fvek {
 }
 
 impl Fvek {
-    /// The exact 66 bytes `dislocker -k FVEK_FILE` expects: the encryption method as a
-    /// little-endian u16, then the key data zero-padded to 64 bytes.
-    pub fn dislocker_key_file(&self) -> Zeroizing<Vec<u8>> {
+    /// The 66-byte key file that `dislocker -k FVEK_FILE` and `guilocker engine` read: the
+    /// encryption method as a little-endian u16, then the key data zero-padded to 64 bytes.
+    pub fn key_file(&self) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(vec![0u8; 2 + DISLOCKER_KEY_DATA]);
         out[..2].copy_from_slice(&self.method.to_le_bytes());
         let n = self.key.len().min(DISLOCKER_KEY_DATA);
         out[2..2 + n].copy_from_slice(&self.key[..n]);
         out
+    }
+
+    /// Parses what [`Fvek::key_file`] wrote.
+    pub fn from_key_file(file: &[u8]) -> Result<Self, String> {
+        if file.len() != 2 + DISLOCKER_KEY_DATA {
+            return Err(format!(
+                "{} bytes, expected {}",
+                file.len(),
+                2 + DISLOCKER_KEY_DATA
+            ));
+        }
+        let method = u16::from_le_bytes([file[0], file[1]]);
+        if !(0x8000..=0x8005).contains(&method) {
+            return Err(format!("unknown encryption method {method:#06x}"));
+        }
+        Ok(Self {
+            method,
+            key: Zeroizing::new(file[2..].to_vec()),
+        })
     }
 }
 
@@ -170,11 +189,15 @@ mod tests {
             method: 0x8004,
             key: Zeroizing::new((1..=32).collect()),
         };
-        let file = f.dislocker_key_file();
+        let file = f.key_file();
         assert_eq!(file.len(), 66);
         assert_eq!(&file[..2], &[0x04, 0x80]);
         assert_eq!(&file[2..34], &*f.key);
         assert!(file[34..].iter().all(|&b| b == 0));
+        let back = Fvek::from_key_file(&file).unwrap();
+        assert_eq!((back.method, &back.key[..32]), (0x8004, &f.key[..]));
+        assert!(Fvek::from_key_file(&file[..65]).is_err());
+        assert!(Fvek::from_key_file(&[0u8; 66]).is_err());
         assert_eq!(format!("{f:?}"), "Fvek { method: 0x8004, key: *** }");
     }
 }

@@ -5,7 +5,8 @@
 use super::crc32::crc32;
 use super::entries::{
     u16_at, u32_at, u64_at, utf16_string, Entries, Entry, TYPE_DESCRIPTION, TYPE_FVEK, TYPE_VMK,
-    VALUE_AES_CCM, VALUE_KEY, VALUE_STRETCH_KEY, VALUE_STRING, VALUE_VMK,
+    TYPE_VOLUME_HEADER, VALUE_AES_CCM, VALUE_KEY, VALUE_OFFSET_SIZE, VALUE_STRETCH_KEY,
+    VALUE_STRING, VALUE_VMK,
 };
 use super::error::BitlockerError;
 use super::guid::Guid;
@@ -34,6 +35,18 @@ pub struct Metadata {
     /// Same order as `info.protectors`.
     pub(crate) protectors: Vec<ProtectorKeys>,
     pub(crate) fvek: Option<WrappedKey>,
+    /// Where the reserved areas are, for the decrypted view's layout.
+    pub(crate) areas: Areas,
+}
+
+/// The places BitLocker reserves inside the volume, as the metadata states them (unchecked:
+/// [`super::layout::Layout`] checks them against the device).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Areas {
+    /// The three FVE metadata blocks (64 KiB each), from the block header.
+    pub metadata_offsets: [u64; 3],
+    /// Offset and size of the backup of the volume's first sectors (the volume header entry).
+    pub volume_header: Option<(u64, u64)>,
 }
 
 impl fmt::Debug for Metadata {
@@ -42,6 +55,7 @@ impl fmt::Debug for Metadata {
             .field("info", &self.info)
             .field("protectors", &self.protectors)
             .field("fvek", &self.fvek)
+            .field("areas", &self.areas)
             .finish()
     }
 }
@@ -202,6 +216,10 @@ pub(crate) fn parse_block(
     };
     let mut protectors = Vec::new();
     let mut fvek = None;
+    let mut areas = Areas {
+        metadata_offsets: [32, 40, 48].map(|at| u64_at(block_bytes, at).unwrap_or(0)),
+        volume_header: None,
+    };
     let list = &meta[METADATA_HEADER_LEN..meta_len];
     for entry in Entries::new(list, offset.saturating_add(ENTRIES_START as u64), 0) {
         let entry = entry.map_err(fail)?;
@@ -213,6 +231,9 @@ pub(crate) fn parse_block(
             }
             (TYPE_DESCRIPTION, VALUE_STRING) if info.description.is_empty() => {
                 info.description = utf16_string(entry.data);
+            }
+            (TYPE_VOLUME_HEADER, VALUE_OFFSET_SIZE) if areas.volume_header.is_none() => {
+                areas.volume_header = u64_at(entry.data, 0).zip(u64_at(entry.data, 8));
             }
             _ => {}
         }
@@ -228,6 +249,7 @@ pub(crate) fn parse_block(
         info,
         protectors,
         fvek,
+        areas,
     })
 }
 
@@ -297,3 +319,30 @@ fn parse_vmk(entry: &Entry<'_>) -> Result<ProtectorKeys, String> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// A metadata record with nothing in it, for tests to fill in.
+    pub(crate) fn empty() -> Metadata {
+        Metadata {
+            info: VolumeInfo {
+                guid: Guid::default(),
+                to_go: false,
+                description: String::new(),
+                creation_time: None,
+                cipher: Cipher::AesXts128,
+                encryption_method: 0x8004,
+                volume_size: 0,
+                sector_size: 512,
+                state: EncryptionState::Complete,
+                metadata_block: 1,
+                protectors: Vec::new(),
+            },
+            protectors: Vec::new(),
+            fvek: None,
+            areas: Areas::default(),
+        }
+    }
+}

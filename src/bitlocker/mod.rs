@@ -1,4 +1,4 @@
-//! Native reader of the BitLocker on-disk format and its key derivation (FVEK for dislocker -k).
+//! Native reader of the BitLocker on-disk format, its key derivation, its layout and sector ciphers.
 //!
 //! Everything here parses bytes from untrusted disks for a root daemon: every offset and size
 //! is checked, reads are bounded, and secrets live in zeroizing buffers and never reach a
@@ -6,6 +6,7 @@
 
 mod bek;
 mod crc32;
+mod elephant;
 mod entries;
 mod error;
 mod guid;
@@ -13,8 +14,10 @@ mod header;
 mod info;
 mod kdf;
 mod keys;
+pub mod layout;
 mod metadata;
 pub mod recovery;
+mod sector;
 #[cfg(test)]
 mod testdata;
 mod unlock;
@@ -24,9 +27,11 @@ pub use error::BitlockerError;
 pub use guid::Guid;
 pub use info::{Cipher, EncryptionState, Protector, ProtectorKind, VolumeInfo};
 pub use keys::Fvek;
+pub use layout::{Extent, Layout, Source};
 #[doc(hidden)]
 pub use metadata::parse_metadata_block;
 pub use metadata::{read_metadata, Metadata};
+pub use sector::SectorCipher;
 pub use unlock::{derive_fvek, unlock, Key};
 
 /// True when the first sector (512 bytes suffice) is a BitLocker volume: `-FVE-FS-` at byte 3,

@@ -78,6 +78,16 @@ pub enum Command {
     Dialog,
     /// Show what a drive's BitLocker metadata says (no secret needed)
     Inspect(inspect::InspectArgs),
+    /// The decrypting engine, run by the daemon (the volume key arrives on fd 3)
+    #[command(hide = true)]
+    Engine {
+        /// The encrypted device or image
+        device: PathBuf,
+        /// Where to serve the decrypted view (an empty directory)
+        mountpoint: PathBuf,
+        #[arg(long)]
+        read_only: bool,
+    },
     /// Print daemon events as they happen
     Monitor {
         /// One JSON object per line
@@ -152,6 +162,19 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Unmount(args) => unmount::run(args),
         Command::Monitor { json, socket } => monitor::run(&socket.socket, json),
         Command::Dialog => dialog::run(),
+        Command::Engine {
+            device,
+            mountpoint,
+            read_only,
+        } => {
+            crate::logging::init();
+            crate::engine::run(&crate::engine::Options {
+                device,
+                mountpoint,
+                read_only,
+            })
+            .map_err(|e| Failure::new(exit::FAILED, e.to_string()))
+        }
         Command::Inspect(args) => inspect::run(args),
         Command::Agent { socket } => crate::agent::run(crate::agent::Options {
             socket: socket.socket,

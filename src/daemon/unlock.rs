@@ -125,7 +125,7 @@ pub fn start(
         None => None,
     };
     cmd = if let Some(fvek) = fvek {
-        let fd = memfd_with(device, c"guilocker-fvek", &fvek.dislocker_key_file())?;
+        let fd = memfd_with(device, c"guilocker-fvek", &fvek.key_file())?;
         cmd.args(["-k", "/proc/self/fd/3"]).fd3(fd)
     } else {
         match secret {

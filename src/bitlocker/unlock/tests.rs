@@ -147,6 +147,7 @@ fn synthetic(kinds: &[ProtectorKind], state: EncryptionState, method: u16) -> Me
         },
         protectors,
         fvek: None,
+        areas: Default::default(),
     }
 }
 
@@ -223,14 +224,14 @@ const PIN_CLEARKEY: &str = "29dda20f3f701c009174a693c2d5dceedf116ef770f1ef8b090d
 
 fn key_file_sha256(f: &Fvek) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(&*f.dislocker_key_file())
+    Sha256::digest(&*f.key_file())
         .iter()
         .map(|x| format!("{x:02x}"))
         .collect()
 }
 
 #[test]
-fn pinned_dislocker_key_files() {
+fn pinned_key_files() {
     let bek = bytes(testdata::WIN11_BEK);
     let win11 = unlock(&win11(), Key::StartupKey(&bek)).unwrap();
     assert_eq!(key_file_sha256(&win11), PIN_WIN11);
