@@ -62,7 +62,7 @@ fn main() {
         )
         .unwrap();
         let mut f = File::from(fd);
-        f.write_all(&fvek.dislocker_key_file()).unwrap();
+        f.write_all(&fvek.key_file()).unwrap();
         let key = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
         let ok = dislocker(&loop_dev.0, &mnt, &["-k", &key], None);
         drop(f);
