@@ -26,6 +26,21 @@ pub struct Config {
     pub poll_interval_ms: u64,
     /// Extra mount options per filesystem, e.g. `ntfs = ["windows_names"]`.
     pub mount_options: BTreeMap<String, Vec<String>>,
+    /// Which engine decrypts: our own where it can (`auto`), or always dislocker.
+    pub engine: EngineChoice,
+}
+
+/// The `engine` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineChoice {
+    /// The native engine for every volume our reader lays out, dislocker for the rest.
+    #[default]
+    Auto,
+    /// Only the native engine; a volume it cannot lay out fails to unlock.
+    Native,
+    /// Always dislocker.
+    Dislocker,
 }
 
 impl Default for Config {
@@ -37,6 +52,7 @@ impl Default for Config {
             read_only: false,
             poll_interval_ms: 2000,
             mount_options: BTreeMap::new(),
+            engine: EngineChoice::Auto,
         }
     }
 }

@@ -180,6 +180,25 @@ pub enum ErrorKind {
     Failed,
 }
 
+/// What serves an unlocked volume's decrypted view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// `guilocker engine`: our own, multithreaded.
+    Native,
+    /// dislocker: for volumes our reader cannot lay out, or when the config asks for it.
+    Dislocker,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Dislocker => "dislocker",
+        }
+    }
+}
+
 /// Where a device stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -219,8 +238,11 @@ pub struct DeviceInfo {
     pub bitlocker: bool,
     pub state: DeviceState,
     pub mountpoint: Option<String>,
-    /// The decrypted view (dislocker's file) while unlocked.
+    /// The decrypted view (the engine's file) while unlocked.
     pub decrypted: Option<String>,
+    /// Which engine serves it, while unlocked.
+    #[serde(default)]
+    pub engine: Option<Engine>,
     pub label: Option<String>,
     pub size_bytes: u64,
     /// User the volume is unlocked for.

@@ -381,6 +381,7 @@ fn device(protectors: &[&str]) -> DeviceInfo {
         state: DeviceState::Locked,
         mountpoint: None,
         decrypted: None,
+        engine: None,
         label: Some("WORK".into()),
         size_bytes: 15_518_924_800,
         owner: None,

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use guilocker::protocol::EventKind;
+use guilocker::protocol::{Engine, EventKind};
 use std::path::Path;
 
 /// The exit code each fixture and protector must give. Our own metadata reader opens the
@@ -102,12 +102,25 @@ fn inspect_agrees_with_images_conf() {
 }
 
 #[test]
-fn every_fixture_and_protector() {
+fn every_fixture_and_protector_on_the_native_engine() {
+    every_fixture_and_protector(Engine::Native);
+}
+
+#[test]
+fn every_fixture_and_protector_on_dislocker() {
+    every_fixture_and_protector(Engine::Dislocker);
+}
+
+/// The SHA-256 of the whole decrypted view, after `unlock --no-mount` with each protector.
+fn every_fixture_and_protector(engine: Engine) {
     let _serial = serial();
     if !prerequisites(&["dislocker", "losetup"]) {
         return;
     }
-    let daemon = TestDaemon::start("fixtures");
+    let daemon = TestDaemon::start_with(
+        &format!("fixtures-{}", engine.as_str()),
+        &engine_config(engine),
+    );
     let mut events = daemon.events();
     let mut report = Vec::new();
     for image in images() {
@@ -159,12 +172,18 @@ fn every_fixture_and_protector() {
                 let info = daemon.device(&dev).unwrap();
                 let view = info.decrypted.clone().expect("decrypted view path");
                 assert_eq!(info.mountpoint, None);
-                let run = daemon.wait_log("running dislocker");
-                assert!(
-                    run.contains(" -k /proc/self/fd/3"),
-                    "{} with {method}: not the native path: {run}",
-                    image.name
-                );
+                assert_eq!(info.engine, Some(engine), "{} with {method}", image.name);
+                if engine == Engine::Dislocker {
+                    // Our key derivation, dislocker only serving the view.
+                    let run = daemon.wait_log("running dislocker");
+                    assert!(
+                        run.contains(" -k /proc/self/fd/3"),
+                        "{} with {method}: not the native key path: {run}",
+                        image.name
+                    );
+                } else {
+                    daemon.wait_log("decrypted by the native engine");
+                }
                 let want_hash = image.get("SHA256SUM").expect("hash in images.conf");
                 assert_eq!(
                     sha256_file(Path::new(&view)),
@@ -192,8 +211,8 @@ fn every_fixture_and_protector() {
                 ));
             }
             assert!(
-                dislockers_for(&dev).is_empty(),
-                "dislocker left running for {dev}"
+                engines_for(&dev).is_empty(),
+                "engine left running for {dev}"
             );
         }
         drop(stick);
@@ -201,7 +220,11 @@ fn every_fixture_and_protector() {
             k == EventKind::Removed && d.device == dev
         });
     }
-    eprintln!("\nfixture results:\n{}", report.join("\n"));
+    eprintln!(
+        "\nfixture results ({} engine):\n{}",
+        engine.as_str(),
+        report.join("\n")
+    );
 }
 
 /// A password on a volume without a password protector is refused as wrong, never hangs.
@@ -246,19 +269,15 @@ fn password_on_a_volume_without_one() {
         &format!("{rp}\n"),
     );
     assert_eq!(code, 0, "{err}");
-    // The first dislocker this daemon ran is the one for the right key.
-    let lines = daemon.log_until("running dislocker");
+    // The first engine this daemon ran is the one for the right key.
+    let lines = daemon.log_until("running /proc/self/exe engine");
     let refusals = lines
         .iter()
         .filter(|l| l.contains("wrong recovery key") || l.contains("no password protector"))
         .count();
     assert_eq!(
         refusals, 2,
-        "both refusals come before any dislocker ran: {lines:#?}"
-    );
-    assert!(
-        lines.last().unwrap().contains(" -k /proc/self/fd/3"),
-        "native key path: {lines:#?}"
+        "both refusals come before any engine ran: {lines:#?}"
     );
     let (code, _, err) = daemon.cli(None, &["unmount", &dev], "");
     assert_eq!(code, 0, "{err}");

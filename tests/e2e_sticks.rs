@@ -157,7 +157,7 @@ fn assert_clean(daemon: &TestDaemon, dev: &str, mountpoint: &Path, decrypted_dir
         decrypted_dir.display()
     );
     assert_eq!(
-        dislockers_for(dev),
+        engines_for(dev),
         Vec::<i32>::new(),
         "dislocker still running"
     );
@@ -255,7 +255,7 @@ fn wrong_password_and_other_users() {
     assert_eq!(err.trim(), format!("guilocker: {dev}: wrong password"));
     let info = daemon.device(&dev).unwrap();
     assert_eq!(info.state, DeviceState::Locked);
-    assert!(dislockers_for(&dev).is_empty());
+    assert!(engines_for(&dev).is_empty());
 
     let (code, _, err) = daemon.cli(
         Some(TEST_USER),
@@ -314,7 +314,7 @@ fn wrong_password_and_other_users() {
     let _ = holder.kill();
     let _ = holder.wait();
     assert_eq!(daemon.device(&dev).unwrap().state, DeviceState::Locked);
-    assert!(dislockers_for(&dev).is_empty());
+    assert!(engines_for(&dev).is_empty());
 }
 
 /// Unplugged while mounted: the daemon notices, detaches everything, and forgets the device.
@@ -346,7 +346,7 @@ fn surprise_removal_while_mounted() {
     assert!(!mountpoint.exists());
     assert!(!is_mounted(&view));
     assert!(!view.exists());
-    assert!(dislockers_for(&dev).is_empty());
+    assert!(engines_for(&dev).is_empty());
     // And the daemon still answers.
     assert!(daemon.status().iter().all(|d| d.device != dev));
 }
@@ -380,7 +380,7 @@ fn sigterm_puts_everything_away() {
     assert_eq!(daemon.stop(), Some(0));
     assert!(!is_mounted(&mountpoint));
     assert!(!mountpoint.exists());
-    assert!(dislockers_for(&dev).is_empty());
+    assert!(engines_for(&dev).is_empty());
     assert!(!daemon.socket.exists(), "socket file left behind");
     assert!(!daemon.pidfile.exists(), "pidfile left behind");
 }
@@ -406,7 +406,7 @@ fn dead_dislocker_is_noticed_and_cleaned_up() {
     };
     let (mountpoint, view) = unlock_for_user(&daemon, &dev);
 
-    let pids = dislockers_for(&dev);
+    let pids = engines_for(&dev);
     assert_eq!(pids.len(), 1);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pids[0]),
@@ -457,7 +457,7 @@ fn restart_after_a_crash_cleans_up() {
 
     daemon.crash();
     // What systemd's KillMode does to the rest of the unit after a crash.
-    let mut victims = dislockers_for(&dev);
+    let mut victims = engines_for(&dev);
     victims.extend(guilocker::daemon::mounts::openers(std::path::Path::new(
         &decrypted,
     )));

@@ -12,7 +12,7 @@ use super::mountpoint;
 use super::probe::{self, Probe, ProbeError};
 use super::server::Bus;
 use super::state::{Device, Session, Table, VolumeFacts};
-use super::unlock;
+use super::view::{self, View};
 use super::watch::{self, Appearance};
 use crate::config::Config;
 use crate::process::ExitStatus;
@@ -21,6 +21,9 @@ use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
+
+/// Under the runtime dir: one FUSE mountpoint per unlocked volume.
+pub const VIEWS_DIR: &str = "views";
 
 /// Attempts to open a device node that is not there yet, before giving up on it.
 const MAX_PROBE_ATTEMPTS: u8 = 5;
@@ -44,8 +47,9 @@ impl Paths {
         }
     }
 
-    fn dislocker_dir(&self, name: &str) -> PathBuf {
-        self.runtime_dir.join("dislocker").join(name)
+    /// Where the engine of device `name` serves its decrypted view.
+    fn view_dir(&self, name: &str) -> PathBuf {
+        self.runtime_dir.join(VIEWS_DIR).join(name)
     }
 }
 
@@ -308,7 +312,7 @@ impl Daemon {
         }
         if let Some(s) = &dev.session {
             let at = s.mounted.as_ref().map_or_else(
-                || format!("its decrypted view is {}", s.decrypted.display()),
+                || format!("its decrypted view is {}", s.view.decrypted.display()),
                 |m| format!("mounted at {}", m.mountpoint.display()),
             );
             return Err(state_err(&format!("already unlocked ({at})")));
@@ -403,31 +407,36 @@ impl Daemon {
     }
 
     fn run_unlock(&self, job: &UnlockJob, config: &Config) -> Result<Session, DaemonError> {
-        let dir = self.paths.dislocker_dir(&job.name);
+        let dir = self.paths.view_dir(&job.name);
         prepare_dir(&job.path, &dir)?;
-        let unlocked = match unlock::start(
-            &job.path,
-            job.secret,
-            job.metadata.as_deref(),
-            &dir,
-            job.read_only,
-        ) {
-            Ok(u) => u,
+        let started = View::start(&view::Request {
+            device: &job.path,
+            secret: job.secret,
+            metadata: job.metadata.as_deref(),
+            dir: &dir,
+            read_only: job.read_only,
+            choice: config.engine,
+        });
+        let view = match started {
+            Ok(v) => v,
             Err(e) => {
                 mount::remove_dirs(&[dir]);
                 return Err(e);
             }
         };
+        log::info!(
+            "{}: decrypted by the {} engine",
+            job.path,
+            view.engine.as_str()
+        );
         let mut session = Session {
-            dislocker: unlocked.child,
-            dir: unlocked.dir,
-            decrypted: unlocked.decrypted,
+            view,
             owner: job.owner.clone(),
             fs: None,
             mounted: None,
             read_only: job.read_only,
         };
-        let fs = match filesystem::identify(&session.decrypted) {
+        let fs = match filesystem::identify(&session.view.decrypted) {
             Ok(fs) => fs,
             Err(e) => {
                 log::warn!("{}: cannot read the decrypted view: {e}", job.path);
@@ -439,7 +448,7 @@ impl Daemon {
             return Ok(session);
         }
         let Some(fs) = fs else {
-            self.lock_view(&job.path, session, false);
+            session.view.stop(&job.path, false);
             return Err(DaemonError::CannotOpen {
                 device: job.path.clone(),
                 cause: "no NTFS, exFAT or FAT filesystem inside; use --no-mount to get the decrypted view".into(),
@@ -457,7 +466,7 @@ impl Daemon {
         };
         let result = mount::mount(
             &job.path,
-            &session.decrypted,
+            &session.view.decrypted,
             &fs,
             &mountpoint,
             &job.owner,
@@ -471,7 +480,7 @@ impl Daemon {
             }
             Err(e) => {
                 self.lock().reserved.remove(&mountpoint);
-                self.lock_view(&job.path, session, false);
+                session.view.stop(&job.path, false);
                 Err(e)
             }
         }
@@ -587,7 +596,7 @@ impl Daemon {
         }
     }
 
-    /// Unmounts the filesystem then stops dislocker. On failure hands the session back.
+    /// Unmounts the filesystem then stops the engine. On failure hands the session back.
     fn put_away(
         &self,
         device: &str,
@@ -595,68 +604,51 @@ impl Daemon {
         force: bool,
     ) -> Result<(), Box<(DaemonError, Session)>> {
         if let Some(m) = session.mounted.take() {
-            if let Err(e) = mount::unmount(device, &session.decrypted, &m, force) {
+            if let Err(e) = mount::unmount(device, &session.view.decrypted, &m, force) {
                 session.mounted = Some(m);
                 return Err(Box::new((e, session)));
             }
         }
-        self.lock_view(device, session, force);
+        session.view.stop(device, force);
         Ok(())
     }
 
-    /// Stops dislocker: unmount its FUSE view (it then exits by itself), reap it, rmdir.
-    fn lock_view(&self, device: &str, session: Session, lazy: bool) {
-        if let Err(e) = mount::unmount_path(&session.dir, lazy) {
-            if super::mounts::mounted_at(&session.dir).is_some() {
-                log::warn!("{device}: {e}; detaching lazily");
-                let _ = mount::unmount_path(&session.dir, true);
-            }
-        }
-        match session.dislocker.wait_timeout(Duration::from_secs(10)) {
-            Ok(Some(_)) => {}
-            _ => {
-                log::warn!("{device}: dislocker did not exit after unmount; terminating it");
-                session.dislocker.terminate(Duration::from_secs(5));
-            }
-        }
-        mount::remove_dirs(&[session.dir]);
-    }
-
-    /// Cleans up after a device that vanished or whose dislocker died: lazy unmounts, stop
-    /// dislocker, free loop devices, remove directories.
+    /// Cleans up after a device that vanished or whose engine died: lazy unmounts, stop
+    /// the engine, free loop devices, remove directories.
     fn teardown(&self, device: &str, session: Session, lazy: bool) {
         if let Some(m) = &session.mounted {
-            if let Err(e) = mount::unmount(device, &session.decrypted, m, lazy) {
+            if let Err(e) = mount::unmount(device, &session.view.decrypted, m, lazy) {
                 log::warn!("{e}");
             }
             self.lock().reserved.remove(&m.mountpoint);
         }
-        self.lock_view(device, session, lazy);
+        session.view.stop(device, lazy);
     }
 
-    /// A child exited (SIGCHLD). If it was a dislocker we supervise and nobody asked it to
+    /// A child exited (SIGCHLD). If it was an engine we supervise and nobody asked it to
     /// stop, its volume is gone: clean up and say so.
     pub fn child_exited(&self, pid: Pid, status: ExitStatus) {
         let mut table = self.lock();
         let Some(dev) = table
             .devices
             .values_mut()
-            .find(|d| !d.busy && d.session.as_ref().is_some_and(|s| s.dislocker.pid == pid))
+            .find(|d| !d.busy && d.session.as_ref().is_some_and(|s| s.view.pid() == pid))
         else {
             return;
         };
         let session = dev.session.take().expect("matched above");
+        let engine = session.view.engine.as_str();
         let path = dev.path.clone();
         dev.busy = true;
         drop(table);
-        log::warn!("{path}: dislocker {status} unexpectedly; cleaning up");
+        log::warn!("{path}: the {engine} engine {status} unexpectedly; cleaning up");
         self.teardown(&path, session, true);
         let mut table = self.lock();
         if let Some(dev) = table.devices.values_mut().find(|d| d.path == path) {
             dev.busy = false;
             dev.state = DeviceState::Failed;
             dev.error = Some(format!(
-                "{path}: the unlocked volume went away (dislocker {status})"
+                "{path}: the unlocked volume went away (the {engine} engine {status})"
             ));
             let info = dev.info();
             drop(table);
@@ -697,7 +689,7 @@ impl Daemon {
     }
 }
 
-/// Makes dislocker's mountpoint (0700, root). A stale FUSE mount left by a crashed daemon is
+/// Makes the engine's mountpoint (0700, root). A stale FUSE mount left by a crashed daemon is
 /// detached first.
 fn prepare_dir(device: &str, dir: &Path) -> Result<(), DaemonError> {
     use std::os::unix::fs::DirBuilderExt;
@@ -710,7 +702,7 @@ fn prepare_dir(device: &str, dir: &Path) -> Result<(), DaemonError> {
     }
     if super::mounts::mounted_at(dir).is_some() {
         if !super::mounts::is_dead(dir) {
-            // A dislocker we do not know (a previous daemon's) still serves it; detaching
+            // An engine we do not know (a previous daemon's) still serves it; detaching
             // it could pull the disk from under a mounted filesystem.
             return Err(DaemonError::InvalidState {
                 device: device.into(),

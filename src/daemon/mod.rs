@@ -18,6 +18,7 @@ pub mod recover;
 pub mod server;
 pub mod state;
 pub mod unlock;
+pub mod view;
 pub mod watch;
 
 use crate::config::{Config, DEFAULT_CONFIG};
@@ -211,7 +212,7 @@ fn event_loop(
     }
 }
 
-/// Reaps every exited child; a dislocker that died on its own is cleaned up on a worker
+/// Reaps every exited child; an engine that died on its own is cleaned up on a worker
 /// thread so the loop keeps listening.
 fn supervise(daemon: &Arc<core::Daemon>) {
     for (pid, status) in reaper().reap_all() {

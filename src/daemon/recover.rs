@@ -1,13 +1,13 @@
 //! After a crash: what an earlier daemon left mounted in our runtime directory.
 //!
-//! Under systemd a crashed daemon's dislocker and FUSE drivers are killed with it, leaving
+//! Under systemd a crashed daemon's engines and FUSE drivers are killed with it, leaving
 //! dead mounts ("Transport endpoint is not connected"): the user's filesystem over a loop
-//! device or a file inside dislocker's view, and the view itself. Those are detached and
-//! their directories removed. Views still served by a live dislocker are left alone.
+//! device or a file inside an engine's view, and the view itself. Those are detached and
+//! their directories removed. Views still served by a live engine are left alone.
 
 use super::mount;
 use super::mounts::{self, Mount};
-use super::unlock::DECRYPTED_FILE;
+use super::view::view_files;
 use std::path::{Path, PathBuf};
 
 /// The loop devices whose backing file is `file`.
@@ -27,7 +27,7 @@ fn loops_over(file: &Path) -> Vec<String> {
 
 /// Cleans up dead leftovers under `runtime_dir`; returns how many views were cleaned.
 pub fn clean_stale(runtime_dir: &Path) -> usize {
-    let views_dir = runtime_dir.join("dislocker");
+    let views_dir = runtime_dir.join(super::core::VIEWS_DIR);
     let all = mounts::mounts();
     let views: Vec<&Mount> = all
         .iter()
@@ -35,19 +35,21 @@ pub fn clean_stale(runtime_dir: &Path) -> usize {
         .collect();
     let mut cleaned = 0;
     for view in views {
-        let decrypted = view.mountpoint.join(DECRYPTED_FILE);
+        let files = view_files(&view.mountpoint);
         if !mounts::is_dead(&view.mountpoint) {
             log::warn!(
-                "{} is still served by a dislocker of an earlier guilocker; leaving it",
+                "{} is still served by an engine of an earlier guilocker; leaving it",
                 view.mountpoint.display()
             );
             continue;
         }
-        let loops = loops_over(&decrypted);
+        let loops: Vec<String> = files.iter().flat_map(|f| loops_over(f)).collect();
         // The user's filesystem: mounted from the decrypted file or a loop device over it.
         let users: Vec<PathBuf> = all
             .iter()
-            .filter(|m| Path::new(&m.source) == decrypted || loops.contains(&m.source))
+            .filter(|m| {
+                files.iter().any(|f| Path::new(&m.source) == f) || loops.contains(&m.source)
+            })
             .map(|m| m.mountpoint.clone())
             .collect();
         for mountpoint in &users {

@@ -2,9 +2,9 @@
 
 use super::filesystem::FsInfo;
 use super::mount::{MountedFs, Owner};
+use super::view::View;
 use super::watch::{Appearance, Snapshot};
 use crate::bitlocker::Metadata;
-use crate::process::Child;
 use crate::protocol::{DeviceInfo, DeviceState};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -43,12 +43,9 @@ impl VolumeFacts {
     }
 }
 
-/// An unlocked volume: the dislocker child and, when mounted, the filesystem.
+/// An unlocked volume: the engine serving its view and, when mounted, the filesystem.
 pub struct Session {
-    pub dislocker: Child,
-    /// dislocker's FUSE mountpoint under the runtime dir.
-    pub dir: PathBuf,
-    pub decrypted: PathBuf,
+    pub view: View,
     pub owner: Owner,
     pub fs: Option<FsInfo>,
     pub mounted: Option<MountedFs>,
@@ -90,7 +87,8 @@ impl Device {
             mountpoint: s
                 .and_then(|s| s.mounted.as_ref())
                 .map(|m| m.mountpoint.display().to_string()),
-            decrypted: s.map(|s| s.decrypted.display().to_string()),
+            decrypted: s.map(|s| s.view.decrypted.display().to_string()),
+            engine: s.map(|s| s.view.engine),
             label: s.and_then(|s| s.fs.as_ref()).and_then(|f| f.label.clone()),
             size_bytes: self.appearance.partition.size_bytes(),
             owner: s.map(|s| s.owner.name.clone()),
@@ -132,8 +130,8 @@ impl Table {
                 s.mounted
                     .as_ref()
                     .is_some_and(|m| m.mountpoint.as_os_str() == trimmed)
-                    || s.decrypted.as_os_str() == trimmed
-                    || s.dir.as_os_str() == trimmed
+                    || s.view.decrypted.as_os_str() == trimmed
+                    || s.view.dir.as_os_str() == trimmed
             })
         })
     }

@@ -1,9 +1,9 @@
-//! Unlocking with dislocker: a supervised FUSE child that serves the decrypted view.
+//! Deriving the volume key, and dislocker, the fallback engine: a supervised FUSE child.
 //!
-//! Fast path: we derive the volume key ourselves from the metadata (any Unicode password,
-//! both .BEK layouts, every protector of the right kind) and hand dislocker the finished key
-//! in a memfd (`-k`); a wrong secret is answered without starting dislocker at all.
-//! Fallback, when our reader cannot handle the volume: dislocker's own methods. Then the
+//! We derive the volume key ourselves from the metadata (any Unicode password, both .BEK
+//! layouts, every protector of the right kind); a wrong secret is answered without starting
+//! any child. dislocker then gets the finished key in a memfd (`-k`). When our reader cannot
+//! handle the volume at all, dislocker's own methods are the fallback. Then the
 //! secret still never reaches argv or the environment: the password goes to its stdin, the
 //! recovery password through a pty that is its controlling terminal (it reads that only from
 //! /dev/tty), a startup key as a memfd passed as fd 3. dislocker is never run with `-v`: its
@@ -17,7 +17,7 @@ use crate::protocol::UnlockSecret;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
@@ -28,16 +28,9 @@ const FUSE_TYPE: &str = "fuse.dislocker";
 /// Key derivation is ~0.5 s on a desktop; allow for slow machines and slow sticks.
 const UNLOCK_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// A running dislocker and where its decrypted view is.
-pub struct Unlocked {
-    pub child: Child,
-    pub dir: PathBuf,
-    pub decrypted: PathBuf,
-}
-
 /// Derives the volume key natively. `Ok(None)`: our reader cannot handle this volume, let
 /// dislocker try. A wrong secret or a volume that cannot be opened is a final answer.
-fn native_key(
+pub(super) fn native_key(
     device: &str,
     meta: &Metadata,
     secret: &UnlockSecret,
@@ -94,7 +87,11 @@ fn password_line(device: &str, password: &str) -> Result<Zeroizing<Vec<u8>>, Dae
     Ok(line)
 }
 
-fn memfd_with(device: &str, name: &std::ffi::CStr, bytes: &[u8]) -> Result<OwnedFd, DaemonError> {
+pub(super) fn memfd_with(
+    device: &str,
+    name: &std::ffi::CStr,
+    bytes: &[u8],
+) -> Result<OwnedFd, DaemonError> {
     use nix::sys::memfd::{memfd_create, MFdFlags};
     let fail =
         |e: nix::Error| DaemonError::failed(device, format!("cannot create a key buffer: {e}"));
@@ -105,25 +102,22 @@ fn memfd_with(device: &str, name: &std::ffi::CStr, bytes: &[u8]) -> Result<Owned
     Ok(file.into())
 }
 
-/// Starts dislocker on `device` with `secret`, serving the decrypted view under `dir`, and
-/// waits until its FUSE mount is there or it has failed.
-pub fn start(
+/// Starts dislocker on `device`, serving the decrypted view under `dir`: with the key we
+/// derived when there is one (`-k`), else with its own methods for `secret`. Waits until
+/// its FUSE mount is there or it has failed.
+pub fn start_dislocker(
     device: &str,
     secret: &UnlockSecret,
-    metadata: Option<&Metadata>,
+    fvek: Option<&Fvek>,
     dir: &Path,
     read_only: bool,
-) -> Result<Unlocked, DaemonError> {
+) -> Result<Child, DaemonError> {
     let mut cmd = Command::new(DISLOCKER).args(["-V", device]);
     if read_only {
         cmd = cmd.arg("-r");
     }
     let mut stdin_line = None;
     let mut tty_line = None;
-    let fvek = match metadata {
-        Some(meta) => native_key(device, meta, secret)?,
-        None => None,
-    };
     cmd = if let Some(fvek) = fvek {
         let fd = memfd_with(device, c"guilocker-fvek", &fvek.key_file())?;
         cmd.args(["-k", "/proc/self/fd/3"]).fd3(fd)
@@ -166,44 +160,54 @@ pub fn start(
     child.stdin = None;
     drop(stdin_line);
 
-    match wait_for_mount(&mut child, dir, tty_line) {
+    match wait_for_mount(&mut child, dir, FUSE_TYPE, tty_line) {
         Ok(streams) => {
-            keep_draining(device, streams);
-            Ok(Unlocked {
-                child,
-                dir: dir.to_owned(),
-                decrypted: dir.join(DECRYPTED_FILE),
-            })
+            keep_draining(device, streams, false);
+            Ok(child)
         }
         Err(Outcome::Exited(output)) => Err(classify(device, secret, &output)),
-        Err(Outcome::TimedOut) => {
-            child.terminate(Duration::from_secs(5));
-            let _ = super::mount::unmount_path(dir, true);
-            Err(DaemonError::failed(
-                device,
-                format!(
-                    "dislocker did not finish unlocking within {} s",
-                    UNLOCK_TIMEOUT.as_secs()
-                ),
-            ))
-        }
+        Err(Outcome::TimedOut) => Err(timed_out(device, &mut child, dir, "dislocker")),
     }
 }
 
-/// dislocker's stdout and pty must stay open as long as it runs: closing the pty master
+/// Stops a child that did not finish unlocking in time, and its half-made mount.
+pub(super) fn timed_out(device: &str, child: &mut Child, dir: &Path, what: &str) -> DaemonError {
+    child.terminate(Duration::from_secs(5));
+    let _ = super::mount::unmount_path(dir, true);
+    DaemonError::failed(
+        device,
+        format!(
+            "{what} did not finish unlocking within {} s",
+            UNLOCK_TIMEOUT.as_secs()
+        ),
+    )
+}
+
+/// An engine's stdout and pty must stay open as long as it runs: closing the pty master
 /// hangs up its controlling terminal (SIGHUP), closing the pipe makes its next log line a
-/// SIGPIPE. A small thread owns them, discards what arrives, and ends when dislocker does.
-fn keep_draining(device: &str, streams: [Option<std::fs::File>; 2]) {
+/// SIGPIPE. A small thread owns them and ends when the engine does. dislocker's output is
+/// discarded (its pty echoes the recovery key); ours (`relay`) goes to the log, line by line:
+/// it never holds a secret.
+pub(super) fn keep_draining(device: &str, streams: [Option<std::fs::File>; 2], relay: bool) {
     let [stdout, pty] = streams;
+    let name = device.to_owned();
     let spawned = std::thread::Builder::new()
-        .name(format!("dislocker-out {device}"))
+        .name(format!("engine-out {device}"))
         .spawn(move || {
             let _pty = pty;
             if let Some(mut out) = stdout {
                 crate::process::set_blocking(&out);
                 let mut sink = Zeroizing::new(Vec::new());
                 while crate::process::drain_into(&mut out, &mut sink) {
-                    sink.clear();
+                    if !relay {
+                        sink.clear();
+                        continue;
+                    }
+                    while let Some(end) = sink.iter().position(|&b| b == b'\n') {
+                        let line = String::from_utf8_lossy(&sink[..end]).into_owned();
+                        log::warn!("{name}: engine: {}", line.trim_end());
+                        sink.drain(..=end);
+                    }
                 }
             }
         });
@@ -212,7 +216,7 @@ fn keep_draining(device: &str, streams: [Option<std::fs::File>; 2]) {
     }
 }
 
-enum Outcome {
+pub(super) enum Outcome {
     /// dislocker exited; what it printed (may echo a recovery key: never log it whole).
     Exited(Zeroizing<Vec<u8>>),
     TimedOut,
@@ -222,12 +226,13 @@ enum Outcome {
 /// pending terminal input when it sets the terminal up, so the key is written only after this.
 const RECOVERY_PROMPT: &[u8] = b"Enter the recovery password";
 
-/// Waits for the FUSE mount at `dir` (mountinfo signals POLLPRI on every change) or the
+/// Waits for the FUSE mount of type `fs_type` at `dir` (mountinfo signals POLLPRI on every change) or the
 /// child's exit (its pidfd becomes readable), draining its output meanwhile, and answering
 /// the recovery-password prompt with `tty_line`.
-fn wait_for_mount(
+pub(super) fn wait_for_mount(
     child: &mut Child,
     dir: &Path,
+    fs_type: &str,
     mut tty_line: Option<Zeroizing<Vec<u8>>>,
 ) -> Result<[Option<std::fs::File>; 2], Outcome> {
     let deadline = Instant::now() + UNLOCK_TIMEOUT;
@@ -239,7 +244,7 @@ fn wait_for_mount(
         set_nonblocking(f);
     }
     loop {
-        if mounted_at(dir).as_deref() == Some(FUSE_TYPE) {
+        if mounted_at(dir).as_deref() == Some(fs_type) {
             return Ok([stdout, pty]);
         }
         if child.try_status().is_some() {

@@ -134,14 +134,14 @@ fn is_detaching(sys_block: &Path, name: &str) -> bool {
             .is_ok_and(|f| f.trim() == "1")
 }
 
-/// A loop device over some dislocker's decrypted file (our own exFAT plumbing, or another
+/// A loop device over some engine's decrypted file (our own exFAT plumbing, or another
 /// daemon's) is a view of a stick, never a stick.
 fn is_decrypted_view(sys_block: &Path, name: &str) -> bool {
     if !is_loop(name) {
         return false;
     }
     std::fs::read_to_string(sys_block.join(loop_disk(name)).join("loop/backing_file"))
-        .is_ok_and(|f| f.trim_end().ends_with("/dislocker-file"))
+        .is_ok_and(|f| super::view::is_view_file(Path::new(f.trim_end())))
 }
 
 /// The disk's sequence number; a partition reports its disk's.

@@ -286,6 +286,7 @@ mod tests {
             state: DeviceState::Locked,
             mountpoint: None,
             decrypted: None,
+            engine: None,
             label: None,
             size_bytes: 15_500_000_000,
             owner: None,

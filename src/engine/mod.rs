@@ -15,7 +15,7 @@ pub use fuse::{FS_NAME, VIEW_FILE};
 pub use volume::Volume;
 
 use crate::bitlocker::Fvek;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,6 +53,9 @@ fn read_key() -> Result<Fvek, EngineError> {
     // SAFETY: fd 3 is open (checked above) and handed to us by our parent for this purpose;
     // nothing else in this process uses it.
     let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(3) });
+    // The parent wrote the memfd and handed it over at its end.
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| key_err(e.to_string()))?;
     let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(128));
     (&mut file)
         .take(1024)

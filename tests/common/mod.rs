@@ -8,7 +8,7 @@
 pub mod atspi;
 
 use guilocker::client::{Client, Events};
-use guilocker::protocol::{DeviceInfo, EventKind};
+use guilocker::protocol::{DeviceInfo, Engine, EventKind};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -542,8 +542,8 @@ pub fn is_mounted(path: &Path) -> bool {
     guilocker::daemon::mounts::mounted_at(path).is_some()
 }
 
-/// Pids of dislocker processes serving `device`.
-pub fn dislockers_for(device: &str) -> Vec<i32> {
+/// Pids of the engines serving `device`: dislocker, or `guilocker engine`.
+pub fn engines_for(device: &str) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -552,10 +552,19 @@ pub fn dislockers_for(device: &str) -> Vec<i32> {
             let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
             let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
             let is_dislocker = args.first().is_some_and(|a| a.ends_with(b"dislocker"));
-            (is_dislocker && args.contains(&device.as_bytes())).then_some(pid)
+            let is_native = args.get(1) == Some(&&b"engine"[..]);
+            ((is_dislocker || is_native) && args.contains(&device.as_bytes())).then_some(pid)
         })
         .collect()
 }
+
+/// The config line that picks an engine, for [`TestDaemon::start_with`].
+pub fn engine_config(engine: Engine) -> String {
+    format!("engine = \"{}\"\n", engine.as_str())
+}
+
+/// The engines the stick and fixture tests run on: ours, and dislocker when forced.
+pub const ENGINES: [Engine; 2] = [Engine::Native, Engine::Dislocker];
 
 pub fn sha256_file(path: &Path) -> String {
     use sha2::{Digest, Sha256};
