@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use guilocker::protocol::{DeviceState, EventKind};
+use guilocker::protocol::{DeviceState, Engine, EventKind};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -19,7 +19,7 @@ const STICK_TOOLS: &[&str] = &[
 
 /// Plug → locked → unlock as a plugdev user → files are theirs and writable → unmount →
 /// nothing left → plug again → unlock → the written file is there.
-fn round_trip(name: &str, source: &str, fs: &str, label: &str, table: &str) {
+fn round_trip(engine: Engine, name: &str, source: &str, fs: &str, label: &str, table: &str) {
     let _serial = serial();
     let tools: Vec<&str> = STICK_TOOLS
         .iter()
@@ -34,7 +34,10 @@ fn round_trip(name: &str, source: &str, fs: &str, label: &str, table: &str) {
         return;
     }
     let uid = ensure_user(TEST_USER, true);
-    let daemon = TestDaemon::start(name);
+    let daemon = TestDaemon::start_with(
+        &format!("{name}-{}", engine.as_str()),
+        &engine_config(engine),
+    );
     let image = make_stick(&daemon.dir, source, fs, label, table);
     let mut events = daemon.events();
     let mut stick = Stick::plug(&image, table != "none");
@@ -61,6 +64,7 @@ fn round_trip(name: &str, source: &str, fs: &str, label: &str, table: &str) {
     assert_eq!(code, 0, "unlock failed: {out}{err}");
     let info = daemon.device(&dev).unwrap();
     assert_eq!(info.state, DeviceState::Mounted);
+    assert_eq!(info.engine, Some(engine));
     assert_eq!(info.owner.as_deref(), Some(TEST_USER));
     assert_eq!(info.label.as_deref(), Some(label));
     assert_eq!(info.fs_type.as_deref(), Some(fs));
@@ -150,7 +154,7 @@ fn assert_clean(daemon: &TestDaemon, dev: &str, mountpoint: &Path, decrypted_dir
         mountpoint.display()
     );
     assert!(!mountpoint.exists(), "{} left behind", mountpoint.display());
-    assert!(!is_mounted(decrypted_dir), "dislocker view still mounted");
+    assert!(!is_mounted(decrypted_dir), "engine's view still mounted");
     assert!(
         !decrypted_dir.exists(),
         "{} left behind",
@@ -159,7 +163,7 @@ fn assert_clean(daemon: &TestDaemon, dev: &str, mountpoint: &Path, decrypted_dir
     assert_eq!(
         engines_for(dev),
         Vec::<i32>::new(),
-        "dislocker still running"
+        "engine still running"
     );
     let owner_dir = daemon.media.join(TEST_USER);
     assert!(!owner_dir.exists(), "{} left behind", owner_dir.display());
@@ -175,12 +179,21 @@ struct Plugged {
 }
 
 /// `None` when a prerequisite is missing (and not under CI, where that fails).
-fn plugged(name: &str, source: &str, label: &str, table: &str) -> Option<Plugged> {
+fn plugged(
+    engine: Engine,
+    name: &str,
+    source: &str,
+    label: &str,
+    table: &str,
+) -> Option<Plugged> {
     if !prerequisites(STICK_TOOLS) {
         return None;
     }
     ensure_user(TEST_USER, true);
-    let daemon = TestDaemon::start(name);
+    let daemon = TestDaemon::start_with(
+        &format!("{name}-{}", engine.as_str()),
+        &engine_config(engine),
+    );
     let image = make_stick(&daemon.dir, source, "ntfs", label, table);
     let mut events = daemon.events();
     let stick = Stick::plug(&image, table != "none");
@@ -196,7 +209,7 @@ fn plugged(name: &str, source: &str, label: &str, table: &str) -> Option<Plugged
     })
 }
 
-/// Unlocks and mounts `dev` for the test user; returns the mountpoint and dislocker's view.
+/// Unlocks and mounts `dev` for the test user; returns the mountpoint and the engine's view.
 fn unlock_for_user(daemon: &TestDaemon, dev: &str) -> (PathBuf, PathBuf) {
     let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), dev, "anaconda");
     assert_eq!(code, 0, "{err}");
@@ -208,19 +221,39 @@ fn unlock_for_user(daemon: &TestDaemon, dev: &str) -> (PathBuf, PathBuf) {
     (PathBuf::from(info.mountpoint.unwrap()), view)
 }
 
-#[test]
-fn ntfs_stick_with_mbr() {
-    round_trip("ntfs-mbr", "bitlk-aes-xts-128", "ntfs", "My Stick", "mbr");
+/// Each stick test once on our engine and once on dislocker, forced by the config.
+macro_rules! on_both_engines {
+    ($($test:ident),* $(,)?) => {
+        mod native {
+            $(#[test] fn $test() { super::$test(guilocker::protocol::Engine::Native) })*
+        }
+        mod dislocker {
+            $(#[test] fn $test() { super::$test(guilocker::protocol::Engine::Dislocker) })*
+        }
+    };
 }
 
-#[test]
-fn exfat_stick_with_gpt() {
-    round_trip("exfat-gpt", "bitlk-aes-xts-256", "exfat", "EXSTICK", "gpt");
+on_both_engines!(
+    ntfs_stick_with_mbr,
+    exfat_stick_with_gpt,
+    fat_to_go_stick_without_partition_table,
+    surprise_removal_while_mounted,
+    sigterm_puts_everything_away,
+    dead_engine_is_noticed_and_cleaned_up,
+    restart_after_a_crash_cleans_up,
+);
+
+fn ntfs_stick_with_mbr(engine: Engine) {
+    round_trip(engine, "ntfs-mbr", "bitlk-aes-xts-128", "ntfs", "My Stick", "mbr");
 }
 
-#[test]
-fn fat_to_go_stick_without_partition_table() {
+fn exfat_stick_with_gpt(engine: Engine) {
+    round_trip(engine, "exfat-gpt", "bitlk-aes-xts-256", "exfat", "EXSTICK", "gpt");
+}
+
+fn fat_to_go_stick_without_partition_table(engine: Engine) {
     round_trip(
+        engine,
         "vfat-togo",
         "bitlk-togo-aes-xts-128",
         "vfat",
@@ -240,6 +273,7 @@ fn wrong_password_and_other_users() {
         stick: _stick,
         dev,
     }) = plugged(
+        Engine::Native,
         "wrong_password_and_other_users",
         "bitlk-aes-xts-128",
         "PRIVATE",
@@ -318,8 +352,7 @@ fn wrong_password_and_other_users() {
 }
 
 /// Unplugged while mounted: the daemon notices, detaches everything, and forgets the device.
-#[test]
-fn surprise_removal_while_mounted() {
+fn surprise_removal_while_mounted(engine: Engine) {
     let _serial = serial();
     let Some(Plugged {
         daemon,
@@ -327,6 +360,7 @@ fn surprise_removal_while_mounted() {
         mut stick,
         dev,
     }) = plugged(
+        engine,
         "surprise_removal_while_mounted",
         "bitlk-aes-cbc-128",
         "YANKED",
@@ -352,8 +386,7 @@ fn surprise_removal_while_mounted() {
 }
 
 /// SIGTERM with a mounted volume unmounts it and exits 0.
-#[test]
-fn sigterm_puts_everything_away() {
+fn sigterm_puts_everything_away(engine: Engine) {
     let _serial = serial();
     let Some(Plugged {
         mut daemon,
@@ -361,6 +394,7 @@ fn sigterm_puts_everything_away() {
         stick: _stick,
         dev,
     }) = plugged(
+        engine,
         "sigterm_puts_everything_away",
         "bitlk-aes-xts-128",
         "TERM",
@@ -385,10 +419,9 @@ fn sigterm_puts_everything_away() {
     assert!(!daemon.pidfile.exists(), "pidfile left behind");
 }
 
-/// dislocker killed under a mounted volume: the daemon notices at once (SIGCHLD), detaches
+/// The engine killed under a mounted volume: the daemon notices at once (SIGCHLD), detaches
 /// the filesystem, removes its directories, says so, and the drive can be unlocked again.
-#[test]
-fn dead_dislocker_is_noticed_and_cleaned_up() {
+fn dead_engine_is_noticed_and_cleaned_up(engine: Engine) {
     let _serial = serial();
     let Some(Plugged {
         daemon,
@@ -396,7 +429,8 @@ fn dead_dislocker_is_noticed_and_cleaned_up() {
         stick: _stick,
         dev,
     }) = plugged(
-        "dead_dislocker_is_noticed_and_cleaned_up",
+        engine,
+        "dead_engine_is_noticed_and_cleaned_up",
         "bitlk-aes-xts-128",
         "KILLED",
         "mbr",
@@ -428,10 +462,9 @@ fn dead_dislocker_is_noticed_and_cleaned_up() {
     assert_eq!(code, 0, "{err}");
 }
 
-/// After a crash under systemd (the daemon killed, then its dislocker and FUSE driver): the
+/// After a crash under systemd (the daemon killed, then its engine and FUSE driver): the
 /// next daemon detaches the dead mounts, removes their directories, and the drive unlocks.
-#[test]
-fn restart_after_a_crash_cleans_up() {
+fn restart_after_a_crash_cleans_up(engine: Engine) {
     let _serial = serial();
     let Some(Plugged {
         mut daemon,
@@ -439,6 +472,7 @@ fn restart_after_a_crash_cleans_up() {
         stick: _stick,
         dev,
     }) = plugged(
+        engine,
         "restart_after_a_crash_cleans_up",
         "bitlk-aes-xts-128",
         "CRASHED",
@@ -461,7 +495,7 @@ fn restart_after_a_crash_cleans_up() {
     victims.extend(guilocker::daemon::mounts::openers(std::path::Path::new(
         &decrypted,
     )));
-    assert!(victims.len() >= 2, "dislocker and ntfs-3g: {victims:?}");
+    assert!(victims.len() >= 2, "engine and ntfs-3g: {victims:?}");
     for pid in victims {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
     }
