@@ -103,6 +103,8 @@ fn round_trip(engine: Engine, name: &str, source: &str, fs: &str, label: &str, t
             .arg(format!("echo 'written on linux' > '{}'", written.display())),
     );
 
+    let (big, big_sum) = fill_most_free_space(&mountpoint);
+
     let (code, out, err) = daemon.cli(Some(TEST_USER), &["unmount", &dev], "");
     assert_eq!(code, 0, "unmount failed: {out}{err}");
     assert_clean(&daemon, &dev, &mountpoint, &decrypted_dir);
@@ -141,10 +143,43 @@ fn round_trip(engine: Engine, name: &str, source: &str, fs: &str, label: &str, t
         std::fs::read_to_string(&back).unwrap(),
         "written on linux\n"
     );
+    let big = mountpoint.join(big.file_name().unwrap());
+    assert_eq!(sha256_file(&big), big_sum, "the large file came back changed");
     let (code, _, err) = daemon.cli(None, &["unmount", "--all"], "");
     assert_eq!(code, 0, "{err}");
     assert_clean(&daemon, &dev, &mountpoint, &decrypted_dir);
     stick.unplug();
+}
+
+/// Writes one file of pseudo-random bytes over most of the free space (BitLocker's reserved
+/// areas must be kept out of the filesystem for this to work); returns it and its SHA-256.
+fn fill_most_free_space(mountpoint: &Path) -> (PathBuf, String) {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    let st = nix::sys::statvfs::statvfs(mountpoint).unwrap();
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let mib = 1u64 << 20;
+    let size = (free * 9 / 10 / mib).min(256) * mib;
+    assert!(size >= 16 * mib, "only {free} bytes free on the stick");
+    let path = mountpoint.join("large.bin");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let mut hash = Sha256::new();
+    let mut state = 0x243f_6a88_85a3_08d3u64;
+    let mut chunk = vec![0u8; mib as usize];
+    for _ in 0..size / mib {
+        for word in chunk.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        file.write_all(&chunk).unwrap();
+        hash.update(&chunk);
+    }
+    file.sync_all().unwrap();
+    let sum: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    eprintln!("wrote {} MiB of {} MiB free", size / mib, free / mib);
+    (path, sum)
 }
 
 fn assert_clean(daemon: &TestDaemon, dev: &str, mountpoint: &Path, decrypted_dir: &Path) {
@@ -160,11 +195,7 @@ fn assert_clean(daemon: &TestDaemon, dev: &str, mountpoint: &Path, decrypted_dir
         "{} left behind",
         decrypted_dir.display()
     );
-    assert_eq!(
-        engines_for(dev),
-        Vec::<i32>::new(),
-        "engine still running"
-    );
+    assert_eq!(engines_for(dev), Vec::<i32>::new(), "engine still running");
     let owner_dir = daemon.media.join(TEST_USER);
     assert!(!owner_dir.exists(), "{} left behind", owner_dir.display());
 }
@@ -179,13 +210,7 @@ struct Plugged {
 }
 
 /// `None` when a prerequisite is missing (and not under CI, where that fails).
-fn plugged(
-    engine: Engine,
-    name: &str,
-    source: &str,
-    label: &str,
-    table: &str,
-) -> Option<Plugged> {
+fn plugged(engine: Engine, name: &str, source: &str, label: &str, table: &str) -> Option<Plugged> {
     if !prerequisites(STICK_TOOLS) {
         return None;
     }
@@ -244,11 +269,25 @@ on_both_engines!(
 );
 
 fn ntfs_stick_with_mbr(engine: Engine) {
-    round_trip(engine, "ntfs-mbr", "bitlk-aes-xts-128", "ntfs", "My Stick", "mbr");
+    round_trip(
+        engine,
+        "ntfs-mbr",
+        "bitlk-aes-xts-128",
+        "ntfs",
+        "My Stick",
+        "mbr",
+    );
 }
 
 fn exfat_stick_with_gpt(engine: Engine) {
-    round_trip(engine, "exfat-gpt", "bitlk-aes-xts-256", "exfat", "EXSTICK", "gpt");
+    round_trip(
+        engine,
+        "exfat-gpt",
+        "bitlk-aes-xts-256",
+        "exfat",
+        "EXSTICK",
+        "gpt",
+    );
 }
 
 fn fat_to_go_stick_without_partition_table(engine: Engine) {
