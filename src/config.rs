@@ -191,6 +191,21 @@ mod tests {
     }
 
     #[test]
+    fn engine_choice() {
+        assert_eq!(parse("").unwrap().engine, EngineChoice::Auto);
+        assert_eq!(
+            parse("engine = \"dislocker\"").unwrap().engine,
+            EngineChoice::Dislocker
+        );
+        assert_eq!(
+            parse("engine = \"native\"").unwrap().engine,
+            EngineChoice::Native
+        );
+        let e = parse("engine = \"fast\"").unwrap_err().to_string();
+        assert!(e.contains("fast") || e.contains("variant"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = parse("include_loop_device = true").unwrap_err().to_string();
         assert!(e.contains("include_loop_device"), "{e}");

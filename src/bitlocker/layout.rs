@@ -56,7 +56,7 @@ impl Layout {
         let area = |what: &str, offset: u64, len: u64| -> Result<Range<u64>, BitlockerError> {
             let end = offset.checked_add(len).filter(|&e| e <= size);
             match end {
-                Some(end) if offset % sector == 0 && len % sector == 0 && len > 0 => {
+                Some(end) if offset.is_multiple_of(sector) && len.is_multiple_of(sector) && len > 0 => {
                     Ok(offset..end)
                 }
                 _ => Err(bad(format!(

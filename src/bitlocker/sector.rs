@@ -148,67 +148,49 @@ impl SectorCipher {
     /// Decrypts `buf` (whole sectors) in place; `offset` is the physical byte offset of its
     /// first sector, a multiple of the sector size.
     pub fn decrypt(&self, offset: u64, buf: &mut [u8]) {
-        self.each_sector(offset, buf, |s, off, scratch| {
-            self.decrypt_sector(off, s, scratch)
-        });
+        self.each_sector(offset, buf, false);
     }
 
     /// Encrypts `buf` (whole sectors) in place, as [`SectorCipher::decrypt`] in reverse.
     pub fn encrypt(&self, offset: u64, buf: &mut [u8]) {
-        self.each_sector(offset, buf, |s, off, scratch| {
-            self.encrypt_sector(off, s, scratch)
-        });
+        self.each_sector(offset, buf, true);
     }
 
-    fn each_sector(
-        &self,
-        offset: u64,
-        buf: &mut [u8],
-        mut f: impl FnMut(&mut [u8], u64, &mut Scratch),
-    ) {
+    fn each_sector(&self, offset: u64, buf: &mut [u8], enc: bool) {
         assert!(
-            buf.len() % self.sector_size == 0 && offset % self.sector_size as u64 == 0,
+            buf.len().is_multiple_of(self.sector_size)
+                && offset.is_multiple_of(self.sector_size as u64),
             "sector cipher called with a partial sector"
         );
         let mut scratch = Scratch::new(self.sector_size / BLOCK);
         for (i, sector) in buf.chunks_exact_mut(self.sector_size).enumerate() {
-            f(sector, offset + (i * self.sector_size) as u64, &mut scratch);
+            self.sector(
+                offset + (i * self.sector_size) as u64,
+                sector,
+                &mut scratch,
+                enc,
+            );
         }
         scratch.wipe();
     }
 
-    fn decrypt_sector(&self, offset: u64, sector: &mut [u8], s: &mut Scratch) {
-        match &self.mode {
-            Mode::Xts { data, tweak } => xts(
-                data,
-                tweak,
-                offset / self.sector_size as u64,
-                sector,
-                s,
-                false,
-            ),
-            Mode::Cbc { key } => cbc_decrypt(key, &key.encrypt_offset(offset, 0), sector, s),
-            Mode::Elephant { key, tweak } => {
-                cbc_decrypt(key, &key.encrypt_offset(offset, 0), sector, s);
-                elephant::decrypt(tweak, offset, sector);
+    /// One sector at physical `offset`, enciphered (`enc`) or deciphered in place.
+    fn sector(&self, offset: u64, sector: &mut [u8], s: &mut Scratch, enc: bool) {
+        let iv = |key: &AesKey| key.encrypt_offset(offset, 0);
+        match (&self.mode, enc) {
+            (Mode::Xts { data, tweak }, _) => {
+                let unit = offset / self.sector_size as u64;
+                xts(data, tweak, unit, sector, s, enc)
             }
-        }
-    }
-
-    fn encrypt_sector(&self, offset: u64, sector: &mut [u8], s: &mut Scratch) {
-        match &self.mode {
-            Mode::Xts { data, tweak } => xts(
-                data,
-                tweak,
-                offset / self.sector_size as u64,
-                sector,
-                s,
-                true,
-            ),
-            Mode::Cbc { key } => cbc_encrypt(key, &key.encrypt_offset(offset, 0), sector),
-            Mode::Elephant { key, tweak } => {
+            (Mode::Cbc { key }, true) => cbc_encrypt(key, &iv(key), sector),
+            (Mode::Cbc { key }, false) => cbc_decrypt(key, &iv(key), sector, s),
+            (Mode::Elephant { key, tweak }, true) => {
                 elephant::encrypt(tweak, offset, sector);
-                cbc_encrypt(key, &key.encrypt_offset(offset, 0), sector);
+                cbc_encrypt(key, &iv(key), sector);
+            }
+            (Mode::Elephant { key, tweak }, false) => {
+                cbc_decrypt(key, &iv(key), sector, s);
+                elephant::decrypt(tweak, offset, sector);
             }
         }
     }

@@ -82,6 +82,9 @@ impl Filesystem for ViewFs {
             .set_max_readahead(MAX_IO)
             .or_else(|n| config.set_max_readahead(n));
         let _ = config.set_max_background(32);
+        // Small writes from the filesystem driver above are gathered in the page cache and
+        // reach us as large ones; fsync and unmount flush them first.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE);
         Ok(())
     }
 
@@ -96,6 +99,33 @@ impl Filesystem for ViewFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.attr(ino) {
+            Some(attr) => reply.attr(&TTL, &attr),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    /// The writeback cache reports times after writes; the view has no times to keep, and
+    /// its size is the volume's.
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.attr(ino) {
+            Some(_) if size.is_some_and(|s| s != self.volume.size()) => reply.error(Errno::EPERM),
             Some(attr) => reply.attr(&TTL, &attr),
             None => reply.error(Errno::ENOENT),
         }
