@@ -144,7 +144,11 @@ fn round_trip(engine: Engine, name: &str, source: &str, fs: &str, label: &str, t
         "written on linux\n"
     );
     let big = mountpoint.join(big.file_name().unwrap());
-    assert_eq!(sha256_file(&big), big_sum, "the large file came back changed");
+    assert_eq!(
+        sha256_file(&big),
+        big_sum,
+        "the large file came back changed"
+    );
     let (code, _, err) = daemon.cli(None, &["unmount", "--all"], "");
     assert_eq!(code, 0, "{err}");
     assert_clean(&daemon, &dev, &mountpoint, &decrypted_dir);
