@@ -538,6 +538,14 @@ fn restart_after_a_crash_cleans_up(engine: Engine) {
     victims.extend(guilocker::daemon::mounts::openers(std::path::Path::new(
         &decrypted,
     )));
+    // The filesystem driver holds the loop device over the view.
+    for entry in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let backing = std::fs::read_to_string(entry.path().join("loop/backing_file"));
+        if backing.is_ok_and(|b| b.trim_end() == decrypted) {
+            let node = format!("/dev/{}", entry.file_name().to_string_lossy());
+            victims.extend(guilocker::daemon::mounts::openers(Path::new(&node)));
+        }
+    }
     assert!(victims.len() >= 2, "engine and ntfs-3g: {victims:?}");
     for pid in victims {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);

