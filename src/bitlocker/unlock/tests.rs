@@ -4,7 +4,7 @@ use super::*;
 use crate::bitlocker::guid::Guid;
 use crate::bitlocker::metadata::read_metadata;
 use crate::bitlocker::testdata::{self, bytes, SparseDevice};
-use crate::bitlocker::{Cipher, VolumeInfo};
+use crate::bitlocker::Cipher;
 
 fn load(sector: &str, block: &str) -> Metadata {
     read_metadata(SparseDevice::image(&bytes(sector), &bytes(block))).unwrap()
@@ -131,24 +131,12 @@ fn synthetic(kinds: &[ProtectorKind], state: EncryptionState, method: u16) -> Me
             clear_key: None,
         })
         .collect();
-    Metadata {
-        info: VolumeInfo {
-            guid: Guid::default(),
-            to_go: false,
-            description: String::new(),
-            creation_time: None,
-            cipher: Cipher::from_method(method),
-            encryption_method: method,
-            volume_size: 0,
-            sector_size: 512,
-            state,
-            metadata_block: 1,
-            protectors: Vec::new(),
-        },
-        protectors,
-        fvek: None,
-        areas: Default::default(),
-    }
+    let mut meta = crate::bitlocker::metadata::tests_support::empty();
+    meta.info.cipher = Cipher::from_method(method);
+    meta.info.encryption_method = method;
+    meta.info.state = state;
+    meta.protectors = protectors;
+    meta
 }
 
 fn kind_byte(kind: ProtectorKind) -> u8 {
