@@ -371,6 +371,17 @@ fn reserved_areas_read_as_zeros_and_refuse_writes() {
     let copy = copy_of("bitlk-aes-xts-128", &dir);
     let before = sha256(&std::fs::read(&copy.image).unwrap());
     let served = Served::engine(&copy, &dir.join("engine"), false);
+    // It holds the volume key: it never writes a core file.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", served.child.id())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
+    );
     let file = served.open(true);
     for area in &copy.reserved {
         let mut buf = vec![0xffu8; 4096];

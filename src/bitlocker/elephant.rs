@@ -7,6 +7,7 @@
 //! sector as little-endian 32-bit words, each word with two others and a rotation.
 
 use super::sector::AesKey;
+use zeroize::Zeroize;
 
 /// Rotations of diffuser A (by word index mod 4) and its number of cycles.
 const RA: [u32; 4] = [9, 0, 13, 0];
@@ -91,18 +92,22 @@ pub(crate) fn decrypt(tweak: &AesKey, offset: u64, sector: &mut [u8]) {
     b_decrypt(&mut d);
     a_decrypt(&mut d);
     store(&d, sector);
-    d.fill(0);
-    xor_key(sector, &sector_key(tweak, offset));
+    d.zeroize();
+    let mut key = sector_key(tweak, offset);
+    xor_key(sector, &key);
+    key.zeroize();
 }
 
 /// Before CBC encryption: key, diffuser A, diffuser B.
 pub(crate) fn encrypt(tweak: &AesKey, offset: u64, sector: &mut [u8]) {
-    xor_key(sector, &sector_key(tweak, offset));
+    let mut key = sector_key(tweak, offset);
+    xor_key(sector, &key);
+    key.zeroize();
     let mut d = words(sector);
     a_encrypt(&mut d);
     b_encrypt(&mut d);
     store(&d, sector);
-    d.fill(0);
+    d.zeroize();
 }
 
 #[cfg(test)]

@@ -204,8 +204,7 @@ pub(super) fn keep_draining(device: &str, streams: [Option<std::fs::File>; 2], r
                         continue;
                     }
                     while let Some(end) = sink.iter().position(|&b| b == b'\n') {
-                        let line = String::from_utf8_lossy(&sink[..end]).into_owned();
-                        log::warn!("{name}: engine: {}", line.trim_end());
+                        relay_line(&name, &String::from_utf8_lossy(&sink[..end]));
                         sink.drain(..=end);
                     }
                 }
@@ -216,8 +215,22 @@ pub(super) fn keep_draining(device: &str, streams: [Option<std::fs::File>; 2], r
     }
 }
 
+/// One line of the native engine's log (`guilocker[PID]: LEVEL: text`) into ours, at its level.
+fn relay_line(device: &str, line: &str) {
+    let text = line
+        .split_once("]: ")
+        .map_or(line, |(_, rest)| rest)
+        .trim_end();
+    match text.split_once(": ") {
+        Some(("warn" | "error", msg)) => log::warn!("{device}: engine: {msg}"),
+        Some((_, msg)) => log::info!("{device}: engine: {msg}"),
+        None => log::info!("{device}: engine: {text}"),
+    }
+}
+
 pub(super) enum Outcome {
-    /// dislocker exited; what it printed (may echo a recovery key: never log it whole).
+    /// The engine exited; what it printed (dislocker's may echo a recovery key: never log
+    /// it whole).
     Exited(Zeroizing<Vec<u8>>),
     TimedOut,
 }
@@ -226,8 +239,8 @@ pub(super) enum Outcome {
 /// pending terminal input when it sets the terminal up, so the key is written only after this.
 const RECOVERY_PROMPT: &[u8] = b"Enter the recovery password";
 
-/// Waits for the FUSE mount of type `fs_type` at `dir` (mountinfo signals POLLPRI on every change) or the
-/// child's exit (its pidfd becomes readable), draining its output meanwhile, and answering
+/// Waits for the FUSE mount of type `fs_type` at `dir` (mountinfo signals POLLPRI on every
+/// change) or the child's exit (its pidfd becomes readable), draining its output meanwhile, and answering
 /// the recovery-password prompt with `tty_line`.
 pub(super) fn wait_for_mount(
     child: &mut Child,

@@ -66,7 +66,7 @@ impl View {
             (_, _, EngineChoice::Native) => {
                 return Err(DaemonError::CannotOpen {
                     device: req.device.into(),
-                    cause: "the native engine cannot read this volume's metadata".into(),
+                    cause: "the native engine cannot use this volume's metadata (engine = \"native\" in the config)".into(),
                 })
             }
             _ => false,
@@ -140,7 +140,8 @@ pub fn view_files(dir: &Path) -> [PathBuf; 2] {
     ]
 }
 
-/// Can the native engine lay this volume out on this device?
+/// Can the native engine lay this volume out on this device? Asked before it is started, so
+/// a volume it cannot serve goes to dislocker instead (the engine checks again for itself).
 fn native_layout(device: &str, meta: &Metadata) -> Result<(), String> {
     use std::io::{Seek, SeekFrom};
     let mut file = std::fs::File::open(device).map_err(|e| format!("cannot open it: {e}"))?;
@@ -176,14 +177,20 @@ fn start_native(req: &Request, fvek: &Fvek) -> Result<View, DaemonError> {
                 engine: Engine::Native,
             })
         }
-        // The engine's output holds no secret: its last line says why.
-        Err(Outcome::Exited(output)) => Err(DaemonError::failed(
-            device,
-            format!(
-                "the engine could not serve the volume: {}",
-                crate::process::one_line(&String::from_utf8_lossy(&output))
-            ),
-        )),
+        // The engine's output holds no secret: its last line says why ("guilocker: DEV:
+        // cause"), and names the device itself.
+        Err(Outcome::Exited(output)) => {
+            let last = crate::process::one_line(&String::from_utf8_lossy(&output));
+            let cause = last.strip_prefix("guilocker: ").unwrap_or(&last);
+            let cause = cause
+                .strip_prefix(device)
+                .and_then(|c| c.strip_prefix(": "))
+                .unwrap_or(cause);
+            Err(DaemonError::failed(
+                device,
+                format!("the engine could not serve the volume: {cause}"),
+            ))
+        }
         Err(Outcome::TimedOut) => Err(unlock::timed_out(device, &mut child, req.dir, "the engine")),
     }
 }

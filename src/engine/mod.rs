@@ -33,13 +33,21 @@ pub struct Options {
 /// No core dump and no ptrace by other users: this process holds the volume key.
 fn harden() {
     // SAFETY: plain syscalls with constant arguments.
-    unsafe {
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    let (dumpable, core) = unsafe {
         let none = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        libc::setrlimit(libc::RLIMIT_CORE, &none);
+        (
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0),
+            libc::setrlimit(libc::RLIMIT_CORE, &none),
+        )
+    };
+    if dumpable != 0 || core != 0 {
+        log::warn!(
+            "cannot make the engine non-dumpable: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
