@@ -11,11 +11,15 @@
 //! Every wait is on a real condition (a daemon log line, an event on the socket, a process exit,
 //! the mount table) with a deadline; whatever was made is put away on drop, even after a failure.
 
-use guilocker::client::{Client, Events};
-use guilocker::protocol::{DeviceInfo, EventKind};
+use guilocker::bitlocker::{is_bitlocker, read_metadata, Layout};
+use guilocker::client::{Client, ClientError, Events};
+use guilocker::daemon::mounts::{mounted_at, mounts, MountWatch};
+use guilocker::process::one_line;
+use guilocker::protocol::{DeviceInfo, Engine, EventKind, FrameError, SOCKET_ENV};
+use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -25,7 +29,7 @@ use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 const MIB: u64 = 1 << 20;
-const CHUNK: usize = 1 << 20;
+const CHUNK: usize = MIB as usize;
 const RUNS: usize = 3;
 /// The deadline of every wait.
 const WAIT: Duration = Duration::from_secs(120);
@@ -40,6 +44,7 @@ const SLACK: u64 = MIB;
 /// Raw-view writes start here: well past the view's first bytes (served from the boot-sector
 /// backup) and never rewriting anything a later stack needs (the image is a scratch copy).
 const RAW_START: u64 = 32 * MIB;
+const GUILOCKER: &str = env!("CARGO_BIN_EXE_guilocker");
 
 /// A failure, as the table shows it.
 type Res<T> = Result<T, String>;
@@ -55,48 +60,24 @@ impl Fs {
 
     /// As make-bitlocker-stick and the daemon spell it.
     fn name(self) -> &'static str {
-        match self {
-            Fs::Ntfs => "ntfs",
-            Fs::Exfat => "exfat",
-        }
+        ["ntfs", "exfat"][self as usize]
     }
 
     fn title(self) -> &'static str {
-        match self {
-            Fs::Ntfs => "NTFS",
-            Fs::Exfat => "exFAT",
-        }
+        ["NTFS", "exFAT"][self as usize]
     }
 
     /// The FUSE driver, as `mount -t` names it.
     fn fuse_type(self) -> &'static str {
-        match self {
-            Fs::Ntfs => "ntfs-3g",
-            Fs::Exfat => "exfat-fuse",
-        }
+        ["ntfs-3g", "exfat-fuse"][self as usize]
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Engine {
-    Native,
-    Dislocker,
-}
-
-impl Engine {
-    /// The value of the config key `engine`.
-    fn name(self) -> &'static str {
-        match self {
-            Engine::Native => "native",
-            Engine::Dislocker => "dislocker",
-        }
-    }
-
-    fn row(self) -> &'static str {
-        match self {
-            Engine::Native => "guilocker, native engine",
-            Engine::Dislocker => "guilocker, dislocker",
-        }
+/// The table row of a daemon with `engine = NAME`.
+fn row(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Native => "guilocker, native engine",
+        Engine::Dislocker => "guilocker, dislocker",
     }
 }
 
@@ -109,53 +90,34 @@ struct Speed {
 
 type Cell = Res<Speed>;
 
-const PROGRAMS: &[&str] = &[
-    "losetup",
-    "partx",
-    "sfdisk",
-    "mount",
-    "umount",
-    "tar",
-    "python3",
-    "dislocker",
-    "ntfs-3g",
-    "mkntfs",
-    "mount.exfat-fuse",
-    "mkfs.exfat",
-];
+/// What the stacks run, besides guilocker.
+const PROGRAMS: &str = "losetup partx sfdisk mount umount tar python3 dislocker ntfs-3g mkntfs \
+                        mount.exfat-fuse mkfs.exfat";
 
 fn main() {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("throughput benchmark: needs root (loop devices, mounts, drop_caches); skipped");
         return;
     }
-    let missing: Vec<&str> = PROGRAMS
-        .iter()
-        .copied()
+    let mut missing: Vec<&str> = PROGRAMS
+        .split_whitespace()
         .filter(|p| which(p).is_none())
         .collect();
-    if !missing.is_empty() || !Path::new("/dev/fuse").exists() {
+    if !Path::new("/dev/fuse").exists() {
+        missing.push("/dev/fuse");
+    }
+    if !missing.is_empty() {
         eprintln!(
-            "throughput benchmark: needs /dev/fuse and {}; skipped",
-            PROGRAMS.join(", ")
+            "throughput benchmark: needs {}; skipped",
+            missing.join(", ")
         );
         return;
     }
-    let fixtures = match fixtures() {
-        Ok(dir) => dir,
-        Err(e) => {
-            eprintln!("throughput benchmark: {e}; skipped");
-            return;
-        }
+    let setup = || -> Res<_> {
+        let fixtures = fixtures()?;
+        Ok((password(&fixtures)?, Scratch::new()?, fixtures))
     };
-    let password = match password(&fixtures) {
-        Ok(pw) => pw,
-        Err(e) => {
-            eprintln!("throughput benchmark: {e}; skipped");
-            return;
-        }
-    };
-    let scratch = match Scratch::new() {
+    let (password, scratch, fixtures) = match setup() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("throughput benchmark: {e}; skipped");
@@ -165,7 +127,7 @@ fn main() {
     let source = fixtures.join(format!("{SOURCE}.img"));
     let sticks = Fs::ALL.map(|fs| make_stick(&scratch.0, &source, fs, &password));
     let mut bench = Bench {
-        root: scratch.0.clone(),
+        scratch,
         password,
         source,
         sticks,
@@ -179,7 +141,7 @@ fn main() {
     let mut raw: Vec<(Engine, Cell)> = Vec::new();
     for engine in [Engine::Native, Engine::Dislocker] {
         let (cells, view) = bench.guilocker(engine);
-        rows.push((engine.row(), cells));
+        rows.push((row(engine), cells));
         raw.push((engine, view));
     }
     rows.push(("tutorial recipe", Fs::ALL.map(|fs| bench.tutorial(fs))));
@@ -188,12 +150,11 @@ fn main() {
         Fs::ALL.map(|fs| bench.plain(fs)),
     ));
     bench.print(&rows, &raw);
-    drop(bench);
-    drop(scratch);
 }
 
 struct Bench {
-    root: PathBuf,
+    /// Everything the stacks make lives below it.
+    scratch: Scratch,
     password: Zeroizing<String>,
     /// The fixture image (BitLocker volume, no partition table).
     source: PathBuf,
@@ -208,7 +169,25 @@ struct Bench {
     raw_layout: Option<String>,
 }
 
+/// Prints the title of a stack, runs it, reports its cell.
+fn stack(who: &str, f: impl FnOnce(&str) -> Cell) -> Cell {
+    eprintln!("== {who}");
+    let cell = f(who);
+    match &cell {
+        Ok(s) => eprintln!(
+            "  {who}: median write {:.1} MB/s, read {:.1} MB/s",
+            s.write, s.read
+        ),
+        Err(e) => eprintln!("  {who}: n/a: {e}"),
+    }
+    cell
+}
+
 impl Bench {
+    fn path(&self, name: &str) -> PathBuf {
+        self.scratch.0.join(name)
+    }
+
     /// `password\n`, for a program's stdin.
     fn password_line(&self) -> Zeroizing<Vec<u8>> {
         let mut line = Zeroizing::new(self.password.as_bytes().to_vec());
@@ -219,82 +198,70 @@ impl Bench {
     /// A fresh copy of the stick for `fs`, removed on drop.
     fn stick_copy(&self, fs: Fs, tag: &str) -> Res<TempFile> {
         let stick = self.sticks[fs as usize].as_ref().map_err(Clone::clone)?;
-        let copy = TempFile(self.root.join(format!("{tag}-{}.img", fs.name())));
-        run_ok(
-            Command::new("cp")
-                .arg("--sparse=always")
-                .arg(stick)
-                .arg(&copy.0),
-            None,
-        )?;
-        Ok(copy)
+        copy(stick, self.path(&format!("{tag}-{}.img", fs.name())))
     }
 
     /// Rows 1 and 2 and the raw view: a daemon with `engine = NAME`.
     fn guilocker(&mut self, engine: Engine) -> ([Cell; 2], Cell) {
-        eprintln!("== {}", engine.row());
-        let config = format!("engine = \"{}\"\n", engine.name());
-        let daemon = match Daemon::start(&self.root, engine.name(), &config) {
-            Err(e) if engine == Engine::Dislocker && e.contains("unknown field `engine`") => {
-                // A daemon from before the native engine: dislocker is all it has.
-                self.notes.push(format!(
-                    "{}: this daemon has no `engine` key yet (dislocker is its only engine): started without it.",
-                    engine.row()
-                ));
-                Daemon::start(&self.root, "dislocker-default", "")
-            }
-            other => other,
-        };
-        let daemon = match daemon {
-            Ok(d) => d,
-            Err(e) => return ([Err(e.clone()), Err(e.clone())], Err(e)),
-        };
-        let tag = format!("guilocker-{}", engine.name());
+        let started = Daemon::start(&self.scratch.0, engine);
+        let daemon = started.as_ref().map_err(Clone::clone);
         let cells = Fs::ALL.map(|fs| {
-            let who = format!("{} / {}", engine.row(), fs.title());
-            let cell = self.guilocker_fs(&daemon, engine, fs, &tag, &who);
-            report(&who, &cell);
-            cell
+            stack(&format!("{} / {}", row(engine), fs.title()), |who| {
+                let image = self.stick_copy(fs, &format!("guilocker-{}", engine.as_str()))?;
+                self.through_daemon(daemon.clone()?, engine, &image.0, true, |me, info| {
+                    let mountpoint = info
+                        .mountpoint
+                        .as_deref()
+                        .ok_or_else(|| format!("{}: no mountpoint after unlock", info.device))?;
+                    eprintln!(
+                        "  {who}: {} mounted at {mountpoint} ({}, decrypted view {})",
+                        info.device,
+                        info.fs_type.as_deref().unwrap_or("?"),
+                        info.decrypted.as_deref().unwrap_or("?")
+                    );
+                    me.measure(who, fs, Path::new(mountpoint))
+                })
+            })
         });
-        let who = format!("{} / raw view", engine.row());
-        let view = self.raw_view(&daemon, engine);
-        report(&who, &view);
+        let view = stack(&format!("{} / raw view", row(engine)), |who| {
+            self.raw_view(daemon.clone()?, engine, who)
+        });
         (cells, view)
     }
 
-    fn guilocker_fs(
+    /// Attaches `image` (a partitioned stick, mounted on unlock; else a bare volume, unlocked
+    /// with `--no-mount`), waits for the daemon to list it, unlocks it, checks that `engine`
+    /// serves it, runs `body` on its status, then locks and detaches it and waits until the
+    /// daemon has let it go.
+    fn through_daemon(
         &mut self,
         daemon: &Daemon,
         engine: Engine,
-        fs: Fs,
-        tag: &str,
-        who: &str,
+        image: &Path,
+        stick: bool,
+        body: impl FnOnce(&mut Self, &DeviceInfo) -> Cell,
     ) -> Cell {
-        let image = self.stick_copy(fs, tag)?;
         let mut events = daemon.events()?;
-        let stick = Loop::attach(&image.0, true)?;
-        let dev = stick.volume();
+        let attached = Loop::attach(image, stick)?;
+        let dev = attached.volume();
         wait_event(&mut events, &format!("{dev} to appear"), |k, d| {
             k == EventKind::Added && d.device == dev && d.bitlocker
         })?;
-        let unlocked = Unlocked::new(daemon, &dev);
-        daemon.cli(
-            &["unlock", &dev, "--password-stdin"],
-            Some(&self.password_line()),
-        )?;
+        let unlocked = Unlocked {
+            daemon,
+            dev: dev.clone(),
+            done: false,
+        };
+        let mut args = vec!["unlock", dev.as_str(), "--password-stdin"];
+        if !stick {
+            args.push("--no-mount");
+        }
+        daemon.cli(&args, Some(&self.password_line()))?;
         let info = daemon.device(&dev)?;
         served_by(&info, engine)?;
-        let mountpoint = info
-            .mountpoint
-            .ok_or_else(|| format!("{dev}: no mountpoint after unlock"))?;
-        eprintln!(
-            "  {who}: {dev} mounted at {mountpoint} ({}, decrypted view {})",
-            info.fs_type.as_deref().unwrap_or("?"),
-            info.decrypted.as_deref().unwrap_or("?")
-        );
-        let speed = self.measure(who, fs, Path::new(&mountpoint))?;
+        let speed = body(self, &info)?;
         unlocked.lock()?;
-        drop(stick);
+        drop(attached);
         wait_event(&mut events, &format!("{dev} to go"), |k, d| {
             k == EventKind::Removed && d.device == dev
         })?;
@@ -303,193 +270,101 @@ impl Bench {
 
     /// The raw view: `unlock --no-mount` on a scratch copy of the fixture, then `FULL` bytes in
     /// 1 MiB blocks written (+ fsync) and read back cold, straight on `decrypted`.
-    fn raw_view(&mut self, daemon: &Daemon, engine: Engine) -> Cell {
-        let image = TempFile(self.root.join(format!("raw-{}.img", engine.name())));
-        run_ok(
-            Command::new("cp")
-                .arg("--sparse=always")
-                .arg(&self.source)
-                .arg(&image.0),
-            None,
+    fn raw_view(&mut self, daemon: &Daemon, engine: Engine, who: &str) -> Cell {
+        let image = copy(
+            &self.source,
+            self.path(&format!("raw-{}.img", engine.as_str())),
         )?;
-        let size = fs::metadata(&image.0).map_err(|e| e.to_string())?.len();
-        let plan = raw_plan(size, &metadata_offsets(&image.0)?)?;
+        let plan = raw_plan(&image.0)?;
         self.raw_layout = Some(describe_plan(&plan));
-        let mut events = daemon.events()?;
-        let stick = Loop::attach(&image.0, false)?;
-        let dev = stick.volume();
-        wait_event(&mut events, &format!("{dev} to appear"), |k, d| {
-            k == EventKind::Added && d.device == dev && d.bitlocker
-        })?;
-        let unlocked = Unlocked::new(daemon, &dev);
-        daemon.cli(
-            &["unlock", &dev, "--no-mount", "--password-stdin"],
-            Some(&self.password_line()),
-        )?;
-        let info = daemon.device(&dev)?;
-        served_by(&info, engine)?;
-        let decrypted = info
-            .decrypted
-            .ok_or_else(|| format!("{dev}: no decrypted view after unlock --no-mount"))?;
-        eprintln!(
-            "  {}: {dev} unlocked, decrypted view {decrypted}",
-            engine.row()
-        );
-        let mut view = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&decrypted)
-            .map_err(|e| format!("cannot open {decrypted}: {e}"))?;
-        let view_size = view
-            .seek(SeekFrom::End(0))
-            .map_err(|e| format!("{decrypted}: {e}"))?;
-        if plan.last().is_some_and(|&o| o + MIB > view_size) {
-            return Err(format!("the view is only {} MiB", view_size / MIB));
-        }
-        let mut pattern = Pattern::new();
-        let mut data = vec![0u8; plan.len() * CHUNK];
-        let bytes = data.len() as u64;
-        let (mut writes, mut reads) = (Vec::new(), Vec::new());
-        for run in 0..RUNS {
-            let t = Instant::now();
-            for (i, &offset) in plan.iter().enumerate() {
-                view.write_all_at(pattern.chunk(run, i), offset)
-                    .map_err(|e| format!("write at byte {offset} of the view: {e}"))?;
-            }
-            view.sync_all()
-                .map_err(|e| format!("fsync of the view: {e}"))?;
-            let write = t.elapsed();
-            drop_caches()?;
-            let t = Instant::now();
-            for (block, &offset) in data.chunks_mut(CHUNK).zip(&plan) {
-                view.read_exact_at(block, offset)
-                    .map_err(|e| format!("read at byte {offset} of the view: {e}"))?;
-            }
-            let read = t.elapsed();
-            for (i, (block, &offset)) in data.chunks(CHUNK).zip(&plan).enumerate() {
-                if block != pattern.chunk(run, i) {
-                    return Err(format!("read back differs at byte {offset} of the view"));
-                }
-            }
-            writes.push(mb_per_s(bytes, write));
-            reads.push(mb_per_s(bytes, read));
+        self.through_daemon(daemon, engine, &image.0, false, |_, info| {
+            let decrypted = info.decrypted.as_deref().ok_or_else(|| {
+                format!("{}: no decrypted view after unlock --no-mount", info.device)
+            })?;
             eprintln!(
-                "  {} / raw view: run {}/{RUNS}: write {:.1} MB/s, read {:.1} MB/s",
-                engine.row(),
-                run + 1,
-                writes[run],
-                reads[run]
+                "  {who}: {} unlocked, decrypted view {decrypted}",
+                info.device
             );
-        }
-        drop(view);
-        unlocked.lock()?;
-        drop(stick);
-        wait_event(&mut events, &format!("{dev} to go"), |k, d| {
-            k == EventKind::Removed && d.device == dev
-        })?;
-        Ok(Speed {
-            write: median(writes),
-            read: median(reads),
+            let size = File::open(decrypted)
+                .and_then(|mut f| f.seek(SeekFrom::End(0)))
+                .map_err(|e| format!("cannot size {decrypted}: {e}"))?;
+            if plan.last().is_some_and(|&o| o + MIB > size) {
+                return Err(format!("{decrypted} is only {} MiB", size / MIB));
+            }
+            timed_runs(who, &plan, false, |_| PathBuf::from(decrypted))
         })
     }
 
     /// Row 3: `dislocker -V DEV -u -- DIR`, then `mount -o loop DIR/dislocker-file MNT`.
     fn tutorial(&mut self, fs: Fs) -> Cell {
-        let who = format!("tutorial recipe / {}", fs.title());
-        eprintln!("== {who}");
-        let cell = self.tutorial_fs(fs, &who);
-        report(&who, &cell);
-        cell
-    }
-
-    fn tutorial_fs(&mut self, fs: Fs, who: &str) -> Cell {
-        let image = self.stick_copy(fs, "tutorial")?;
-        let base = self.root.join(format!("tutorial-{}", fs.name()));
-        let (fuse_dir, mnt) = (base.join("dislocker"), base.join("mnt"));
-        for d in [&fuse_dir, &mnt] {
-            fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-        }
-        let stick = Loop::attach(&image.0, true)?;
-        let dislocker = Dislocker::start(&stick.volume(), &fuse_dir, &self.password_line())?;
-        let file = fuse_dir.join("dislocker-file");
-        // What a tutorial says: let mount pick the type. Without a kernel driver mount(8)
-        // finds a helper for NTFS (mount.ntfs, from ntfs-3g) but none for exFAT
-        // (exfat-fuse installs only mount.exfat-fuse): then name the FUSE driver.
-        let mut how = "mount -o loop".to_owned();
-        let first = run_ok(
-            Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&file)
-                .arg(&mnt),
-            None,
-        );
-        if let Err(e) = first {
-            eprintln!("  {who}: {e}; naming the type");
-            how = format!("mount -t {} -o loop", fs.fuse_type());
-            run_ok(
-                Command::new("mount")
-                    .args(["-t", fs.fuse_type(), "-o", "loop"])
-                    .arg(&file)
-                    .arg(&mnt),
-                None,
-            )?;
-        }
-        let mounted = FuseMount::adopt(&mnt)?;
-        self.notes.push(format!(
-            "tutorial recipe, {}: dislocker -V DEV -u -- -f DIR (password on stdin), then `{how} DIR/dislocker-file MNT` ({}).",
-            fs.title(),
-            mounted.describe()
-        ));
-        let speed = self.measure(who, fs, &mnt)?;
-        mounted.unmount()?;
-        dislocker.stop()?;
-        drop(stick);
-        Ok(speed)
+        stack(&format!("tutorial recipe / {}", fs.title()), |who| {
+            let image = self.stick_copy(fs, "tutorial")?;
+            let base = self.path(&format!("tutorial-{}", fs.name()));
+            let (fuse_dir, mnt) = (base.join("dislocker"), base.join("mnt"));
+            mkdir(&fuse_dir)?;
+            mkdir(&mnt)?;
+            let stick = Loop::attach(&image.0, true)?;
+            let dislocker = Dislocker::start(&stick.volume(), &fuse_dir, &self.password_line())?;
+            let file = fuse_dir.join("dislocker-file");
+            let mount =
+                |args: &[&str]| run_ok(Command::new("mount").args(args).arg(&file).arg(&mnt), None);
+            // What a tutorial says: let mount pick the type. Without a kernel driver mount(8)
+            // finds a helper for NTFS (mount.ntfs, from ntfs-3g) but none for exFAT
+            // (exfat-fuse installs only mount.exfat-fuse): then name the FUSE driver.
+            let mut how = "mount -o loop".to_owned();
+            if let Err(e) = mount(&["-o", "loop"]) {
+                eprintln!("  {who}: {e}; naming the type");
+                how = format!("mount -t {} -o loop", fs.fuse_type());
+                mount(&["-t", fs.fuse_type(), "-o", "loop"])?;
+            }
+            let mounted = FuseMount::adopt(&mnt)?;
+            self.notes.push(format!(
+                "tutorial recipe, {}: dislocker -V DEV -u -- -f DIR (password on stdin), then `{how} DIR/dislocker-file MNT` ({}).",
+                fs.title(),
+                mounted.describe()
+            ));
+            let speed = self.measure(who, fs, &mnt)?;
+            mounted.unmount()?;
+            dislocker.stop()?;
+            drop(stick);
+            Ok(speed)
+        })
     }
 
     /// Row 4: a loop device over a plain image of the volume's size, the same filesystem, the
     /// same FUSE driver.
     fn plain(&mut self, fs: Fs) -> Cell {
-        let who = format!("same FUSE driver, no encryption / {}", fs.title());
-        eprintln!("== {who}");
-        let cell = self.plain_fs(fs, &who);
-        report(&who, &cell);
-        cell
-    }
-
-    fn plain_fs(&mut self, fs: Fs, who: &str) -> Cell {
-        let size = fs::metadata(&self.source).map_err(|e| e.to_string())?.len();
-        let image = TempFile(self.root.join(format!("plain-{}.img", fs.name())));
-        File::create(&image.0)
-            .and_then(|f| f.set_len(size))
-            .map_err(|e| format!("cannot make {}: {e}", image.0.display()))?;
-        let mnt = self.root.join(format!("plain-{}-mnt", fs.name()));
-        fs::create_dir_all(&mnt).map_err(|e| format!("cannot create {}: {e}", mnt.display()))?;
-        let dev = Loop::attach(&image.0, false)?;
-        match fs {
-            Fs::Ntfs => {
+        stack(
+            &format!("same FUSE driver, no encryption / {}", fs.title()),
+            |who| {
+                let size = fs::metadata(&self.source)
+                    .map_err(|e| format!("{}: {e}", self.source.display()))?
+                    .len();
+                let image = TempFile(self.path(&format!("plain-{}.img", fs.name())));
+                File::create(&image.0)
+                    .and_then(|f| f.set_len(size))
+                    .map_err(|e| format!("cannot make {}: {e}", image.0.display()))?;
+                let mnt = self.path(&format!("plain-{}-mnt", fs.name()));
+                mkdir(&mnt)?;
+                let dev = Loop::attach(&image.0, false)?;
+                let (mkfs, driver): (&[&str], _) = match fs {
+                    Fs::Ntfs => (&["mkntfs", "-q", "-f"], "ntfs-3g"),
+                    Fs::Exfat => (&["mkfs.exfat"], "mount.exfat-fuse"),
+                };
                 run_ok(
-                    Command::new("mkntfs").args(["-q", "-f", "-L", LABEL, &dev.dev]),
+                    Command::new(mkfs[0])
+                        .args(&mkfs[1..])
+                        .args(["-L", LABEL, &dev.dev]),
                     None,
                 )?;
-                run_ok(Command::new("ntfs-3g").arg(&dev.dev).arg(&mnt), None)?;
-            }
-            Fs::Exfat => {
-                run_ok(
-                    Command::new("mkfs.exfat").args(["-L", LABEL, &dev.dev]),
-                    None,
-                )?;
-                run_ok(
-                    Command::new("mount.exfat-fuse").arg(&dev.dev).arg(&mnt),
-                    None,
-                )?;
-            }
-        }
-        let mounted = FuseMount::adopt(&mnt)?;
-        let speed = self.measure(who, fs, &mnt)?;
-        mounted.unmount()?;
-        drop(dev);
-        Ok(speed)
+                run_ok(Command::new(driver).arg(&dev.dev).arg(&mnt), None)?;
+                let mounted = FuseMount::adopt(&mnt)?;
+                let speed = self.measure(who, fs, &mnt)?;
+                mounted.unmount()?;
+                drop(dev);
+                Ok(speed)
+            },
+        )
     }
 
     /// RUNS times: a new file of the column's size written in 1 MiB chunks and fsynced
@@ -498,53 +373,31 @@ impl Bench {
         let stat = nix::sys::statvfs::statvfs(dir)
             .map_err(|e| format!("statvfs {}: {e}", dir.display()))?;
         let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
-        let size = match self.sizes[fs as usize] {
-            Some(size) => size,
-            None => {
-                let size = if free >= FULL + SLACK { FULL } else { SMALL };
-                if size == SMALL {
-                    self.small.push(format!(
-                        "{}: only {:.1} MiB free inside, so {} MiB files",
-                        fs.title(),
-                        free as f64 / MIB as f64,
-                        SMALL / MIB
-                    ));
-                }
-                self.sizes[fs as usize] = Some(size);
-                size
+        let free_mib = free as f64 / MIB as f64;
+        let size = *self.sizes[fs as usize].get_or_insert_with(|| {
+            if free >= FULL + SLACK {
+                return FULL;
             }
-        };
+            self.small.push(format!(
+                "{}: only {free_mib:.1} MiB free inside, so {} MiB files",
+                fs.title(),
+                SMALL / MIB
+            ));
+            SMALL
+        });
         eprintln!(
-            "  {who}: {:.1} MiB free inside, {} MiB files",
-            free as f64 / MIB as f64,
+            "  {who}: {free_mib:.1} MiB free inside, {} MiB files",
             size / MIB
         );
         if free < size + SLACK {
             return Err(format!(
-                "only {:.1} MiB free inside",
-                free as f64 / MIB as f64
+                "only {free_mib:.1} MiB free inside {}",
+                dir.display()
             ));
         }
-        let mut pattern = Pattern::new();
-        let mut data = vec![0u8; size as usize];
-        let (mut writes, mut reads) = (Vec::new(), Vec::new());
-        for run in 0..RUNS {
-            let file = TempFile(dir.join(format!("throughput-{run}.bin")));
-            let (write, read) = file_run(&file.0, &mut pattern, &mut data, run)?;
-            drop(file);
-            nix::unistd::sync();
-            writes.push(mb_per_s(size, write));
-            reads.push(mb_per_s(size, read));
-            eprintln!(
-                "  {who}: run {}/{RUNS}: write {:.1} MB/s, read {:.1} MB/s",
-                run + 1,
-                writes[run],
-                reads[run]
-            );
-        }
-        Ok(Speed {
-            write: median(writes),
-            read: median(reads),
+        let offsets: Vec<u64> = (0..size / MIB).map(|i| i * MIB).collect();
+        timed_runs(who, &offsets, true, |run| {
+            dir.join(format!("throughput-{run}.bin"))
         })
     }
 
@@ -597,7 +450,7 @@ impl Bench {
             "Raw decrypted view (status `decrypted` after `unlock --no-mount`) of a scratch copy of {SOURCE}.img, median of {RUNS} runs."
         );
         println!(
-            "Per run: {} × 1 MiB written from {} MiB on, skipping the MiB at each FVE metadata block (reserved: writes refused)",
+            "Per run: {} × 1 MiB written from {} MiB on, skipping every MiB that touches a reserved area (FVE metadata, volume header backup: writes refused)",
             FULL / MIB,
             RAW_START / MIB
         );
@@ -613,11 +466,11 @@ impl Bench {
         for (engine, cell) in raw {
             table.push(match cell {
                 Ok(s) => vec![
-                    engine.name().to_owned(),
+                    engine.as_str().to_owned(),
                     format!("{:.1}", s.write),
                     format!("{:.1}", s.read),
                 ],
-                Err(e) => vec![engine.name().to_owned(), na(e), na(e)],
+                Err(e) => vec![engine.as_str().to_owned(), na(e), na(e)],
             });
         }
         let find = |which: Engine| raw.iter().find(|(e, _)| *e == which).map(|(_, c)| c);
@@ -655,58 +508,68 @@ fn kernel_drivers() -> String {
     }
 }
 
-/// One run on `path`: (write + fsync time, cold read time).
-fn file_run(
-    path: &Path,
-    pattern: &mut Pattern,
-    data: &mut [u8],
-    run: usize,
-) -> Res<(Duration, Duration)> {
-    let size = data.len();
-    let io = |what: &str, e: std::io::Error| format!("{what} {}: {e}", path.display());
-    let t = Instant::now();
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| io("cannot create", e))?;
-    for i in 0..size / CHUNK {
-        file.write_all(pattern.chunk(run, i))
-            .map_err(|e| io("write", e))?;
-    }
-    file.sync_all().map_err(|e| io("fsync", e))?;
-    let write = t.elapsed();
-    drop(file);
-    drop_caches()?;
-    let t = Instant::now();
-    let mut file = File::open(path).map_err(|e| io("cannot open", e))?;
-    let mut done = 0;
-    while done < size {
-        let end = (done + CHUNK).min(size);
-        match file.read(&mut data[done..end]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io("read", e)),
+/// RUNS times: chunk i of the pattern written at `offsets[i]` of `path(run)` and fsynced
+/// (timed together, the open included), caches dropped, the same blocks read back cold in
+/// 1 MiB reads (timed) and compared. `new`: each run creates its file and removes it after.
+fn timed_runs(
+    who: &str,
+    offsets: &[u64],
+    new: bool,
+    path: impl Fn(usize) -> PathBuf,
+) -> Res<Speed> {
+    let mut pattern = Pattern::new();
+    let mut data = vec![0u8; offsets.len() * CHUNK];
+    let bytes = data.len() as u64;
+    let (mut writes, mut reads) = (Vec::new(), Vec::new());
+    for run in 0..RUNS {
+        let path = path(run);
+        let name = path.display();
+        let remove = new.then(|| TempFile(path.clone()));
+        let t = Instant::now();
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(new)
+            .open(&path)
+            .map_err(|e| format!("cannot open {name} for writing: {e}"))?;
+        for (i, &at) in offsets.iter().enumerate() {
+            file.write_all_at(pattern.chunk(run, i), at)
+                .map_err(|e| format!("write at byte {at} of {name}: {e}"))?;
         }
-    }
-    let read = t.elapsed();
-    if done < size {
-        return Err(format!(
-            "read {done} of {size} bytes from {}",
-            path.display()
-        ));
-    }
-    for (i, block) in data.chunks(CHUNK).enumerate() {
-        if block != pattern.chunk(run, i) {
-            return Err(format!(
-                "{} reads back differently at byte {}",
-                path.display(),
-                i * CHUNK
-            ));
+        file.sync_all()
+            .map_err(|e| format!("fsync of {name}: {e}"))?;
+        let write = t.elapsed();
+        drop(file);
+        drop_caches()?;
+        let t = Instant::now();
+        let file = File::open(&path).map_err(|e| format!("cannot open {name}: {e}"))?;
+        for (block, &at) in data.chunks_mut(CHUNK).zip(offsets) {
+            file.read_exact_at(block, at)
+                .map_err(|e| format!("read at byte {at} of {name}: {e}"))?;
         }
+        let read = t.elapsed();
+        for (i, (block, &at)) in data.chunks(CHUNK).zip(offsets).enumerate() {
+            if block != pattern.chunk(run, i) {
+                return Err(format!("{name} reads back differently at byte {at}"));
+            }
+        }
+        drop(file);
+        if let Some(file) = remove {
+            drop(file);
+            nix::unistd::sync();
+        }
+        writes.push(mb_per_s(bytes, write));
+        reads.push(mb_per_s(bytes, read));
+        eprintln!(
+            "  {who}: run {}/{RUNS}: write {:.1} MB/s, read {:.1} MB/s",
+            run + 1,
+            writes[run],
+            reads[run]
+        );
     }
-    Ok((write, read))
+    Ok(Speed {
+        write: median(writes),
+        read: median(reads),
+    })
 }
 
 /// 1 MiB of random-ish bytes; each chunk handed out carries its run and index in its first
@@ -746,42 +609,35 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// `sync; echo 3 > /proc/sys/vm/drop_caches`: page cache (FUSE files included), dentries, inodes.
 fn drop_caches() -> Res<()> {
     nix::unistd::sync();
-    fs::write("/proc/sys/vm/drop_caches", "3\n").map_err(|e| format!("drop_caches: {e}"))
-}
-
-/// The offsets of the three FVE metadata blocks, from the volume header (Windows 7 and later).
-fn metadata_offsets(image: &Path) -> Res<Vec<u64>> {
-    let mut sector = [0u8; 512];
-    File::open(image)
-        .and_then(|mut f| f.read_exact(&mut sector))
-        .map_err(|e| format!("cannot read {}: {e}", image.display()))?;
-    if &sector[3..11] != b"-FVE-FS-" {
-        return Err(format!(
-            "{} has no BitLocker volume header",
-            image.display()
-        ));
-    }
-    Ok((0..3)
-        .map(|i| {
-            let at = 0xB0 + 8 * i;
-            u64::from_le_bytes(sector[at..at + 8].try_into().unwrap_or_default())
-        })
-        .collect())
+    fs::write("/proc/sys/vm/drop_caches", "3\n")
+        .map_err(|e| format!("cannot write /proc/sys/vm/drop_caches: {e}"))
 }
 
 /// Offsets of the raw view's `FULL / MIB` blocks: 1 MiB apart from `RAW_START`, skipping every
-/// block that touches the MiB from a metadata block on (the 64 KiB block itself and, after the
-/// first, the volume-header backup: both refuse writes).
-fn raw_plan(size: u64, metadata: &[u64]) -> Res<Vec<u64>> {
-    let reserved = |at: u64| metadata.iter().any(|&m| at < m + MIB && m < at + MIB);
-    let plan: Vec<u64> = (RAW_START / MIB..size / MIB)
+/// block that touches a reserved area of the volume's layout (FVE metadata blocks, volume
+/// header backup: they refuse writes).
+fn raw_plan(image: &Path) -> Res<Vec<u64>> {
+    let name = image.display();
+    let mut file = File::open(image).map_err(|e| format!("cannot open {name}: {e}"))?;
+    let mut sector = [0u8; 512];
+    file.read_exact(&mut sector)
+        .map_err(|e| format!("cannot read {name}: {e}"))?;
+    if !is_bitlocker(&sector) {
+        return Err(format!("{name} has no BitLocker volume header"));
+    }
+    let size = file.metadata().map_err(|e| format!("{name}: {e}"))?.len();
+    let layout = read_metadata(&file)
+        .and_then(|meta| Layout::new(&meta, size))
+        .map_err(|e| format!("{name}: {e}"))?;
+    let reserved = layout.reserved();
+    let plan: Vec<u64> = (RAW_START / MIB..layout.size() / MIB)
         .map(|i| i * MIB)
-        .filter(|&at| !reserved(at))
+        .filter(|&at| !reserved.iter().any(|r| at < r.end && r.start < at + MIB))
         .take((FULL / MIB) as usize)
         .collect();
     if (plan.len() as u64) < FULL / MIB {
         return Err(format!(
-            "a {} MiB view has no room for {} MiB from {} MiB on",
+            "the {} MiB view of {name} has no room for {} MiB from {} MiB on",
             size / MIB,
             FULL / MIB,
             RAW_START / MIB
@@ -810,16 +666,6 @@ fn describe_plan(plan: &[u64]) -> String {
         })
         .collect();
     format!("MiB {} of the view", runs.join(", "))
-}
-
-fn report(who: &str, cell: &Cell) {
-    match cell {
-        Ok(s) => eprintln!(
-            "  {who}: median write {:.1} MB/s, read {:.1} MB/s",
-            s.write, s.read
-        ),
-        Err(e) => eprintln!("  {who}: n/a: {e}"),
-    }
 }
 
 fn na(reason: &str) -> String {
@@ -865,6 +711,10 @@ fn shared_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
 }
 
+fn mkdir(dir: &Path) -> Res<()> {
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
 /// The unpacked fixture images: `$GUILOCKER_FIXTURES`, else the tarball unpacked once under
 /// target/tmp/fixtures (the same place the tests use).
 fn fixtures() -> Res<PathBuf> {
@@ -878,7 +728,7 @@ fn fixtures() -> Res<PathBuf> {
         if !tarball.is_file() {
             return Err(format!("{} is missing", tarball.display()));
         }
-        fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+        mkdir(&base)?;
         eprintln!("unpacking {}", tarball.display());
         run_ok(
             Command::new("tar")
@@ -914,21 +764,23 @@ fn make_stick(root: &Path, source: &Path, fs: Fs, password: &str) -> Res<PathBuf
     eprintln!("making the {} stick", fs.title());
     let out = root.join(format!("stick-{}.img", fs.name()));
     // The tool takes the password only in argv; it is the fixture's published password.
+    let args = [
+        "-p",
+        password,
+        "-t",
+        fs.name(),
+        "-L",
+        LABEL,
+        "-P",
+        "mbr",
+        "-o",
+    ];
+    let tool = shared_dir().join("tools/make-bitlocker-stick");
     let result = run(
-        Command::new(shared_dir().join("tools/make-bitlocker-stick"))
+        Command::new(tool)
             .arg("-s")
             .arg(source)
-            .args([
-                "-p",
-                password,
-                "-t",
-                fs.name(),
-                "-L",
-                LABEL,
-                "-P",
-                "mbr",
-                "-o",
-            ])
+            .args(args)
             .arg(&out),
         None,
         Duration::from_secs(600),
@@ -940,27 +792,34 @@ fn make_stick(root: &Path, source: &Path, fs: Fs, password: &str) -> Res<PathBuf
         Ok(out)
     } else {
         Err(format!(
-            "make-bitlocker-stick -t {} failed: {}",
+            "make-bitlocker-stick -t {} -o {} failed: {}",
             fs.name(),
-            last_line(&result.stderr)
+            out.display(),
+            summary(&result.stderr)
         ))
     }
+}
+
+/// `cp --sparse=always FROM TO`; TO is removed on drop (also after a failed copy).
+fn copy(from: &Path, to: PathBuf) -> Res<TempFile> {
+    let copy = TempFile(to);
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(from)
+            .arg(&copy.0),
+        None,
+    )?;
+    Ok(copy)
 }
 
 // ---- processes ----
 
 fn which(program: &str) -> Option<PathBuf> {
-    [
-        "/usr/local/sbin",
-        "/usr/local/bin",
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-    ]
-    .iter()
-    .map(|d| Path::new(d).join(program))
-    .find(|p| p.exists())
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.exists())
 }
 
 struct Output {
@@ -976,6 +835,13 @@ fn capture() -> Res<File> {
         .map_err(|e| format!("memfd_create: {e}"))
 }
 
+/// A child's end of a `capture` file.
+fn stdio(file: &File) -> Res<Stdio> {
+    file.try_clone()
+        .map(Stdio::from)
+        .map_err(|e| format!("cannot duplicate an output memfd: {e}"))
+}
+
 fn captured(mut file: &File) -> String {
     let mut bytes = Vec::new();
     let _ = file.seek(SeekFrom::Start(0));
@@ -983,46 +849,32 @@ fn captured(mut file: &File) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-fn last_line(text: &str) -> &str {
-    text.lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("(no output)")
-}
-
-/// A program's complaint on one line, without mount(8)'s pointer to dmesg.
-fn gist(text: &str) -> String {
-    let lines: Vec<&str> = text
+/// A program's complaint on one line: its last line, without mount(8)'s pointer to dmesg.
+fn summary(text: &str) -> String {
+    let kept: Vec<&str> = text
         .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("dmesg(1) may have more information"))
+        .filter(|l| !l.trim().starts_with("dmesg(1) may have more information"))
         .collect();
-    if lines.is_empty() {
-        "(no output)".to_owned()
-    } else {
-        lines.join(" ")
-    }
+    one_line(&kept.join("\n"))
 }
 
 /// Runs `cmd` to its end (killed after `timeout`), `stdin` on its stdin.
 fn run(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Res<Output> {
     let name = cmd.get_program().to_string_lossy().into_owned();
     let (out, err) = (capture()?, capture()?);
-    let as_stdio = |f: &File| f.try_clone().map(Stdio::from).map_err(|e| e.to_string());
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
         Stdio::null()
     })
-    .stdout(as_stdio(&out)?)
-    .stderr(as_stdio(&err)?);
+    .stdout(stdio(&out)?)
+    .stderr(stdio(&err)?);
     let mut child = cmd.spawn().map_err(|e| format!("cannot run {name}: {e}"))?;
     if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
         // A child that exits without reading gets EPIPE here (SIGPIPE is ignored): fine.
         let _ = pipe.write_all(data);
     }
-    let status = wait_exit(&mut child, timeout).map_err(|e| format!("{name}: {e}"))?;
+    let status = wait_exit(&mut child, timeout).map_err(|e| format!("{name} {e}"))?;
     Ok(Output {
         code: status.code(),
         stdout: captured(&out),
@@ -1030,64 +882,89 @@ fn run(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Res<Output
     })
 }
 
-/// `run`, then its stdout; a failure names the program, its status and its last stderr line.
+/// `run`, then its stdout; a failure shows the command line (never a secret in it), its
+/// status and its last line of complaint.
 fn run_ok(cmd: &mut Command, stdin: Option<&[u8]>) -> Res<String> {
     let out = run(cmd, stdin, WAIT)?;
     if out.code == Some(0) {
         return Ok(out.stdout);
     }
-    let name = Path::new(cmd.get_program())
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let program = Path::new(cmd.get_program());
+    let line: Vec<String> = std::iter::once(program.file_name().unwrap_or(program.as_os_str()))
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let code = out.code.map_or("a signal".to_owned(), |c| c.to_string());
     let text = if out.stderr.trim().is_empty() {
         &out.stdout
     } else {
         &out.stderr
     };
-    Err(format!("{name} exited {code}: {}", gist(text)))
+    Err(format!(
+        "`{}` exited {code}: {}",
+        line.join(" "),
+        summary(text)
+    ))
 }
 
-fn pidfd(pid: u32) -> Option<OwnedFd> {
-    guilocker::process::pidfd_open(nix::unistd::Pid::from_raw(pid as i32)).ok()
+fn pidfd(pid: u32) -> Result<OwnedFd, Errno> {
+    guilocker::process::pidfd_open(nix::unistd::Pid::from_raw(pid as i32))
 }
 
-fn poll_timeout(left: Duration) -> PollTimeout {
-    PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX)
+fn sigterm(child: &Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGTERM,
+    );
+}
+
+/// poll(2) on `set` until something is ready (true) or the deadline passes (false).
+fn poll_until(set: &mut [PollFd], deadline: Instant) -> Res<bool> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let timeout = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+            .unwrap_or(PollTimeout::MAX);
+        match poll(set, timeout) {
+            Ok(0) | Err(Errno::EINTR) => {}
+            Ok(_) => return Ok(true),
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+    }
 }
 
 /// Waits until every pidfd reports its process gone; false at the deadline.
-fn wait_pidfds(fds: &[OwnedFd], timeout: Duration) -> bool {
+fn wait_pidfds(fds: &[OwnedFd], timeout: Duration) -> Res<bool> {
     let deadline = Instant::now() + timeout;
     for fd in fds {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            let mut set = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-            if matches!(poll(&mut set, poll_timeout(left)), Ok(n) if n > 0) {
-                break;
-            }
+        if !poll_until(&mut [PollFd::new(fd.as_fd(), PollFlags::POLLIN)], deadline)? {
+            return Ok(false);
         }
     }
-    true
+    Ok(true)
 }
 
-/// Waits for our child to exit (its pidfd), killing it at the deadline.
+/// Waits for our child to exit (its pidfd), killing it at the deadline or when it cannot be
+/// watched.
 fn wait_exit(child: &mut Child, timeout: Duration) -> Res<ExitStatus> {
-    if let Some(fd) = pidfd(child.id()) {
-        if !wait_pidfds(&[fd], timeout) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "did not exit within {} s (killed)",
-                timeout.as_secs()
-            ));
+    let exited = match pidfd(child.id()) {
+        Ok(fd) => wait_pidfds(&[fd], timeout),
+        Err(e) => Err(format!("pidfd_open: {e}")),
+    };
+    let why = match exited {
+        Ok(true) => {
+            return child
+                .wait()
+                .map_err(|e| format!("(pid {}): wait: {e}", child.id()))
         }
-    }
-    child.wait().map_err(|e| e.to_string())
+        Ok(false) => format!("did not exit within {} s", timeout.as_secs()),
+        Err(e) => format!("cannot be waited for ({e})"),
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!("(pid {}) {why}: killed", child.id()))
 }
 
 /// Pidfds of the processes other than us with `arg` in their command line (FUSE drivers name
@@ -1103,7 +980,7 @@ fn processes_with_arg(arg: &Path) -> Vec<OwnedFd> {
             let cmdline = fs::read(e.path().join("cmdline")).ok()?;
             let wanted = arg.as_os_str().as_encoded_bytes();
             (pid != me && cmdline.split(|b| *b == 0).any(|a| a == wanted))
-                .then(|| pidfd(pid))
+                .then(|| pidfd(pid).ok())
                 .flatten()
         })
         .collect()
@@ -1111,77 +988,25 @@ fn processes_with_arg(arg: &Path) -> Vec<OwnedFd> {
 
 // ---- the mount table ----
 
-struct Mount {
-    point: PathBuf,
-    fstype: String,
-    source: String,
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn mounts() -> Vec<Mount> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
-            let mut right = right.split(' ');
-            Some(Mount {
-                point: PathBuf::from(unescape(point)),
-                fstype: right.next()?.to_owned(),
-                source: unescape(right.next()?),
-            })
-        })
-        .collect()
-}
-
-/// The top mount at `dir`.
-fn mount_at(dir: &Path) -> Option<Mount> {
-    mounts().into_iter().rev().find(|m| m.point == dir)
-}
-
 /// Waits until `done()`, re-checking at every mount-table change; fails at the deadline, or
 /// when the process behind `exited` ends first.
 fn wait_until(what: &str, exited: Option<&OwnedFd>, mut done: impl FnMut() -> bool) -> Res<()> {
-    let table = File::open("/proc/self/mountinfo").map_err(|e| format!("mountinfo: {e}"))?;
+    let table = MountWatch::open().map_err(|e| format!("cannot open mountinfo: {e}"))?;
     let deadline = Instant::now() + WAIT;
     loop {
         if done() {
             return Ok(());
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let mut set = vec![PollFd::new(table.fd(), PollFlags::POLLPRI)];
+        if let Some(fd) = exited {
+            set.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+        if !poll_until(&mut set, deadline).map_err(|e| format!("waiting for {what}: {e}"))? {
             return Err(format!(
                 "timed out after {} s waiting for {what}",
                 WAIT.as_secs()
             ));
         }
-        let mut set = vec![PollFd::new(table.as_fd(), PollFlags::POLLPRI)];
-        if let Some(fd) = exited {
-            set.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-        }
-        let _ = poll(&mut set, poll_timeout(left));
         let gone = set
             .get(1)
             .and_then(PollFd::revents)
@@ -1198,7 +1023,7 @@ fn wait_until(what: &str, exited: Option<&OwnedFd>, mut done: impl FnMut() -> bo
 
 /// `umount DIR`, lazily if it is busy.
 fn unmount(dir: &Path) -> Res<()> {
-    if mount_at(dir).is_none() {
+    if mounted_at(dir).is_none() {
         return Ok(());
     }
     if let Err(e) = run_ok(Command::new("umount").arg(dir), None) {
@@ -1219,7 +1044,7 @@ impl Scratch {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("bench-throughput-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        mkdir(&dir)?;
         // Mountpoints are compared with the mount table, which has canonical paths.
         let dir = fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         Ok(Self(dir))
@@ -1230,24 +1055,25 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let mut left: Vec<PathBuf> = mounts()
             .into_iter()
-            .map(|m| m.point)
+            .map(|m| m.mountpoint)
             .filter(|p| p.starts_with(&self.0))
             .collect();
         left.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         for point in left {
             eprintln!("cleanup: {} was still mounted", point.display());
-            let _ = run(Command::new("umount").arg("--lazy").arg(&point), None, WAIT);
+            if let Err(e) = run_ok(Command::new("umount").arg("--lazy").arg(&point), None) {
+                eprintln!("cleanup: {e}");
+            }
         }
-        if let Ok(list) = run_ok(
+        let list = run_ok(
             Command::new("losetup").args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"]),
             None,
-        ) {
-            for line in list.lines() {
-                if let Some((dev, file)) = line.trim().split_once(' ') {
-                    if Path::new(file.trim()).starts_with(&self.0) {
-                        eprintln!("cleanup: {dev} was still attached");
-                        let _ = run(Command::new("losetup").args(["-d", dev]), None, WAIT);
-                    }
+        );
+        for line in list.as_deref().unwrap_or_default().lines() {
+            if let Some((dev, file)) = line.trim().split_once(' ') {
+                if Path::new(file.trim()).starts_with(&self.0) {
+                    eprintln!("cleanup: {dev} was still attached");
+                    detach(dev);
                 }
             }
         }
@@ -1263,6 +1089,13 @@ struct TempFile(PathBuf);
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// `losetup -d DEV`, a failure logged.
+fn detach(dev: &str) {
+    if let Err(e) = run_ok(Command::new("losetup").args(["-d", dev]), None) {
+        eprintln!("cleanup: {e}");
     }
 }
 
@@ -1283,14 +1116,21 @@ impl Loop {
         }
         let dev = run_ok(cmd.arg(image), None)?.trim().to_owned();
         if !dev.starts_with("/dev/loop") {
-            return Err(format!("losetup printed {dev:?}"));
+            return Err(format!("losetup printed {dev:?} for {}", image.display()));
         }
         let stick = Self { dev, partitioned };
         if partitioned {
             // Fails harmlessly when the kernel added the partition already.
-            let _ = run(Command::new("partx").args(["-a", &stick.dev]), None, WAIT);
+            let partx = run_ok(Command::new("partx").args(["-a", &stick.dev]), None);
             if !Path::new(&stick.volume()).exists() {
-                return Err(format!("{} did not appear", stick.volume()));
+                return Err(format!(
+                    "{} (partition 1 of {}) did not appear: {}",
+                    stick.volume(),
+                    image.display(),
+                    partx
+                        .err()
+                        .unwrap_or_else(|| "partx -a succeeded".to_owned())
+                ));
             }
         }
         Ok(stick)
@@ -1308,7 +1148,7 @@ impl Loop {
 
 impl Drop for Loop {
     fn drop(&mut self) {
-        let _ = run(Command::new("losetup").args(["-d", &self.dev]), None, WAIT);
+        detach(&self.dev);
     }
 }
 
@@ -1322,33 +1162,42 @@ struct FuseMount {
 
 impl FuseMount {
     fn adopt(dir: &Path) -> Res<Self> {
-        let mut me = Self {
-            dir: dir.to_owned(),
-            drivers: Vec::new(),
-            done: false,
-        };
         wait_until(&format!("a mount at {}", dir.display()), None, || {
-            mount_at(dir).is_some()
+            mounted_at(dir).is_some()
         })?;
-        me.drivers = processes_with_arg(dir);
-        Ok(me)
+        Ok(Self {
+            dir: dir.to_owned(),
+            drivers: processes_with_arg(dir),
+            done: false,
+        })
     }
 
     fn describe(&self) -> String {
-        mount_at(&self.dir).map_or_else(String::new, |m| format!("{} on {}", m.fstype, m.source))
+        mounts()
+            .into_iter()
+            .rev()
+            .find(|m| m.mountpoint == self.dir)
+            .map_or_else(String::new, |m| format!("{} on {}", m.fs_type, m.source))
     }
 
     fn unmount(mut self) -> Res<()> {
+        self.put_away()?;
         self.done = true;
-        self.put_away()
+        Ok(())
     }
 
     fn put_away(&mut self) -> Res<()> {
         unmount(&self.dir)?;
-        if !wait_pidfds(&self.drivers, WAIT) {
-            return Err(format!(
-                "the driver of {} still runs after unmount",
+        if self.drivers.is_empty() {
+            eprintln!(
+                "  warning: found no driver process for {}: cannot wait for it to exit",
                 self.dir.display()
+            );
+        } else if !wait_pidfds(&self.drivers, WAIT)? {
+            return Err(format!(
+                "the driver of {} still runs {} s after unmount",
+                self.dir.display(),
+                WAIT.as_secs()
             ));
         }
         Ok(())
@@ -1380,21 +1229,27 @@ impl Dislocker {
             .arg(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(err.try_clone().map_err(|e| e.to_string())?)
+            .stderr(stdio(&err)?)
             .spawn()
             .map_err(|e| format!("cannot run dislocker: {e}"))?;
         if let Some(mut pipe) = child.stdin.take() {
             let _ = pipe.write_all(password_line);
         }
-        let pid = pidfd(child.id());
+        let pid = pidfd(child.id()).ok();
         let me = Self {
             child: Some(child),
             dir: dir.to_owned(),
         };
         wait_until("dislocker's FUSE mount", pid.as_ref(), || {
-            mount_at(dir).is_some_and(|m| m.fstype == "fuse.dislocker")
+            mounted_at(dir).is_some_and(|t| t == "fuse.dislocker")
         })
-        .map_err(|e| format!("dislocker {e}: {}", last_line(&captured(&err))))?;
+        .map_err(|e| {
+            format!(
+                "dislocker -V {volume} on {} {e}: {}",
+                dir.display(),
+                summary(&captured(&err))
+            )
+        })?;
         Ok(me)
     }
 
@@ -1408,14 +1263,11 @@ impl Dislocker {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        let unmounted = if mount_at(&self.dir).is_some() {
+        let unmounted = if mounted_at(&self.dir).is_some() {
             unmount(&self.dir)
         } else {
             // Never mounted (wrong password, a timeout): nothing to flush.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::SIGTERM,
-            );
+            sigterm(&child);
             Ok(())
         };
         wait_exit(&mut child, WAIT).map_err(|e| format!("dislocker {e}"))?;
@@ -1439,22 +1291,22 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(root: &Path, name: &str, extra_config: &str) -> Res<Self> {
+    fn start(root: &Path, engine: Engine) -> Res<Self> {
+        let name = engine.as_str();
         let dir = root.join(format!("daemon-{name}"));
         let media = dir.join("media");
-        fs::create_dir_all(&media)
-            .map_err(|e| format!("cannot create {}: {e}", media.display()))?;
+        mkdir(&media)?;
         let config = dir.join("config.toml");
         fs::write(
             &config,
             format!(
-                "include_loop_devices = true\nmount_root = \"{}\"\n{extra_config}",
+                "include_loop_devices = true\nmount_root = \"{}\"\nengine = \"{name}\"\n",
                 media.display()
             ),
         )
         .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
         let socket = dir.join("control.sock");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_guilocker"))
+        let mut child = Command::new(GUILOCKER)
             .args(["daemon", "--foreground", "--config"])
             .arg(&config)
             .arg("--socket")
@@ -1467,85 +1319,74 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot run the daemon: {e}"))?;
+            .map_err(|e| format!("cannot run {GUILOCKER}: {e}"))?;
         let stderr = child.stderr.take();
         let (tx, rx) = mpsc::channel();
-        let tag = name.to_owned();
         std::thread::spawn(move || {
             for line in stderr
                 .into_iter()
                 .flat_map(|s| BufReader::new(s).lines().map_while(Result::ok))
             {
-                eprintln!("  daemon[{tag}]| {line}");
+                eprintln!("  daemon[{name}]| {line}");
                 let _ = tx.send(line);
             }
         });
-        let mut daemon = Self {
+        // Dropped on failure: SIGTERM, waited for.
+        let daemon = Self {
             child: Some(child),
             socket,
         };
         let deadline = Instant::now() + WAIT;
         let mut last = String::new();
-        loop {
+        let why = loop {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) if line.contains("listening on") => return Ok(daemon),
                 Ok(line) => last = line,
                 Err(RecvTimeoutError::Timeout) => {
-                    return Err(format!(
-                        "the daemon did not listen within {} s",
-                        WAIT.as_secs()
-                    ))
+                    break format!("did not listen within {} s", WAIT.as_secs())
                 }
-                Err(RecvTimeoutError::Disconnected) => {
-                    if let Some(mut child) = daemon.child.take() {
-                        let _ = wait_exit(&mut child, WAIT);
-                    }
-                    return Err(format!("daemon does not start: {}", short_error(&last)));
-                }
+                Err(RecvTimeoutError::Disconnected) => break "exited".to_owned(),
             }
-        }
+        };
+        Err(format!(
+            "{GUILOCKER} daemon (socket {}) {why}; its last log line: {}",
+            daemon.socket.display(),
+            one_line(&last)
+        ))
     }
 
     /// The CLI against this daemon, as root; its stdout, or why it failed.
     fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Res<String> {
         run_ok(
-            Command::new(env!("CARGO_BIN_EXE_guilocker"))
+            Command::new(GUILOCKER)
                 .args(args)
-                .env("GUILOCKER_SOCKET", &self.socket),
+                .env(SOCKET_ENV, &self.socket),
             stdin,
         )
-        .map_err(|e| format!("{}: {e}", args.first().copied().unwrap_or("")))
     }
 
-    /// A subscription, with a read deadline.
+    /// A subscription; `wait_event` sets its read deadlines.
     fn events(&self) -> Res<Events> {
-        let events = Client::connect(&self.socket)
+        Client::connect(&self.socket)
             .and_then(Client::subscribe)
-            .map_err(|e| e.to_string())?;
-        events
-            .stream()
-            .set_read_timeout(Some(WAIT))
-            .map_err(|e| e.to_string())?;
-        Ok(events)
+            .map_err(|e| format!("cannot subscribe at {}: {e}", self.socket.display()))
     }
 
     fn device(&self, dev: &str) -> Res<DeviceInfo> {
+        let socket = self.socket.display();
         Client::connect(&self.socket)
             .and_then(|mut c| c.status())
-            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("status from {socket}: {e}"))?
             .into_iter()
             .find(|d| d.device == dev)
-            .ok_or_else(|| format!("the daemon does not list {dev}"))
+            .ok_or_else(|| format!("the daemon at {socket} does not list {dev}"))
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::SIGTERM,
-            );
+            sigterm(&child);
             if let Err(e) = wait_exit(&mut child, WAIT) {
                 eprintln!("cleanup: the daemon {e}");
             }
@@ -1553,42 +1394,19 @@ impl Drop for Daemon {
     }
 }
 
-/// `guilocker: config /x/config.toml: unknown field `engine`, expected one of …` →
-/// `unknown field `engine``.
-fn short_error(line: &str) -> String {
-    let line = line.strip_prefix("guilocker: ").unwrap_or(line);
-    let line = match line.strip_prefix("config ") {
-        Some(rest) => rest.split_once(": ").map_or(rest, |(_, why)| why),
-        None => line,
-    };
-    let line = line.split(", expected").next().unwrap_or(line);
-    if line.is_empty() {
-        "it exited".to_owned()
-    } else {
-        line.to_owned()
-    }
-}
-
 /// A volume unlocked through the daemon: `guilocker unmount DEV` (which also locks a volume
-/// opened with --no-mount) on drop, unless `lock` did it.
+/// opened with --no-mount) on drop, `--force` if that fails, unless `lock` did it.
 struct Unlocked<'a> {
     daemon: &'a Daemon,
     dev: String,
     done: bool,
 }
 
-impl<'a> Unlocked<'a> {
-    fn new(daemon: &'a Daemon, dev: &str) -> Self {
-        Self {
-            daemon,
-            dev: dev.to_owned(),
-            done: false,
-        }
-    }
-
+impl Unlocked<'_> {
     fn lock(mut self) -> Res<()> {
+        self.daemon.cli(&["unmount", &self.dev], None)?;
         self.done = true;
-        self.daemon.cli(&["unmount", &self.dev], None).map(drop)
+        Ok(())
     }
 }
 
@@ -1599,18 +1417,21 @@ impl Drop for Unlocked<'_> {
         }
         // After a failed unlock there is nothing to unmount: that error is expected.
         if self.daemon.cli(&["unmount", &self.dev], None).is_err() {
-            let _ = self.daemon.cli(&["unmount", &self.dev, "--force"], None);
+            if let Err(e) = self.daemon.cli(&["unmount", &self.dev, "--force"], None) {
+                eprintln!("cleanup: {e}");
+            }
         }
     }
 }
 
 /// Fails when status says another engine serves the volume than the row is about.
 fn served_by(info: &DeviceInfo, engine: Engine) -> Res<()> {
-    match info.engine.map(|e| e.as_str()) {
-        Some(other) if other != engine.name() => Err(format!(
-            "{}: served by {other}, not {}",
+    match info.engine {
+        Some(other) if other != engine => Err(format!(
+            "{}: served by {}, not {}",
             info.device,
-            engine.name()
+            other.as_str(),
+            engine.as_str()
         )),
         _ => Ok(()),
     }
@@ -1621,15 +1442,26 @@ fn wait_event(
     events: &mut Events,
     what: &str,
     mut pred: impl FnMut(EventKind, &DeviceInfo) -> bool,
-) -> Res<DeviceInfo> {
+) -> Res<()> {
     let deadline = Instant::now() + WAIT;
+    let timed_out = || format!("timed out waiting for {what}");
     loop {
-        if Instant::now() >= deadline {
-            return Err(format!("timed out waiting for {what}"));
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
         }
+        events
+            .stream()
+            .set_read_timeout(Some(left))
+            .map_err(|e| format!("cannot set a read timeout on the event stream: {e}"))?;
         match events.next() {
-            Some(Ok((kind, info))) if pred(kind, &info) => return Ok(info),
+            Some(Ok((kind, info))) if pred(kind, &info) => return Ok(()),
             Some(Ok(_)) => {}
+            Some(Err(ClientError::Frame(FrameError::Io(e))))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                return Err(timed_out())
+            }
             Some(Err(e)) => return Err(format!("waiting for {what}: {e}")),
             None => {
                 return Err(format!(
