@@ -44,12 +44,30 @@ fn xor_key(sector: &mut [u8], key: &[u8; 32]) {
     }
 }
 
+/// `i - k` modulo `n`, for `k < n` (no division in the inner loops).
+fn back(i: usize, k: usize, n: usize) -> usize {
+    if i >= k {
+        i - k
+    } else {
+        i + n - k
+    }
+}
+
+/// `i + k` modulo `n`, for `i < n` and `k < n`.
+fn ahead(i: usize, k: usize, n: usize) -> usize {
+    if i + k < n {
+        i + k
+    } else {
+        i + k - n
+    }
+}
+
 /// Diffuser A, decrypt direction: d[i] += d[i-2] ^ rot(d[i-5], RA[i % 4]), i ascending.
 fn a_decrypt(d: &mut [u32]) {
     let n = d.len();
     for _ in 0..CYCLES_A {
         for i in 0..n {
-            let x = d[(i + n - 2) % n] ^ d[(i + n - 5) % n].rotate_left(RA[i % 4]);
+            let x = d[back(i, 2, n)] ^ d[back(i, 5, n)].rotate_left(RA[i & 3]);
             d[i] = d[i].wrapping_add(x);
         }
     }
@@ -59,7 +77,7 @@ fn a_encrypt(d: &mut [u32]) {
     let n = d.len();
     for _ in 0..CYCLES_A {
         for i in (0..n).rev() {
-            let x = d[(i + n - 2) % n] ^ d[(i + n - 5) % n].rotate_left(RA[i % 4]);
+            let x = d[back(i, 2, n)] ^ d[back(i, 5, n)].rotate_left(RA[i & 3]);
             d[i] = d[i].wrapping_sub(x);
         }
     }
@@ -70,7 +88,7 @@ fn b_decrypt(d: &mut [u32]) {
     let n = d.len();
     for _ in 0..CYCLES_B {
         for i in 0..n {
-            let x = d[(i + 2) % n] ^ d[(i + 5) % n].rotate_left(RB[i % 4]);
+            let x = d[ahead(i, 2, n)] ^ d[ahead(i, 5, n)].rotate_left(RB[i & 3]);
             d[i] = d[i].wrapping_add(x);
         }
     }
@@ -80,7 +98,7 @@ fn b_encrypt(d: &mut [u32]) {
     let n = d.len();
     for _ in 0..CYCLES_B {
         for i in (0..n).rev() {
-            let x = d[(i + 2) % n] ^ d[(i + 5) % n].rotate_left(RB[i % 4]);
+            let x = d[ahead(i, 2, n)] ^ d[ahead(i, 5, n)].rotate_left(RB[i & 3]);
             d[i] = d[i].wrapping_sub(x);
         }
     }

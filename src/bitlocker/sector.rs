@@ -11,6 +11,8 @@ use super::elephant;
 use super::error::BitlockerError;
 use super::info::Cipher;
 use super::keys::Fvek;
+use aes::cipher::consts::U16;
+use aes::cipher::inout::InOutBuf;
 use aes::cipher::{generic_array::GenericArray, BlockDecrypt, BlockEncrypt, KeyInit};
 use aes::{Aes128, Aes256, Block};
 use std::fmt;
@@ -46,10 +48,20 @@ impl AesKey {
         }
     }
 
-    fn decrypt_blocks(&self, blocks: &mut [Block]) {
+    /// ECB over whole blocks of `buf`, in place, with no copy (the blocks are views of it).
+    fn encrypt_in_place(&self, buf: &mut [u8]) {
+        let (blocks, _) = InOutBuf::from(buf).into_chunks::<U16>();
         match self {
-            Self::A128(k) => k.decrypt_blocks(blocks),
-            Self::A256(k) => k.decrypt_blocks(blocks),
+            Self::A128(k) => k.encrypt_blocks_inout(blocks),
+            Self::A256(k) => k.encrypt_blocks_inout(blocks),
+        }
+    }
+
+    fn decrypt_in_place(&self, buf: &mut [u8]) {
+        let (blocks, _) = InOutBuf::from(buf).into_chunks::<U16>();
+        match self {
+            Self::A128(k) => k.decrypt_blocks_inout(blocks),
+            Self::A256(k) => k.decrypt_blocks_inout(blocks),
         }
     }
 
@@ -196,105 +208,82 @@ impl SectorCipher {
     }
 }
 
-/// Per-call working blocks (one sector's worth), wiped when done: they held plaintext.
+/// Per-call working space, wiped when done: the ciphertext copy CBC decryption needs, and
+/// one sector's XTS tweaks.
 struct Scratch {
-    blocks: Vec<Block>,
-    tweaks: Vec<Block>,
+    copy: Vec<u8>,
+    tweaks: Vec<u128>,
 }
 
 impl Scratch {
     fn new(blocks: usize) -> Self {
         debug_assert!(blocks <= MAX_BLOCKS);
         Self {
-            blocks: vec![Block::default(); blocks],
-            tweaks: vec![Block::default(); blocks],
+            copy: vec![0; blocks * BLOCK],
+            tweaks: vec![0; blocks],
         }
     }
 
     fn wipe(&mut self) {
         use zeroize::Zeroize;
-        for b in self.blocks.iter_mut().chain(self.tweaks.iter_mut()) {
-            b.as_mut_slice().zeroize();
-        }
-    }
-
-    fn load(&mut self, sector: &[u8]) {
-        for (b, c) in self.blocks.iter_mut().zip(sector.chunks_exact(BLOCK)) {
-            b.copy_from_slice(c);
-        }
-    }
-
-    fn store(&self, sector: &mut [u8]) {
-        for (b, c) in self.blocks.iter().zip(sector.chunks_exact_mut(BLOCK)) {
-            c.copy_from_slice(b);
-        }
+        self.copy.zeroize();
+        self.tweaks.zeroize();
     }
 }
 
-fn xor_into(dst: &mut [u8], src: &[u8]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d ^= s;
-    }
+fn block_at(buf: &[u8], i: usize) -> u128 {
+    let mut b = [0u8; BLOCK];
+    b.copy_from_slice(&buf[i * BLOCK..(i + 1) * BLOCK]);
+    u128::from_le_bytes(b)
+}
+
+fn xor_block(buf: &mut [u8], i: usize, with: u128) {
+    let v = block_at(buf, i) ^ with;
+    buf[i * BLOCK..(i + 1) * BLOCK].copy_from_slice(&v.to_le_bytes());
 }
 
 /// Multiplies an XTS tweak by x in GF(2^128), little-endian as IEEE 1619 defines it.
-fn mul_x(t: &mut Block) {
-    let v = u128::from_le_bytes((*t).into());
-    let carry = (v >> 127) as u8;
-    let v = (v << 1) ^ (u128::from(carry) * 0x87);
-    t.copy_from_slice(&v.to_le_bytes());
+fn mul_x(t: u128) -> u128 {
+    (t << 1) ^ ((t >> 127) * 0x87)
 }
 
-/// AES-XTS of one data unit (a sector; no ciphertext stealing, sectors are whole blocks).
+/// AES-XTS of one data unit (a sector; no ciphertext stealing, sectors are whole blocks),
+/// in place: XOR the tweaks in, one AES batch over the sector, XOR them out.
 fn xts(data: &AesKey, tweak: &AesKey, unit: u64, sector: &mut [u8], s: &mut Scratch, enc: bool) {
-    let mut t = Block::default();
-    t[..8].copy_from_slice(&unit.to_le_bytes());
-    tweak.encrypt_blocks(std::slice::from_mut(&mut t));
-    for slot in s.tweaks.iter_mut() {
+    let mut t = u128::from_le_bytes(tweak.encrypt_offset(unit, 0));
+    for (i, slot) in s.tweaks.iter_mut().enumerate() {
         *slot = t;
-        mul_x(&mut t);
-    }
-    s.load(sector);
-    for (b, t) in s.blocks.iter_mut().zip(&s.tweaks) {
-        xor_into(b, t);
+        xor_block(sector, i, t);
+        t = mul_x(t);
     }
     if enc {
-        data.encrypt_blocks(&mut s.blocks);
+        data.encrypt_in_place(sector);
     } else {
-        data.decrypt_blocks(&mut s.blocks);
+        data.decrypt_in_place(sector);
     }
-    for (b, t) in s.blocks.iter_mut().zip(&s.tweaks) {
-        xor_into(b, t);
+    for (i, &t) in s.tweaks.iter().enumerate() {
+        xor_block(sector, i, t);
     }
-    s.store(sector);
 }
 
 /// CBC decryption parallelises: decrypt every block at once, then XOR each with the
-/// ciphertext block before it.
+/// ciphertext block before it (kept in a copy).
 fn cbc_decrypt(key: &AesKey, iv: &[u8; BLOCK], sector: &mut [u8], s: &mut Scratch) {
-    s.load(sector);
-    key.decrypt_blocks(&mut s.blocks);
-    // Walk backwards so each block's predecessor is still ciphertext when it is used.
-    let n = s.blocks.len();
-    for i in (0..n).rev() {
-        let (head, tail) = sector.split_at_mut(i * BLOCK);
-        let prev: &[u8] = if i == 0 { iv } else { &head[(i - 1) * BLOCK..] };
-        let out = &mut tail[..BLOCK];
-        for ((o, p), b) in out.iter_mut().zip(prev).zip(s.blocks[i].iter()) {
-            *o = p ^ b;
-        }
+    s.copy.copy_from_slice(sector);
+    key.decrypt_in_place(sector);
+    xor_block(sector, 0, u128::from_le_bytes(*iv));
+    for i in 1..sector.len() / BLOCK {
+        xor_block(sector, i, block_at(&s.copy, i - 1));
     }
 }
 
 /// CBC encryption is a chain: one block at a time.
 fn cbc_encrypt(key: &AesKey, iv: &[u8; BLOCK], sector: &mut [u8]) {
-    let mut prev = Block::clone_from_slice(iv);
+    let mut prev = u128::from_le_bytes(*iv);
     for chunk in sector.chunks_exact_mut(BLOCK) {
-        let mut b = Block::clone_from_slice(chunk);
-        xor_into(&mut b, &prev);
-        key.encrypt_blocks(std::slice::from_mut(&mut b));
-        chunk.copy_from_slice(&b);
-        prev = b;
+        xor_block(chunk, 0, prev);
+        key.encrypt_in_place(chunk);
+        prev = block_at(chunk, 0);
     }
 }
 
@@ -407,26 +396,23 @@ mod tests {
     }
 
     #[test]
-    fn cbc_matches_the_chained_definition() {
-        // CBC-decrypting in one batch must equal decrypting block by block.
-        let key = AesKey::new(&[7u8; 32]).unwrap();
-        let iv = key.encrypt_offset(0x1234_0000, 0);
-        let plain: Vec<u8> = (0..512).map(|i| (i % 13) as u8).collect();
-        let mut enc = plain.clone();
-        cbc_encrypt(&key, &iv, &mut enc);
-        let mut prev = iv.to_vec();
-        let mut by_block = Vec::new();
-        for c in enc.chunks(16) {
-            let mut b = Block::clone_from_slice(c);
-            key.decrypt_blocks(std::slice::from_mut(&mut b));
-            xor_into(&mut b, &prev);
-            by_block.extend_from_slice(&b);
-            prev = c.to_vec();
-        }
-        assert_eq!(by_block, plain);
-        let mut batch = enc.clone();
-        cbc_decrypt(&key, &iv, &mut batch, &mut Scratch::new(32));
-        assert_eq!(batch, plain);
+    fn cbc_matches_nist_sp800_38a() {
+        // F.2.1/F.2.2, CBC-AES128: the batched decryption and the chained encryption.
+        let key = AesKey::new(&hex("2b7e151628aed2a6abf7158809cf4f3c")).unwrap();
+        let iv: [u8; 16] = hex("000102030405060708090a0b0c0d0e0f").try_into().unwrap();
+        let plain = hex(concat!(
+            "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51",
+            "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710"
+        ));
+        let cipher = hex(concat!(
+            "7649abac8119b246cee98e9b12e9197d5086cb9b507219ee95db113a917678b2",
+            "73bed6b8e3c1743b7116e69e222295163ff1caa1681fac09120eca307586e1a7"
+        ));
+        let mut buf = plain.clone();
+        cbc_encrypt(&key, &iv, &mut buf);
+        assert_eq!(buf, cipher);
+        cbc_decrypt(&key, &iv, &mut buf, &mut Scratch::new(4));
+        assert_eq!(buf, plain);
     }
 
     #[test]
