@@ -131,7 +131,10 @@ pub fn remove_dirs(dirs: &[PathBuf]) {
 }
 
 fn attach_loop(device: &str, file: &Path, read_only: bool) -> Result<String, DaemonError> {
-    let mut cmd = Command::new(LOSETUP).args(["--find", "--show"]);
+    // Direct I/O: the loop device's requests go straight to the engine, not through a second
+    // page cache of the view file (exFAT through the native engine: 277 -> 323 MB/s write,
+    // 470 -> 600 read in one run).
+    let mut cmd = Command::new(LOSETUP).args(["--find", "--show", "--direct-io=on"]);
     if read_only {
         cmd = cmd.arg("--read-only");
     }
