@@ -146,9 +146,19 @@ fn attach_loop(device: &str, file: &Path, read_only: bool) -> Result<String, Dae
         .lines()
         .map(str::trim)
         .find(|l| l.starts_with("/dev/loop"));
-    dev.map(str::to_owned).ok_or_else(|| {
+    let dev = dev.map(str::to_owned).ok_or_else(|| {
         DaemonError::failed(device, format!("losetup printed no device: {}", out.trim()))
-    })
+    })?;
+    // With direct I/O nothing reads ahead for the driver but the loop device itself: let it
+    // ask the engine for 1 MiB at a time, as the engine's FUSE readahead would.
+    let name = dev.trim_start_matches("/dev/");
+    let knob = Path::new("/sys/block")
+        .join(name)
+        .join("queue/read_ahead_kb");
+    if let Err(e) = std::fs::write(&knob, "1024") {
+        log::warn!("{device}: cannot set {}: {e}", knob.display());
+    }
+    Ok(dev)
 }
 
 pub fn detach_loop(loop_device: &str) {
