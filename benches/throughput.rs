@@ -76,6 +76,7 @@ impl Fs {
 /// The table row of a daemon with `engine = NAME`.
 fn row(engine: Engine) -> &'static str {
     match engine {
+        Engine::DmCrypt => "guilocker, dm-crypt",
         Engine::Native => "guilocker, native engine",
         Engine::Dislocker => "guilocker, dislocker",
     }

@@ -9,7 +9,8 @@ source packaging/lib.sh
 [[ $(id -u) == 0 ]] || { echo "install.sh: run as root: sudo packaging/install.sh" >&2; exit 1; }
 
 prefix=${PREFIX:-/usr/local}
-runtime=(dislocker ntfs-3g exfat-fuse fusefat util-linux mount)
+# cryptsetup: the kernel path (dm-crypt) where the kernel has device-mapper.
+runtime=(dislocker ntfs-3g exfat-fuse fusefat util-linux mount cryptsetup-bin)
 build=(pkg-config libgtk-4-dev libadwaita-1-dev)
 ensure_packages "${runtime[@]}" "${build[@]}"
 ensure_cargo
@@ -31,6 +32,12 @@ install -D -m 0644 packaging/org.guilocker.Dialog.desktop \
 install -D -m 0644 assets/guilocker.svg "$prefix/share/icons/hicolor/scalable/apps/guilocker.svg"
 if [[ -f $prefix/share/icons/hicolor/index.theme ]] && command -v gtk-update-icon-cache >/dev/null; then
   gtk-update-icon-cache -q "$prefix/share/icons/hicolor"
+fi
+
+# udisks (GNOME, KDE) leaves our drives and our decrypted devices alone.
+install -D -m 0644 packaging/udev/75-guilocker.rules /etc/udev/rules.d/75-guilocker.rules
+if command -v udevadm >/dev/null && [[ -S /run/udev/control ]]; then
+  udevadm control --reload
 fi
 
 if [[ -d /run/systemd/system ]]; then

@@ -26,17 +26,25 @@ pub struct Config {
     pub poll_interval_ms: u64,
     /// Extra mount options per filesystem, e.g. `ntfs = ["windows_names"]`.
     pub mount_options: BTreeMap<String, Vec<String>>,
-    /// Which engine decrypts: our own where it can (`auto`), or always dislocker.
+    /// Which engine decrypts: the kernel's dm-crypt, else our own, else dislocker (`auto`),
+    /// or one of them always.
     pub engine: EngineChoice,
+    /// Leave BitLocker drives to the desktop (GNOME/KDE ask through udisks): no dialog from
+    /// the agent, and the desktop is not told to ignore them. `guilocker unlock` still works.
+    pub leave_bitlocker_to_desktop: bool,
 }
 
 /// The `engine` key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EngineChoice {
-    /// The native engine for every volume our reader lays out, dislocker for the rest.
+    /// dm-crypt where the kernel has device-mapper and the cipher, else the native engine
+    /// for every volume our reader lays out, dislocker for the rest.
     #[default]
     Auto,
+    /// Only dm-crypt; a volume it cannot open fails to unlock.
+    #[serde(rename = "dm-crypt")]
+    DmCrypt,
     /// Only the native engine; a volume it cannot lay out fails to unlock.
     Native,
     /// Always dislocker.
@@ -53,6 +61,7 @@ impl Default for Config {
             poll_interval_ms: 2000,
             mount_options: BTreeMap::new(),
             engine: EngineChoice::Auto,
+            leave_bitlocker_to_desktop: false,
         }
     }
 }
@@ -200,6 +209,10 @@ mod tests {
         assert_eq!(
             parse("engine = \"native\"").unwrap().engine,
             EngineChoice::Native
+        );
+        assert_eq!(
+            parse("engine = \"dm-crypt\"").unwrap().engine,
+            EngineChoice::DmCrypt
         );
         let e = parse("engine = \"fast\"").unwrap_err().to_string();
         assert!(e.contains("fast") || e.contains("variant"), "{e}");

@@ -539,6 +539,11 @@ impl Reaper {
     }
 }
 
+/// Where `program` is on the PATH our children get, if it is installed.
+pub fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    resolve(OsStr::new(program)).map(Into::into)
+}
+
 /// Finds `program` on the fixed PATH the children get (resolved before fork: execvpe may
 /// allocate).
 fn resolve(program: &OsStr) -> Option<OsString> {

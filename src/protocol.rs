@@ -184,6 +184,9 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Engine {
+    /// The kernel's dm-crypt, set up by cryptsetup with our key: the desktop's fast path.
+    #[serde(rename = "dm-crypt")]
+    DmCrypt,
     /// `guilocker engine`: our own, multithreaded.
     Native,
     /// dislocker: for volumes our reader cannot lay out, or when the config asks for it.
@@ -193,6 +196,7 @@ pub enum Engine {
 impl Engine {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::DmCrypt => "dm-crypt",
             Self::Native => "native",
             Self::Dislocker => "dislocker",
         }
@@ -273,6 +277,10 @@ pub struct DeviceInfo {
     /// restarts. Tells a stick plugged in again under the same name from the one before.
     #[serde(default)]
     pub diskseq: Option<u64>,
+    /// The config leaves BitLocker drives to the desktop's own dialog
+    /// (`leave_bitlocker_to_desktop`): the login agent does not ask for this one.
+    #[serde(default)]
+    pub left_to_desktop: bool,
 }
 
 /// Agent → dialog, on the dialog's stdin.

@@ -451,3 +451,75 @@ fn native_view_matches_images_conf() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The key we hand to dm-crypt (`cryptsetup open --volume-key-file`) is, for every cipher,
+/// the one cryptsetup itself derives: `cryptsetup bitlkDump --dump-volume-key` on each image
+/// that has a password or a startup key (cryptsetup cannot open the others by itself). Needs
+/// no device-mapper, so it runs on the host.
+#[test]
+fn dm_crypt_key_matches_cryptsetup() {
+    let Some(dir) = fixtures() else { return };
+    if Command::new("cryptsetup")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        skip::<()>("cryptsetup is not installed");
+        return;
+    }
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dm-keys");
+    fs::create_dir_all(&work).unwrap();
+    let mut report = Vec::new();
+    for (name, conf) in images(&dir) {
+        let meta = load(&dir, &name);
+        if meta.info.state != EncryptionState::Complete {
+            continue;
+        }
+        let image = dir.join(format!("{name}.img"));
+        let dumped = work.join(format!("{name}.key"));
+        let _ = fs::remove_file(&dumped);
+        let mut cmd = Command::new("cryptsetup");
+        cmd.args(["bitlkDump", "--dump-volume-key", "--volume-key-file"])
+            .arg(&dumped);
+        let (secret, stdin) = if let Some(pw) = field(&conf, "PW") {
+            (Secret::Password(pw.into()), pw.as_bytes().to_vec())
+        } else if let Some(sk) = field(&conf, "SK_VMK_GUID") {
+            let bek = dir.join(format!("{}.BEK", sk.to_uppercase()));
+            cmd.arg("--key-file").arg(&bek);
+            (Secret::Bek(fs::read(&bek).unwrap()), Vec::new())
+        } else {
+            continue;
+        };
+        let mut child = cmd
+            .arg(&image)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: cryptsetup bitlkDump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let theirs = fs::read(&dumped).unwrap();
+        fs::remove_file(&dumped).unwrap();
+        let fvek = unlock(&meta, secret.key()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let ours = fvek.dm_crypt_key().expect("a known cipher");
+        assert!(
+            *ours == theirs,
+            "{name}: our dm-crypt key ({} bytes) differs from cryptsetup's ({} bytes)",
+            ours.len(),
+            theirs.len()
+        );
+        report.push(format!(
+            "{name:42} {:16} {} bytes: same as cryptsetup's",
+            cipher_name(meta.info.cipher),
+            ours.len()
+        ));
+    }
+    println!("{}", report.join("\n"));
+    assert!(report.len() >= 6, "too few images compared: {report:?}");
+}

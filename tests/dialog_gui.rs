@@ -394,6 +394,7 @@ fn device(protectors: &[&str]) -> DeviceInfo {
         description: Some("DESKTOP-7QH2 E: 14/03/2024".into()),
         protectors: protectors.iter().map(|s| s.to_string()).collect(),
         diskseq: None,
+        left_to_desktop: false,
     }
 }
 

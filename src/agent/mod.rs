@@ -211,7 +211,7 @@ impl Agent {
 
     /// Starts a dialog for a locked BitLocker drive, unless one is open or it is settled.
     fn offer(self: &Arc<Self>, device: DeviceInfo) {
-        if !device.bitlocker || device.state != DeviceState::Locked {
+        if !device.bitlocker || device.state != DeviceState::Locked || device.left_to_desktop {
             return;
         }
         let mut memory = self.memory();

@@ -18,6 +18,8 @@ const KEY_DATUM_HEADER: usize = HEADER_LEN + 4;
 const MAX_WRAPPED: usize = 1024;
 /// dislocker's `-k` file: method (u16 LE) then exactly 64 bytes of key data, zero-padded.
 const DISLOCKER_KEY_DATA: usize = 64;
+/// Where an Elephant volume's stored key holds its tweak (diffuser) key.
+const ELEPHANT_TWEAK_AT: usize = 32;
 
 /// An AES-CCM encrypted key entry: nonce, tag, then the ciphertext of a key entry.
 #[derive(Clone, PartialEq, Eq)]
@@ -123,6 +125,27 @@ impl Fvek {
         let n = self.key.len().min(DISLOCKER_KEY_DATA);
         out[2..2 + n].copy_from_slice(&self.key[..n]);
         out
+    }
+
+    /// The volume key as dm-crypt (and `cryptsetup open --volume-key-file`) takes it: the
+    /// FVEK's key bytes, and for the Elephant ciphers the tweak key right after them (dm-crypt's
+    /// elephant IV takes its key from the second half). `None` for an unknown method or a key
+    /// too short for its method.
+    pub fn dm_crypt_key(&self) -> Option<Zeroizing<Vec<u8>>> {
+        use super::info::Cipher;
+        let (len, tweak) = match Cipher::from_method(self.method) {
+            Cipher::AesCbc128Elephant => (16, true),
+            Cipher::AesCbc256Elephant => (32, true),
+            Cipher::AesCbc128 => (16, false),
+            Cipher::AesCbc256 | Cipher::AesXts128 => (32, false),
+            Cipher::AesXts256 => (64, false),
+            Cipher::Unknown(_) => return None,
+        };
+        let mut out = Zeroizing::new(self.key.get(..len)?.to_vec());
+        if tweak {
+            out.extend_from_slice(self.key.get(ELEPHANT_TWEAK_AT..ELEPHANT_TWEAK_AT + len)?);
+        }
+        Some(out)
     }
 
     /// Parses what [`Fvek::key_file`] wrote.

@@ -180,6 +180,7 @@ impl Daemon {
             session: None,
             busy: false,
             probe_attempts: 0,
+            left_to_desktop: self.config().leave_bitlocker_to_desktop,
         }
     }
 
@@ -411,6 +412,7 @@ impl Daemon {
         prepare_dir(&job.path, &dir)?;
         let started = View::start(&view::Request {
             device: &job.path,
+            name: &job.name,
             secret: job.secret,
             metadata: job.metadata.as_deref(),
             dir: &dir,
@@ -629,11 +631,12 @@ impl Daemon {
     /// stop, its volume is gone: clean up and say so.
     pub fn child_exited(&self, pid: Pid, status: ExitStatus) {
         let mut table = self.lock();
-        let Some(dev) = table
-            .devices
-            .values_mut()
-            .find(|d| !d.busy && d.session.as_ref().is_some_and(|s| s.view.pid() == pid))
-        else {
+        let Some(dev) = table.devices.values_mut().find(|d| {
+            !d.busy
+                && d.session
+                    .as_ref()
+                    .is_some_and(|s| s.view.pid() == Some(pid))
+        }) else {
             return;
         };
         let session = dev.session.take().expect("matched above");

@@ -8,6 +8,8 @@
 pub mod auth;
 pub mod core;
 pub mod daemonize;
+pub mod desktop;
+pub mod dmcrypt;
 pub mod error;
 pub mod filesystem;
 pub mod mount;
@@ -85,6 +87,7 @@ pub fn run(opts: Options) -> Result<()> {
             event_loop(&opts, &daemon, &listener, &signals, uevents.as_ref());
             log::info!("shutting down: putting every volume away");
             daemon.shutdown();
+            desktop::announce(&opts.runtime_dir, false);
             drop(listener);
             drop(pidfile);
             log::info!("stopped");
@@ -143,6 +146,7 @@ fn start(opts: &Options, config: Config, pidfile: &mut crate::pidfile::Pidfile) 
             None
         }
     };
+    desktop::announce(&opts.runtime_dir, !config.leave_bitlocker_to_desktop);
     let cleaned = recover::clean_stale(&opts.runtime_dir);
     if cleaned > 0 {
         log::warn!("cleaned up {cleaned} volume(s) an earlier guilocker left behind");
@@ -227,6 +231,7 @@ fn supervise(daemon: &Arc<core::Daemon>) {
 fn reload(opts: &Options, daemon: &core::Daemon) {
     match load_config(opts) {
         Ok(new) => {
+            desktop::announce(&opts.runtime_dir, !new.leave_bitlocker_to_desktop);
             *daemon.config.write().unwrap_or_else(|e| e.into_inner()) = new;
             log::info!("configuration reloaded");
             daemon.rescan();

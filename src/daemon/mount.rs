@@ -161,6 +161,11 @@ fn attach_loop(device: &str, file: &Path, read_only: bool) -> Result<String, Dae
     Ok(dev)
 }
 
+fn is_block_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+}
+
 pub fn detach_loop(loop_device: &str) {
     if let Err(e) = Command::new(LOSETUP)
         .args(["--detach", loop_device])
@@ -195,14 +200,20 @@ pub fn mount(
     options.push(if read_only { "ro" } else { "rw" }.to_owned());
     options.extend(config.extra_options(fs.fs_type.as_str()).iter().cloned());
 
-    // Every driver sits on a loop device over the view: the kernel's drivers need one;
-    // ntfs-3g's small writes reach the engine merged through it (55 MB/s instead of 24 on
-    // the file itself, native engine); fusefat's writes straight onto dislocker's file
-    // corrupt the root directory (fusefat 0.1a).
+    // A FUSE engine's view is a file: every driver sits on a loop device over it. The
+    // kernel's drivers need one; ntfs-3g's small writes reach the engine merged through it
+    // (55 MB/s instead of 24 on the file itself, native engine); fusefat's writes straight
+    // onto dislocker's file corrupt the root directory (fusefat 0.1a). A dm-crypt mapping is
+    // a block device already: the driver mounts it directly.
     let mut loop_device = None;
     let result = (|| {
-        let dev = attach_loop(device, decrypted, read_only)?;
-        loop_device = Some(dev.clone());
+        let dev = if is_block_device(decrypted) {
+            decrypted.display().to_string()
+        } else {
+            let dev = attach_loop(device, decrypted, read_only)?;
+            loop_device = Some(dev.clone());
+            dev
+        };
         let cmd = if let Some(driver) = kernel_driver(fs.fs_type) {
             Command::new(MOUNT).args(["-t", driver])
         } else {

@@ -13,6 +13,8 @@ pub struct Mount {
     pub fs_type: String,
     /// What is mounted: a device, a file (ntfs-3g), or a name.
     pub source: String,
+    /// The device numbers, `major:minor` (FUSE mounts get an anonymous one).
+    pub numbers: String,
 }
 
 /// Undoes the octal escapes (`\040` for space …) the kernel uses in mountinfo.
@@ -42,6 +44,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
     text.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
+            let numbers = left.split(' ').nth(2)?;
             let mountpoint = left.split(' ').nth(4)?;
             let mut right = right.split(' ');
             let fs_type = right.next()?;
@@ -50,6 +53,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
                 mountpoint: PathBuf::from(unescape(mountpoint)),
                 fs_type: fs_type.to_owned(),
                 source: unescape(source),
+                numbers: numbers.to_owned(),
             })
         })
         .collect()
@@ -68,6 +72,11 @@ pub fn mounted_at(path: &Path) -> Option<String> {
         .rev()
         .find(|m| m.mountpoint == path)
         .map(|m| m.fs_type)
+}
+
+/// Is the block device with these numbers (`major:minor`) mounted anywhere?
+pub fn mounted_from(numbers: &str) -> bool {
+    !numbers.is_empty() && mounts().iter().any(|m| m.numbers == numbers)
 }
 
 /// True when the FUSE server behind a mount is gone ("Transport endpoint is not connected").

@@ -4,7 +4,12 @@
 //! dead mounts ("Transport endpoint is not connected"): the user's filesystem over a loop
 //! device or a file inside an engine's view, and the view itself. Those are detached and
 //! their directories removed. Views still served by a live engine are left alone.
+//!
+//! dm-crypt mappings (`guilocker-*`) outlive any daemon: the kernel serves them. A dead FUSE
+//! driver's mount on one is detached; a mapping nothing uses any more is closed; one still
+//! mounted is left to its user.
 
+use super::dmcrypt;
 use super::mount;
 use super::mounts::{self, Mount};
 use super::view::view_files;
@@ -25,7 +30,54 @@ fn loops_over(file: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Cleans up dead leftovers under `runtime_dir`; returns how many views were cleaned.
+/// Detaches a dead mount left behind and removes its directories if empty.
+fn detach_dead(mountpoint: &Path) {
+    log::warn!(
+        "{}: left behind by an earlier guilocker; detaching it",
+        mountpoint.display()
+    );
+    if let Err(e) = mount::unmount_path(mountpoint, true) {
+        log::warn!("{e}");
+    }
+    // Only what is empty goes: rmdir, never rm -r.
+    let parent = mountpoint.parent().map(Path::to_owned);
+    mount::remove_dirs(&[mountpoint.to_owned()]);
+    if let Some(parent) = parent {
+        let _ = std::fs::remove_dir(parent);
+    }
+}
+
+/// Closes the `guilocker-*` mappings nothing uses; returns how many.
+fn clean_mappings() -> usize {
+    let mut cleaned = 0;
+    for (name, kname) in dmcrypt::mappings() {
+        let numbers = std::fs::read_to_string(Path::new("/sys/block").join(&kname).join("dev"))
+            .unwrap_or_default();
+        let mapper = dmcrypt::mapper_path(&name);
+        let dead: Vec<PathBuf> = mounts::mounts()
+            .into_iter()
+            .filter(|m| {
+                (m.numbers == numbers.trim() || Path::new(&m.source) == mapper)
+                    && mounts::is_dead(&m.mountpoint)
+            })
+            .map(|m| m.mountpoint)
+            .collect();
+        for mountpoint in &dead {
+            detach_dead(mountpoint);
+        }
+        if dmcrypt::in_use(&kname) {
+            log::warn!("{name}: still in use, left open by an earlier guilocker; leaving it");
+            continue;
+        }
+        log::warn!("{name}: left open by an earlier guilocker; closing it");
+        dmcrypt::close(&mapper.display().to_string(), &name, false);
+        cleaned += 1;
+    }
+    cleaned + clean_mappings()
+}
+
+/// Cleans up dead leftovers under `runtime_dir` and unused mappings; returns how many
+/// volumes were cleaned.
 pub fn clean_stale(runtime_dir: &Path) -> usize {
     let views_dir = runtime_dir.join(super::core::VIEWS_DIR);
     let all = mounts::mounts();
@@ -53,19 +105,7 @@ pub fn clean_stale(runtime_dir: &Path) -> usize {
             .map(|m| m.mountpoint.clone())
             .collect();
         for mountpoint in &users {
-            log::warn!(
-                "{}: left behind by an earlier guilocker; detaching it",
-                mountpoint.display()
-            );
-            if let Err(e) = mount::unmount_path(mountpoint, true) {
-                log::warn!("{e}");
-            }
-            // Only what is empty goes: rmdir, never rm -r.
-            let parent = mountpoint.parent().map(Path::to_owned);
-            mount::remove_dirs(std::slice::from_ref(mountpoint));
-            if let Some(parent) = parent {
-                let _ = std::fs::remove_dir(parent);
-            }
+            detach_dead(mountpoint);
         }
         for dev in &loops {
             mount::detach_loop(dev);
@@ -80,5 +120,5 @@ pub fn clean_stale(runtime_dir: &Path) -> usize {
         mount::remove_dirs(std::slice::from_ref(&view.mountpoint));
         cleaned += 1;
     }
-    cleaned
+    cleaned + clean_mappings()
 }

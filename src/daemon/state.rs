@@ -75,6 +75,8 @@ pub struct Device {
     pub busy: bool,
     /// Probes that found no device node yet.
     pub probe_attempts: u8,
+    /// The config, when this device appeared, left BitLocker drives to the desktop.
+    pub left_to_desktop: bool,
 }
 
 impl Device {
@@ -103,6 +105,7 @@ impl Device {
             description: self.volume.description.clone(),
             protectors: self.volume.protectors.clone(),
             diskseq: self.appearance.diskseq,
+            left_to_desktop: self.left_to_desktop,
         }
     }
 }
@@ -130,8 +133,7 @@ impl Table {
                 s.mounted
                     .as_ref()
                     .is_some_and(|m| m.mountpoint.as_os_str() == trimmed)
-                    || s.view.decrypted.as_os_str() == trimmed
-                    || s.view.dir.as_os_str() == trimmed
+                    || s.view.is_at(trimmed)
             })
         })
     }

@@ -1,10 +1,13 @@
-//! The decrypted view of an unlocked volume: the engine child that serves it, owning its
-//! start (choose the engine, spawn it, wait for its FUSE mount) and its stop (unmount,
-//! reap, remove the directory).
+//! The decrypted view of an unlocked volume, owning its start (derive the key, choose the
+//! engine, start it, wait until the view is served) and its stop (unmount or close, reap,
+//! remove the directory).
 //!
-//! The native engine (`guilocker engine`, our own) serves every volume our reader can lay
-//! out; dislocker serves the rest, or all of them when the config says `engine = "dislocker"`.
+//! Three engines, tried in this order by `engine = "auto"`: the kernel's dm-crypt where the
+//! kernel has device-mapper and the volume's cipher (a block device, `/dev/mapper/guilocker-*`);
+//! the native engine (`guilocker engine`, our own FUSE server) for every volume our reader can
+//! lay out; dislocker for the rest. The config can force one.
 
+use super::dmcrypt;
 use super::error::DaemonError;
 use super::mount;
 use super::unlock::{self, Outcome};
@@ -21,19 +24,27 @@ const SELF_EXE: &str = "/proc/self/exe";
 /// The native engine's mount as mountinfo shows it (a direct FUSE mount has no subtype).
 const NATIVE_FUSE_TYPE: &str = "fuse";
 
-/// A running engine and where its decrypted view is.
+/// A served decrypted view, and what to undo to stop it.
 pub struct View {
-    pub child: Child,
-    /// The engine's FUSE mountpoint under the runtime dir.
-    pub dir: PathBuf,
-    /// The decrypted volume, a file inside `dir`.
+    backend: Backend,
+    /// The decrypted volume: a file inside the engine's FUSE mount, or the mapping's device.
     pub decrypted: PathBuf,
     pub engine: Engine,
+}
+
+enum Backend {
+    /// A FUSE server we supervise (native engine or dislocker), mounted at `dir` under the
+    /// runtime dir.
+    Fuse { child: Child, dir: PathBuf },
+    /// A dm-crypt mapping: the kernel serves it; no process of ours.
+    Mapping { name: String },
 }
 
 /// What a view is asked to serve.
 pub struct Request<'a> {
     pub device: &'a str,
+    /// Kernel name (`sdb1`): names the dm-crypt mapping.
+    pub name: &'a str,
     pub secret: &'a UnlockSecret,
     pub metadata: Option<&'a Metadata>,
     pub dir: &'a Path,
@@ -41,38 +52,67 @@ pub struct Request<'a> {
     pub choice: EngineChoice,
 }
 
+/// Which engine serves a volume, and why the faster ones do not.
+fn choose(req: &Request, fvek: Option<&Fvek>) -> Result<Engine, DaemonError> {
+    let cannot = |cause: String| DaemonError::CannotOpen {
+        device: req.device.into(),
+        cause,
+    };
+    let no_key =
+        || "our reader cannot use this volume's metadata, so only dislocker can open it".to_owned();
+    let kernel = match (fvek, req.metadata) {
+        (Some(_), Some(meta)) => dmcrypt::usable(meta),
+        _ => Err(no_key()),
+    };
+    let native = match (fvek, req.metadata) {
+        (Some(_), Some(meta)) => native_layout(req.device, meta),
+        _ => Err(no_key()),
+    };
+    match req.choice {
+        EngineChoice::Dislocker => Ok(Engine::Dislocker),
+        EngineChoice::DmCrypt => kernel.map(|()| Engine::DmCrypt).map_err(|c| {
+            cannot(format!(
+                "dm-crypt cannot serve it (engine = \"dm-crypt\"): {c}"
+            ))
+        }),
+        EngineChoice::Native => native.map(|()| Engine::Native).map_err(|c| {
+            cannot(format!(
+                "the native engine cannot serve it (engine = \"native\"): {c}"
+            ))
+        }),
+        EngineChoice::Auto => match (kernel, native) {
+            (Ok(()), _) => Ok(Engine::DmCrypt),
+            (Err(why), Ok(())) => {
+                log::info!("{}: not through dm-crypt: {why}", req.device);
+                Ok(Engine::Native)
+            }
+            (Err(_), Err(why)) => {
+                log::warn!("{}: {why}; dislocker serves it instead", req.device);
+                Ok(Engine::Dislocker)
+            }
+        },
+    }
+}
+
 impl View {
     /// Derives the key, picks the engine and starts it; returns once the view is served.
+    /// Under `auto`, a volume dm-crypt refuses goes to the native engine.
     pub fn start(req: &Request) -> Result<Self, DaemonError> {
         let fvek = match req.metadata {
             Some(meta) => unlock::native_key(req.device, meta, req.secret)?,
             None => None,
         };
-        let native = match (&fvek, req.metadata, req.choice) {
-            (_, _, EngineChoice::Dislocker) => false,
-            (Some(_), Some(meta), _) => match native_layout(req.device, meta) {
-                Ok(()) => true,
-                Err(cause) if req.choice == EngineChoice::Native => {
-                    return Err(DaemonError::CannotOpen {
-                        device: req.device.into(),
-                        cause: format!("the native engine cannot serve it: {cause}"),
-                    })
+        match (choose(req, fvek.as_ref())?, fvek) {
+            (Engine::DmCrypt, Some(fvek)) => match start_mapping(req, &fvek) {
+                // cryptsetup refused (a volume it cannot parse, a cipher module missing):
+                // our own engine can still serve it.
+                Err(e @ DaemonError::Process { .. }) if req.choice == EngineChoice::Auto => {
+                    log::warn!("{e}; the native engine serves it instead");
+                    start_native(req, &fvek)
                 }
-                Err(cause) => {
-                    log::warn!("{}: {cause}; dislocker serves it instead", req.device);
-                    false
-                }
+                started => started,
             },
-            (_, _, EngineChoice::Native) => {
-                return Err(DaemonError::CannotOpen {
-                    device: req.device.into(),
-                    cause: "the native engine cannot use this volume's metadata (engine = \"native\" in the config)".into(),
-                })
-            }
-            _ => false,
-        };
-        match (native, fvek) {
-            (true, Some(fvek)) => start_native(req, &fvek),
+            (Engine::Native, Some(fvek)) => start_native(req, &fvek),
             (_, fvek) => {
                 let child = unlock::start_dislocker(
                     req.device,
@@ -82,8 +122,10 @@ impl View {
                     req.read_only,
                 )?;
                 Ok(Self {
-                    child,
-                    dir: req.dir.to_owned(),
+                    backend: Backend::Fuse {
+                        child,
+                        dir: req.dir.to_owned(),
+                    },
                     decrypted: req.dir.join(unlock::DECRYPTED_FILE),
                     engine: Engine::Dislocker,
                 })
@@ -91,21 +133,44 @@ impl View {
         }
     }
 
-    pub fn pid(&self) -> Pid {
-        self.child.pid
+    /// The engine's process, when the view has one (dm-crypt has none).
+    pub fn pid(&self) -> Option<Pid> {
+        match &self.backend {
+            Backend::Fuse { child, .. } => Some(child.pid),
+            Backend::Mapping { .. } => None,
+        }
     }
 
-    /// Stops the engine: unmount its view (it then exits by itself and flushes), reap it,
-    /// rmdir. `lazy` detaches a view something still holds.
+    /// Is `path` this view: its decrypted file or device, or the engine's mountpoint?
+    pub fn is_at(&self, path: &str) -> bool {
+        let dir = match &self.backend {
+            Backend::Fuse { dir, .. } => Some(dir.as_os_str()),
+            Backend::Mapping { .. } => None,
+        };
+        self.decrypted.as_os_str() == path || dir.is_some_and(|d| d == path)
+    }
+
+    /// Is the decrypted view a block device (filesystems mount it without a loop device)?
+    pub fn is_block_device(&self) -> bool {
+        matches!(self.backend, Backend::Mapping { .. })
+    }
+
+    /// Stops the engine. A FUSE view: unmount it (the engine then exits by itself and
+    /// flushes), reap it, rmdir. A mapping: `cryptsetup close`. `lazy` (the device vanished,
+    /// or something still holds the view) detaches the view, or defers the close.
     pub fn stop(self, device: &str, lazy: bool) {
-        if let Err(e) = mount::unmount_path(&self.dir, lazy) {
-            if super::mounts::mounted_at(&self.dir).is_some() {
+        let (child, dir) = match self.backend {
+            Backend::Mapping { name } => return dmcrypt::close(device, &name, lazy),
+            Backend::Fuse { child, dir } => (child, dir),
+        };
+        if let Err(e) = mount::unmount_path(&dir, lazy) {
+            if super::mounts::mounted_at(&dir).is_some() {
                 log::warn!("{device}: {e}; detaching lazily");
-                let _ = mount::unmount_path(&self.dir, true);
+                let _ = mount::unmount_path(&dir, true);
             }
         }
         let name = self.engine.as_str();
-        match self.child.wait_timeout(Duration::from_secs(10)) {
+        match child.wait_timeout(Duration::from_secs(10)) {
             Ok(Some(status)) if !status.success() && self.engine == Engine::Native => {
                 log::warn!("{device}: the {name} engine {status}");
             }
@@ -114,10 +179,10 @@ impl View {
                 log::warn!(
                     "{device}: the {name} engine did not exit after unmount; terminating it"
                 );
-                self.child.terminate(Duration::from_secs(5));
+                child.terminate(Duration::from_secs(5));
             }
         }
-        mount::remove_dirs(&[self.dir]);
+        mount::remove_dirs(&[dir]);
     }
 }
 
@@ -151,6 +216,30 @@ fn native_layout(device: &str, meta: &Metadata) -> Result<(), String> {
     Layout::new(meta, size).map(drop).map_err(|e| e.to_string())
 }
 
+/// dm-crypt: `cryptsetup open` with our key. A leftover mapping of the same name (a crashed
+/// daemon's) is closed first when nothing uses it, refused when something does.
+fn start_mapping(req: &Request, fvek: &Fvek) -> Result<View, DaemonError> {
+    let name = dmcrypt::mapping_name(req.name);
+    if let Some((_, kname)) = dmcrypt::mappings().into_iter().find(|(n, _)| *n == name) {
+        if dmcrypt::in_use(&kname) {
+            return Err(DaemonError::InvalidState {
+                device: req.device.into(),
+                what: format!(
+                    "is still unlocked by an earlier guilocker ({name} is in use); unmount it first"
+                ),
+            });
+        }
+        log::warn!("{}: closing the leftover mapping {name}", req.device);
+        dmcrypt::close(req.device, &name, false);
+    }
+    let decrypted = dmcrypt::open(req.device, &name, fvek, req.read_only)?;
+    Ok(View {
+        backend: Backend::Mapping { name },
+        decrypted,
+        engine: Engine::DmCrypt,
+    })
+}
+
 fn start_native(req: &Request, fvek: &Fvek) -> Result<View, DaemonError> {
     let device = req.device;
     let fd = unlock::memfd_with(device, c"guilocker-fvek", &fvek.key_file())?;
@@ -171,8 +260,10 @@ fn start_native(req: &Request, fvek: &Fvek) -> Result<View, DaemonError> {
         Ok(streams) => {
             unlock::keep_draining(device, streams, true);
             Ok(View {
-                child,
-                dir: req.dir.to_owned(),
+                backend: Backend::Fuse {
+                    child,
+                    dir: req.dir.to_owned(),
+                },
                 decrypted: req.dir.join(crate::engine::VIEW_FILE),
                 engine: Engine::Native,
             })

@@ -299,6 +299,7 @@ mod tests {
             description: Some(" ".into()),
             protectors: vec![],
             diskseq: None,
+            left_to_desktop: false,
         };
         assert_eq!(title(&d), "BitLocker drive");
         assert_eq!(details(&d), "15.5 GB · SanDisk Cruzer Blade");
