@@ -5,7 +5,7 @@
 
 use super::volume::Volume;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, WriteFlags,
 };
@@ -82,6 +82,10 @@ impl Filesystem for ViewFs {
             .set_max_readahead(MAX_IO)
             .or_else(|n| config.set_max_readahead(n));
         let _ = config.set_max_background(32);
+        // A loop device over the view (dio=1) submits its I/O asynchronously; with async
+        // direct I/O the kernel keeps several of its requests in flight, and our threads
+        // work on them side by side instead of one at a time.
+        let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
         // No writeback cache: it would accept a write into a reserved area and fail it only
         // at flush, with the refused bytes left readable in the cache. Writes reach us as
         // they are made (a loop device in between gathers small ones).
