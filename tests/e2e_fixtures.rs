@@ -111,6 +111,12 @@ fn every_fixture_and_protector_on_dislocker() {
     every_fixture_and_protector(Engine::Dislocker);
 }
 
+#[test]
+#[ignore = "kernel path: runs inside a VM with Debian's kernel (tests/kernel_vm.rs)"]
+fn every_fixture_and_protector_on_dm_crypt() {
+    every_fixture_and_protector(Engine::DmCrypt);
+}
+
 /// The SHA-256 of the whole decrypted view, after `unlock --no-mount` with each protector.
 fn every_fixture_and_protector(engine: Engine) {
     let _serial = serial();
@@ -162,6 +168,9 @@ fn every_fixture_and_protector(engine: Engine) {
         wait_event(&mut events, &format!("{} to appear", image.name), |k, d| {
             k == EventKind::Added && d.device == dev
         });
+        // The first protector's view is hashed whole; under dm-crypt (in a VM without
+        // acceleration) the others' first MiB is compared with it: the same key or not.
+        let mut first_mib: Option<String> = None;
         for (method, flags, stdin) in methods {
             let mut args = vec!["unlock", dev.as_str(), "--no-mount"];
             args.extend(flags.iter().map(String::as_str));
@@ -182,15 +191,24 @@ fn every_fixture_and_protector(engine: Engine) {
                         image.name
                     );
                 } else {
-                    daemon.wait_log("decrypted by the native engine");
+                    daemon.wait_log(&format!("decrypted by the {} engine", engine.as_str()));
                 }
-                let want_hash = image.get("SHA256SUM").expect("hash in images.conf");
-                assert_eq!(
-                    sha256_file(Path::new(&view)),
-                    want_hash,
-                    "{} with {method}",
-                    image.name
-                );
+                let head = sha256_head(Path::new(&view), 1 << 20);
+                match &first_mib {
+                    Some(first) if engine == Engine::DmCrypt => {
+                        assert_eq!(&head, first, "{} with {method}", image.name)
+                    }
+                    _ => {
+                        let want_hash = image.get("SHA256SUM").expect("hash in images.conf");
+                        assert_eq!(
+                            sha256_file(Path::new(&view)),
+                            want_hash,
+                            "{} with {method}",
+                            image.name
+                        );
+                        first_mib = Some(head);
+                    }
+                }
                 let (code, _, err) = daemon.cli(None, &["unmount", &dev], "");
                 assert_eq!(code, 0, "{err}");
                 assert!(!Path::new(&view).exists());
@@ -225,6 +243,16 @@ fn every_fixture_and_protector(engine: Engine) {
         engine.as_str(),
         report.join("\n")
     );
+}
+
+/// SHA-256 of the first `len` bytes of `path`.
+fn sha256_head(path: &Path, len: u64) -> String {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let file = std::fs::File::open(path).unwrap();
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file.take(len), &mut hasher).unwrap();
+    format!("{:x}", hasher.finalize())
 }
 
 /// A password on a volume without a password protector is refused as wrong, never hangs.

@@ -71,10 +71,7 @@ fn round_trip(engine: Engine, name: &str, source: &str, fs: &str, label: &str, t
     let mountpoint = PathBuf::from(info.mountpoint.clone().unwrap());
     assert_eq!(mountpoint, daemon.media.join(TEST_USER).join(label));
     assert!(is_mounted(&mountpoint));
-    let decrypted_dir = PathBuf::from(info.decrypted.clone().unwrap())
-        .parent()
-        .unwrap()
-        .to_owned();
+    let decrypted_dir = view_dir(&info);
 
     let hello = std::fs::read_dir(&mountpoint)
         .unwrap()
@@ -186,19 +183,23 @@ fn fill_most_free_space(mountpoint: &Path) -> (PathBuf, String) {
     (path, sum)
 }
 
-fn assert_clean(daemon: &TestDaemon, dev: &str, mountpoint: &Path, decrypted_dir: &Path) {
+fn assert_clean(
+    daemon: &TestDaemon,
+    dev: &str,
+    mountpoint: &Path,
+    decrypted_dir: &Option<PathBuf>,
+) {
     assert!(
         !is_mounted(mountpoint),
         "{} still mounted",
         mountpoint.display()
     );
     assert!(!mountpoint.exists(), "{} left behind", mountpoint.display());
-    assert!(!is_mounted(decrypted_dir), "engine's view still mounted");
-    assert!(
-        !decrypted_dir.exists(),
-        "{} left behind",
-        decrypted_dir.display()
-    );
+    if let Some(dir) = decrypted_dir {
+        assert!(!is_mounted(dir), "engine's view still mounted");
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    assert_no_mapping();
     assert_eq!(engines_for(dev), Vec::<i32>::new(), "engine still running");
     let owner_dir = daemon.media.join(TEST_USER);
     assert!(!owner_dir.exists(), "{} left behind", owner_dir.display());
@@ -238,16 +239,25 @@ fn plugged(engine: Engine, name: &str, source: &str, label: &str, table: &str) -
     })
 }
 
-/// Unlocks and mounts `dev` for the test user; returns the mountpoint and the engine's view.
-fn unlock_for_user(daemon: &TestDaemon, dev: &str) -> (PathBuf, PathBuf) {
+/// Unlocks and mounts `dev` for the test user; returns the mountpoint and the engine's view
+/// directory (none under dm-crypt).
+fn unlock_for_user(daemon: &TestDaemon, dev: &str) -> (PathBuf, Option<PathBuf>) {
     let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), dev, "anaconda");
     assert_eq!(code, 0, "{err}");
     let info = daemon.device(dev).unwrap();
-    let view = PathBuf::from(info.decrypted.unwrap())
-        .parent()
-        .unwrap()
-        .to_owned();
-    (PathBuf::from(info.mountpoint.unwrap()), view)
+    (
+        PathBuf::from(info.mountpoint.clone().unwrap()),
+        view_dir(&info),
+    )
+}
+
+/// Nothing of the view is left: no FUSE mount and directory, no mapping.
+fn assert_view_gone(view: &Option<PathBuf>) {
+    if let Some(view) = view {
+        assert!(!is_mounted(view));
+        assert!(!view.exists());
+    }
+    assert_no_mapping();
 }
 
 /// Each stick test once on our engine and once on dislocker, forced by the config.
@@ -261,6 +271,24 @@ macro_rules! on_both_engines {
         }
     };
 }
+
+/// The kernel path's stick tests: only where device-mapper is, inside the VM.
+macro_rules! on_dm_crypt {
+    ($($test:ident),* $(,)?) => {
+        mod dm_crypt {
+            $(#[test] #[ignore = "kernel path: runs inside a VM with Debian's kernel (tests/kernel_vm.rs)"]
+              fn $test() { super::$test(guilocker::protocol::Engine::DmCrypt) })*
+        }
+    };
+}
+
+on_dm_crypt!(
+    ntfs_stick_with_mbr,
+    exfat_stick_with_gpt,
+    fat_to_go_stick_without_partition_table,
+    surprise_removal_while_mounted,
+    sigterm_puts_everything_away,
+);
 
 on_both_engines!(
     ntfs_stick_with_mbr,
@@ -421,8 +449,13 @@ fn surprise_removal_while_mounted(engine: Engine) {
     assert!(daemon.device(&dev).is_none(), "status still lists {dev}");
     assert!(!is_mounted(&mountpoint));
     assert!(!mountpoint.exists());
-    assert!(!is_mounted(&view));
-    assert!(!view.exists());
+    // A deferred close: the kernel removes the mapping once the detached filesystem lets go.
+    if engine == Engine::DmCrypt {
+        wait_until("the mapping to close", || {
+            guilocker::daemon::dmcrypt::mappings().is_empty()
+        });
+    }
+    assert_view_gone(&view);
     assert!(engines_for(&dev).is_empty());
     // And the daemon still answers.
     assert!(daemon.status().iter().all(|d| d.device != dev));
@@ -458,6 +491,7 @@ fn sigterm_puts_everything_away(engine: Engine) {
     assert!(!is_mounted(&mountpoint));
     assert!(!mountpoint.exists());
     assert!(engines_for(&dev).is_empty());
+    assert_no_mapping();
     assert!(!daemon.socket.exists(), "socket file left behind");
     assert!(!daemon.pidfile.exists(), "pidfile left behind");
 }
@@ -496,8 +530,7 @@ fn dead_engine_is_noticed_and_cleaned_up(engine: Engine) {
     assert!(failed.error.unwrap().contains("went away"));
     assert!(!is_mounted(&mountpoint));
     assert!(!mountpoint.exists());
-    assert!(!is_mounted(&view));
-    assert!(!view.exists());
+    assert_view_gone(&view);
 
     let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
     assert_eq!(code, 0, "unlock after the failure: {err}");

@@ -38,17 +38,39 @@ pub struct MountedFs {
     pub made_dirs: Vec<PathBuf>,
 }
 
-/// Does the running kernel have a driver for this filesystem?
+/// Does the running kernel have a driver for this filesystem: registered already, or a
+/// module `mount -t` will load (modules.dep or modules.builtin of the running kernel)?
 fn kernel_driver(fs: FsType) -> Option<&'static str> {
     let name = match fs {
         FsType::Ntfs => "ntfs3",
         FsType::Exfat => "exfat",
         FsType::Vfat => "vfat",
     };
-    let list = std::fs::read_to_string("/proc/filesystems").ok()?;
-    list.lines()
-        .any(|l| l.split_whitespace().last() == Some(name))
-        .then_some(name)
+    let registered = std::fs::read_to_string("/proc/filesystems").is_ok_and(|list| {
+        list.lines()
+            .any(|l| l.split_whitespace().last() == Some(name))
+    });
+    (registered || has_module(name)).then_some(name)
+}
+
+fn has_module(name: &str) -> bool {
+    let Ok(uts) = nix::sys::utsname::uname() else {
+        return false;
+    };
+    let dir = Path::new("/lib/modules").join(uts.release());
+    ["modules.dep", "modules.builtin"].iter().any(|list| {
+        std::fs::read_to_string(dir.join(list)).is_ok_and(|text| lists_module(&text, name))
+    })
+}
+
+/// Does a modules.dep or modules.builtin text list `<name>.ko` (compressed or not)?
+fn lists_module(text: &str, name: &str) -> bool {
+    text.lines().any(|line| {
+        let path = line.split(':').next().unwrap_or_default();
+        let file = path.rsplit('/').next().unwrap_or_default();
+        file.strip_prefix(name)
+            .is_some_and(|rest| rest == ".ko" || rest.starts_with(".ko."))
+    })
 }
 
 fn step_err<'a>(
@@ -352,6 +374,16 @@ pub fn unmount(
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn modules_lists() {
+        let dep = "kernel/fs/fat/vfat.ko.xz: kernel/fs/fat/fat.ko.xz\nkernel/fs/exfat/exfat.ko:\n";
+        assert!(lists_module(dep, "vfat"));
+        assert!(lists_module(dep, "exfat"));
+        assert!(!lists_module(dep, "fat.ko"));
+        assert!(!lists_module(dep, "ntfs3"));
+        assert!(lists_module("kernel/fs/ntfs3/ntfs3.ko\n", "ntfs3"));
+    }
 
     #[test]
     fn only_root_owned_unwritable_directories_are_safe() {

@@ -512,30 +512,56 @@ impl Drop for Stick {
     }
 }
 
-/// Builds a stick with `make-bitlocker-stick` from a fixture, with a file inside.
+/// Builds a stick with `make-bitlocker-stick` from a fixture, with a file inside, and returns
+/// a fresh copy of it in `dir`. Each kind of stick is built once into [`stick_cache`]; the
+/// kernel-path VM gets its sticks from there, made on the host beforehand.
 pub fn make_stick(dir: &Path, source: &str, fs: &str, label: &str, table: &str) -> PathBuf {
-    let payload = dir.join(format!("payload-{fs}"));
+    let cached = stick_cache().join(format!("{source}-{fs}-{table}-{label}.img"));
+    if !cached.exists() {
+        build_stick(&cached, source, fs, label, table);
+    }
+    let out = dir.join(format!("stick-{fs}-{table}.img"));
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&cached)
+            .arg(&out),
+    );
+    out
+}
+
+/// Where built sticks are kept (under target/, shared with the VM).
+pub fn stick_cache() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sticks");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn build_stick(out: &Path, source: &str, fs: &str, label: &str, table: &str) {
+    let work = scratch(&format!("build-{fs}-{table}"));
+    let payload = work.join("payload");
     std::fs::create_dir_all(&payload).unwrap();
     std::fs::write(payload.join("hello.txt"), "hello from windows\n").unwrap();
-    let out = dir.join(format!("stick-{fs}-{table}.img"));
+    let partial = out.with_extension("part");
     let mut cmd = std::process::Command::new(shared_dir().join("tools/make-bitlocker-stick"));
     cmd.arg("-s")
         .arg(fixtures().join(format!("{source}.img")))
         .args(["-p", "anaconda", "-t", fs, "-L", label, "-P", table, "-f"])
         .arg(&payload)
         .arg("-o")
-        .arg(&out);
+        .arg(&partial);
     let result = cmd.output().unwrap();
     let printed = String::from_utf8_lossy(&result.stdout);
     // The tool prints the image's path when it has written it. For exFAT with -f it then
     // fails in its own cleanup (it detaches its inner loop device twice) and exits 1.
-    let written = printed.lines().last() == Some(out.to_str().unwrap()) && out.exists();
+    let written = printed.lines().last() == Some(partial.to_str().unwrap()) && partial.exists();
     assert!(
         result.status.success() || written,
         "{cmd:?} failed: {printed}{}",
         String::from_utf8_lossy(&result.stderr)
     );
-    out
+    std::fs::rename(&partial, out).unwrap();
+    let _ = std::fs::remove_dir_all(&work);
 }
 
 pub fn is_mounted(path: &Path) -> bool {
@@ -616,4 +642,42 @@ pub fn type_text(mut xdotool: Command, window: &str, text: &str) {
         .write_all(text.as_bytes())
         .unwrap();
     assert!(child.wait().unwrap().success(), "xdotool type failed");
+}
+
+/// The engine's FUSE mountpoint that holds the decrypted view; `None` under dm-crypt, whose
+/// view is a block device in /dev/mapper.
+pub fn view_dir(info: &DeviceInfo) -> Option<PathBuf> {
+    if info.engine == Some(Engine::DmCrypt) {
+        return None;
+    }
+    let decrypted = info.decrypted.as_deref().expect("a decrypted view");
+    Some(Path::new(decrypted).parent().unwrap().to_owned())
+}
+
+/// No `guilocker-*` dm-crypt mapping is left.
+pub fn assert_no_mapping() {
+    let left = guilocker::daemon::dmcrypt::mappings();
+    assert!(left.is_empty(), "mappings left behind: {left:?}");
+}
+
+/// Is this the VM the kernel-path tests run in (tests/kernel_vm.rs sets it)?
+pub fn in_kernel_vm() -> bool {
+    std::env::var_os(KERNEL_VM_ENV).is_some()
+}
+
+pub const KERNEL_VM_ENV: &str = "GUILOCKER_KERNEL_VM";
+
+/// Why a test is left to the VM run.
+pub const IN_THE_VM: &str =
+    "kernel path: runs inside a VM with Debian's kernel (tests/kernel_vm.rs)";
+
+/// Waits until `done()` holds, re-checking every 20 ms, or fails at the deadline. For state
+/// the kernel changes without telling us (a deferred dm-crypt close completes at the last
+/// close of the mapping).
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
