@@ -27,3 +27,11 @@ ensure_cargo() {
   fi
   command -v cargo >/dev/null || { echo "guilocker: cargo not found; install Rust with rustup" >&2; return 1; }
 }
+
+# ensure_vng: virtme-ng (PyPI), which boots a kernel in QEMU over this root filesystem.
+ensure_vng() {
+  command -v vng >/dev/null && return
+  echo "guilocker: installing virtme-ng"
+  python3 -m pip install -q --root-user-action=ignore virtme-ng
+  command -v vng >/dev/null || { hash -r; command -v vng >/dev/null; }
+}

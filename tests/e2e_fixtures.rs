@@ -7,12 +7,14 @@ use common::*;
 use guilocker::protocol::{Engine, EventKind};
 use std::path::Path;
 
-/// The exit code each fixture and protector must give. Our own metadata reader opens the
-/// Windows 11 .BEK that stock dislocker cannot read; a volume whose encryption was still
-/// running cannot be opened by anyone until Windows finishes it.
-fn expected(image: &str, _method: &str) -> i32 {
+/// The exit code each fixture must give on an engine forced by the config. Our own metadata
+/// reader opens the Windows 11 .BEK that stock dislocker cannot read; a volume whose
+/// encryption was still running cannot be opened by anyone until Windows finishes it.
+fn expected(image: &str, engine: Engine) -> i32 {
     match image {
         "bitlk-partially-encrypted-aes-cbc-128" => 4,
+        // cryptsetup will not activate a volume whose protection is suspended.
+        "bitlk-aes-xts-128-clearkey-only" if engine == Engine::DmCrypt => 4,
         _ => 0,
     }
 }
@@ -175,7 +177,7 @@ fn every_fixture_and_protector(engine: Engine) {
             let mut args = vec!["unlock", dev.as_str(), "--no-mount"];
             args.extend(flags.iter().map(String::as_str));
             let (code, out, err) = daemon.cli(None, &args, &stdin);
-            let want = expected(&image.name, method);
+            let want = expected(&image.name, engine);
             assert_eq!(code, want, "{} with {method}: {out}{err}", image.name);
             if code == 0 {
                 let info = daemon.device(&dev).unwrap();

@@ -72,6 +72,20 @@ fn round_trip(engine: Engine, name: &str, source: &str, fs: &str, label: &str, t
     assert_eq!(mountpoint, daemon.media.join(TEST_USER).join(label));
     assert!(is_mounted(&mountpoint));
     let decrypted_dir = view_dir(&info);
+    if engine == Engine::DmCrypt {
+        // The kernel's own driver on the mapping, not a FUSE driver.
+        let fs_type = guilocker::daemon::mounts::mounted_at(&mountpoint).unwrap();
+        let kernel = match fs {
+            "ntfs" => "ntfs3",
+            other => other,
+        };
+        assert_eq!(fs_type, kernel, "{dev} mounted with {fs_type}");
+        assert!(info
+            .decrypted
+            .as_deref()
+            .unwrap()
+            .starts_with("/dev/mapper/guilocker-"));
+    }
 
     let hello = std::fs::read_dir(&mountpoint)
         .unwrap()

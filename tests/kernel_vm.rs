@@ -51,21 +51,26 @@ fn debian_kernel() -> Option<PathBuf> {
     kernels.pop()
 }
 
-/// A sibling test binary built with this one (`target/debug/deps/NAME-HASH`), the newest.
+/// The test binary cargo builds for `tests/NAME.rs`, built now if it is stale (cargo runs
+/// this test with `$CARGO` set).
 fn test_binary(name: &str) -> PathBuf {
-    let me = std::env::current_exe().unwrap();
-    let deps = me.parent().unwrap();
-    let prefix = format!("{name}-");
-    std::fs::read_dir(deps)
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with(&prefix) && !n.contains('.')
-        })
-        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
-        .map(|e| e.path())
-        .unwrap_or_else(|| panic!("no test binary {prefix}* beside {}", me.display()))
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["test", "--no-run", "--message-format=json", "--test", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo test --no-run");
+    assert!(
+        out.status.success(),
+        "cargo could not build tests/{name}.rs"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"]["name"] == name)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo names no executable for tests/{name}.rs"))
 }
 
 fn vng() -> Option<PathBuf> {
@@ -81,7 +86,8 @@ fn vng() -> Option<PathBuf> {
 }
 
 /// The script the VM runs: each group's binary with its filter, `--ignored`, one test at a
-/// time; it exits with the first failure's code.
+/// time; it exits with the first failure's code. Scratch space is the VM's tmpfs: target/
+/// comes over 9p, which cannot hold a socket.
 fn script(target: &Path) -> String {
     let mut s = String::from(
         "set -u\nstatus=0\nmodprobe dm_crypt 2>/dev/null; modprobe loop 2>/dev/null\n",
@@ -90,7 +96,7 @@ fn script(target: &Path) -> String {
         let bin = test_binary(binary);
         s.push_str(&format!(
             "echo '== VM: {binary} {filter}'\n\
-             {KERNEL_VM_ENV}=1 CI=\"${{CI:-}}\" GUILOCKER_SHARED='{shared}' '{bin}' '{filter}' --ignored --test-threads=1 || status=$?\n",
+             {KERNEL_VM_ENV}=1 CI=\"${{CI:-}}\" GUILOCKER_SCRATCH=/run/guilocker-tests GUILOCKER_SHARED='{shared}' '{bin}' '{filter}' --ignored --test-threads=1 --nocapture || status=$?\n",
             shared = shared_dir().display(),
             bin = bin.display(),
         ));

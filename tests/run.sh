@@ -18,9 +18,12 @@ packages=(
   xvfb xdotool x11-xserver-utils x11-utils imagemagick dbus dbus-daemon dbus-x11 notification-daemon
   python3-gi gir1.2-atspi-2.0 at-spi2-core
   desktop-file-utils
+  # The kernel path: cryptsetup, and Debian's kernel booted under QEMU (tests/kernel_vm.rs).
+  cryptsetup-bin linux-image-amd64 qemu-system-x86
 )
 ensure_packages "${packages[@]}"
 ensure_cargo
+ensure_vng
 
 # The kernel pieces the end-to-end tests use (built in on some kernels: then this is a no-op).
 modprobe fuse 2>/dev/null || true

@@ -7,7 +7,7 @@
 //! recovery-key checks work as on the other paths.
 
 use super::error::DaemonError;
-use crate::bitlocker::{Cipher, Fvek, Metadata};
+use crate::bitlocker::{Cipher, Fvek, Metadata, ProtectorKind};
 use crate::process::Command;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -60,6 +60,18 @@ pub fn usable(meta: &Metadata) -> Result<(), String> {
     }
     if crate::process::find_program(CRYPTSETUP).is_none() {
         return Err(format!("{CRYPTSETUP} is not installed"));
+    }
+    // cryptsetup 2.6 takes a clear key (protection suspended) for a decryption under way and
+    // refuses it ("Activation of partially decrypted BITLK device is not supported").
+    if meta
+        .info
+        .protectors
+        .iter()
+        .any(|p| p.kind == ProtectorKind::ClearKey)
+    {
+        return Err(format!(
+            "{CRYPTSETUP} does not activate a volume whose protection is suspended (clear key)"
+        ));
     }
     let cipher = Cipher::from_method(meta.info.encryption_method);
     let needed = needs_kernel(cipher).ok_or_else(|| format!("dm-crypt has no {cipher}"))?;

@@ -73,7 +73,7 @@ fn clean_mappings() -> usize {
         dmcrypt::close(&mapper.display().to_string(), &name, false);
         cleaned += 1;
     }
-    cleaned + clean_mappings()
+    cleaned
 }
 
 /// Cleans up dead leftovers under `runtime_dir` and unused mappings; returns how many

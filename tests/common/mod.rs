@@ -84,9 +84,12 @@ fn fixture_tarball() -> PathBuf {
     shared_dir().join("fixtures/bitlocker/bitlk-images.tar.xz")
 }
 
-/// A scratch directory under target/, readable by the test users.
+/// A scratch directory under target/ (or `$GUILOCKER_SCRATCH`: the kernel-path VM sees
+/// target/ over 9p, where no socket can be made), readable by the test users.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let base = std::env::var_os("GUILOCKER_SCRATCH")
+        .map_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")), PathBuf::from);
+    let dir = base.join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     open_up(&dir);
