@@ -8,8 +8,15 @@
 //! Needs root, dislocker, ntfs-3g, exfat-fuse and the fixtures (../shared). Tables on stdout,
 //! progress on stderr; asserts nothing. `sudo cargo bench --bench throughput`.
 //!
+//! `-- --kernel-vm` boots Debian's kernel in a VM (tests/common/vm.rs) and measures the kernel
+//! path there: guilocker on dm-crypt beside the native engine in the same VM. Emulation makes
+//! the absolute figures meaningless; the ratios are the result.
+//!
 //! Every wait is on a real condition (a daemon log line, an event on the socket, a process exit,
 //! the mount table) with a deadline; whatever was made is put away on drop, even after a failure.
+
+#[path = "../tests/common/vm.rs"]
+mod vm;
 
 use guilocker::bitlocker::{is_bitlocker, read_metadata, Layout};
 use guilocker::client::{Client, ClientError, Events};
@@ -45,6 +52,8 @@ const SLACK: u64 = MIB;
 /// backup) and never rewriting anything a later stack needs (the image is a scratch copy).
 const RAW_START: u64 = 32 * MIB;
 const GUILOCKER: &str = env!("CARGO_BIN_EXE_guilocker");
+/// Set inside the VM of `--kernel-vm`.
+const IN_VM_ENV: &str = "GUILOCKER_BENCH_IN_VM";
 
 /// A failure, as the table shows it.
 type Res<T> = Result<T, String>;
@@ -96,6 +105,9 @@ const PROGRAMS: &str = "losetup partx sfdisk mount umount tar python3 dislocker 
                         mount.exfat-fuse mkfs.exfat";
 
 fn main() {
+    if std::env::args().any(|a| a == "--kernel-vm") && std::env::var_os(IN_VM_ENV).is_none() {
+        return in_kernel_vm();
+    }
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("throughput benchmark: needs root (loop devices, mounts, drop_caches); skipped");
         return;
@@ -138,19 +150,89 @@ fn main() {
         raw_layout: None,
     };
 
+    let in_vm = std::env::var_os(IN_VM_ENV).is_some();
+    let engines = if in_vm {
+        [Engine::DmCrypt, Engine::Native]
+    } else {
+        [Engine::Native, Engine::Dislocker]
+    };
     let mut rows: Vec<(&str, [Cell; 2])> = Vec::new();
     let mut raw: Vec<(Engine, Cell)> = Vec::new();
-    for engine in [Engine::Native, Engine::Dislocker] {
+    for engine in engines {
         let (cells, view) = bench.guilocker(engine);
         rows.push((row(engine), cells));
         raw.push((engine, view));
     }
-    rows.push(("tutorial recipe", Fs::ALL.map(|fs| bench.tutorial(fs))));
-    rows.push((
-        "same FUSE driver, no encryption",
-        Fs::ALL.map(|fs| bench.plain(fs)),
-    ));
+    if !in_vm {
+        rows.push(("tutorial recipe", Fs::ALL.map(|fs| bench.tutorial(fs))));
+        rows.push((
+            "same FUSE driver, no encryption",
+            Fs::ALL.map(|fs| bench.plain(fs)),
+        ));
+    }
     bench.print(&rows, &raw);
+    if in_vm {
+        print_ratios(&rows);
+    }
+}
+
+/// `-- --kernel-vm`: this benchmark again, inside a VM with Debian's kernel.
+fn in_kernel_vm() {
+    let missing = vm::missing();
+    if !missing.is_empty() {
+        eprintln!(
+            "throughput benchmark in the VM: needs {}; skipped",
+            missing.join(", ")
+        );
+        return;
+    }
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let me = std::env::current_exe().expect("own path");
+    let script = target.join("tmp/bench-throughput-vm.sh");
+    let text = format!(
+        "modprobe dm_crypt; modprobe loop\n\
+         {IN_VM_ENV}=1 GUILOCKER_SCRATCH={} GUILOCKER_SHARED='{}' '{}'\n",
+        vm::VM_SCRATCH,
+        shared_dir().display(),
+        me.display()
+    );
+    if let Err(e) = mkdir(script.parent().unwrap())
+        .and_then(|()| fs::write(&script, text).map_err(|e| format!("{}: {e}", script.display())))
+    {
+        eprintln!("throughput benchmark in the VM: {e}");
+        return;
+    }
+    if let Err(e) = vm::run(&script, &target, Duration::from_secs(40 * 60)) {
+        eprintln!("throughput benchmark in the VM: {e}");
+    }
+}
+
+/// dm-crypt's figures over the native engine's, cell by cell (in the VM, where only ratios
+/// mean anything).
+fn print_ratios(rows: &[(&str, [Cell; 2])]) {
+    let [(_, kernel), (_, native)] = rows else {
+        return;
+    };
+    println!();
+    println!("dm-crypt / native engine, same VM, same kernel filesystem drivers:");
+    println!();
+    let mut table = vec![vec![
+        "ratio".to_owned(),
+        "NTFS write / read".to_owned(),
+        "exFAT write / read".to_owned(),
+    ]];
+    let mut row = vec!["dm-crypt / native".to_owned()];
+    for (k, n) in kernel.iter().zip(native) {
+        row.push(match (k, n) {
+            (Ok(k), Ok(n)) => format!("{:.2}× / {:.2}×", k.write / n.write, k.read / n.read),
+            _ => "n/a".to_owned(),
+        });
+    }
+    table.push(row);
+    print_table(&table);
 }
 
 struct Bench {
@@ -474,15 +556,17 @@ impl Bench {
                 Err(e) => vec![engine.as_str().to_owned(), na(e), na(e)],
             });
         }
-        let find = |which: Engine| raw.iter().find(|(e, _)| *e == which).map(|(_, c)| c);
-        let ratio = match (find(Engine::Native), find(Engine::Dislocker)) {
-            (Some(Ok(n)), Some(Ok(d))) => vec![
-                format!("{:.2}×", n.write / d.write),
-                format!("{:.2}×", n.read / d.read),
-            ],
-            _ => vec!["n/a".to_owned(), "n/a".to_owned()],
+        let (ratio, name) = match raw {
+            [(a, Ok(x)), (b, Ok(y))] => (
+                vec![
+                    format!("{:.2}×", x.write / y.write),
+                    format!("{:.2}×", x.read / y.read),
+                ],
+                format!("{} / {}", a.as_str(), b.as_str()),
+            ),
+            _ => (vec!["n/a".to_owned(), "n/a".to_owned()], "ratio".to_owned()),
         };
-        let mut row = vec!["native / dislocker".to_owned()];
+        let mut row = vec![name];
         row.extend(ratio);
         table.push(row);
         print_table(&table);
@@ -1042,8 +1126,10 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new() -> Res<Self> {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("bench-throughput-{}", std::process::id()));
+        // In the VM, target/ is 9p, where no socket can be made: its tmpfs instead.
+        let base = std::env::var_os("GUILOCKER_SCRATCH")
+            .map_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")), PathBuf::from);
+        let dir = base.join(format!("bench-throughput-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         mkdir(&dir)?;
         // Mountpoints are compared with the mount table, which has canonical paths.

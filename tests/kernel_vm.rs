@@ -11,8 +11,9 @@
 
 mod common;
 
+use common::vm;
+
 use common::*;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +22,8 @@ use std::time::{Duration, Instant};
 const VM_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 
 /// The test binaries (cargo's names) and the filter of what each runs in the VM.
-const GROUPS: [(&str, &str); 2] = [
+const GROUPS: [(&str, &str); 3] = [
+    ("kernel_vm", "in_vm::"),
     ("e2e_fixtures", "every_fixture_and_protector_on_dm_crypt"),
     ("e2e_sticks", "dm_crypt::"),
 ];
@@ -34,22 +36,6 @@ const VM_STICKS: [(&str, &str, &str, &str); 5] = [
     ("bitlk-aes-cbc-128", "ntfs", "YANKED", "mbr"),
     ("bitlk-aes-xts-128", "ntfs", "TERM", "none"),
 ];
-
-/// Debian's kernel image in /boot, the newest if there are several.
-fn debian_kernel() -> Option<PathBuf> {
-    let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
-        })
-        .collect();
-    kernels.sort();
-    kernels.pop()
-}
 
 /// The test binary cargo builds for `tests/NAME.rs`, built now if it is stale (cargo runs
 /// this test with `$CARGO` set).
@@ -73,31 +59,18 @@ fn test_binary(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("cargo names no executable for tests/{name}.rs"))
 }
 
-fn vng() -> Option<PathBuf> {
-    which("vng").or_else(|| {
-        // pip installs it for root under pyenv or ~/.local.
-        let out = Command::new("sh")
-            .args(["-c", "command -v vng"])
-            .output()
-            .ok()?;
-        let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        (!path.is_empty()).then(|| PathBuf::from(path))
-    })
-}
-
 /// The script the VM runs: each group's binary with its filter, `--ignored`, one test at a
 /// time; it exits with the first failure's code. Scratch space is the VM's tmpfs: target/
 /// comes over 9p, which cannot hold a socket.
 fn script(target: &Path) -> String {
-    let mut s = String::from(
-        "set -u\nstatus=0\nmodprobe dm_crypt 2>/dev/null; modprobe loop 2>/dev/null\n",
-    );
+    let mut s = String::from("set -u\nstatus=0\nmodprobe loop 2>/dev/null\n");
     for (binary, filter) in GROUPS {
         let bin = test_binary(binary);
         s.push_str(&format!(
             "echo '== VM: {binary} {filter}'\n\
-             {KERNEL_VM_ENV}=1 CI=\"${{CI:-}}\" GUILOCKER_SCRATCH=/run/guilocker-tests GUILOCKER_SHARED='{shared}' '{bin}' '{filter}' --ignored --test-threads=1 --nocapture || status=$?\n",
+             {KERNEL_VM_ENV}=1 CI=\"${{CI:-}}\" GUILOCKER_SCRATCH={scratch} GUILOCKER_SHARED='{shared}' '{bin}' '{filter}' --ignored --test-threads=1 --nocapture || status=$?\n",
             shared = shared_dir().display(),
+            scratch = vm::VM_SCRATCH,
             bin = bin.display(),
         ));
     }
@@ -113,18 +86,7 @@ fn kernel_path_in_a_vm() {
     if in_kernel_vm() {
         return;
     }
-    let mut missing = Vec::new();
-    let kernel = debian_kernel();
-    if kernel.is_none() {
-        missing.push("a Debian kernel in /boot (linux-image-amd64)".to_owned());
-    }
-    let vng = vng();
-    if vng.is_none() {
-        missing.push("vng (pip install virtme-ng)".to_owned());
-    }
-    if which("qemu-system-x86_64").is_none() {
-        missing.push("qemu-system-x86_64 (qemu-system-x86)".to_owned());
-    }
+    let missing = vm::missing();
     if !missing.is_empty() {
         let why = format!("the kernel-path VM needs {}", missing.join(", "));
         assert!(
@@ -164,47 +126,18 @@ fn kernel_path_in_a_vm() {
     let log_path = target.join("kernel-vm.log");
 
     let started = Instant::now();
-    let mut child = Command::new(vng.unwrap())
-        .arg("--disable-kvm")
-        .arg("--run")
-        .arg(kernel.as_ref().unwrap())
-        .args(["--memory", "2G", "--cpus", "2"])
-        .arg(format!("--rwdir={}", target.display()))
-        .arg("--exec")
-        .arg(format!("bash {}", script_path.display()))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start vng");
-    let stderr = child.stderr.take().unwrap();
-    let err_thread = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = BufReader::new(stderr).read_to_string(&mut text);
-        text
-    });
-    let mut out = Vec::new();
-    for line in BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-    {
-        println!("  vm| {line}");
-        out.push(line);
-    }
-    let status = wait_child(&mut child, VM_TIMEOUT);
-    let errors = err_thread.join().unwrap();
-    let elapsed = started.elapsed();
+    let (out, errors) =
+        vm::run(&script_path, &target, VM_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(&log_path, out.join("\n")).unwrap();
     println!(
-        "kernel-path VM group: {:.0} s in all (boot included), {status}",
-        elapsed.as_secs_f64()
+        "kernel-path VM group: {:.0} s in all, boot included",
+        started.elapsed().as_secs_f64()
     );
     let inner = std::fs::read_to_string(&status_file).unwrap_or_default();
     assert_eq!(
         inner.trim(),
         "0",
-        "the VM's tests failed or did not finish (vng {status}); log in {}\n{errors}",
+        "the VM's tests failed or did not finish; log in {}\n{errors}",
         log_path.display()
     );
     // Every group ran some tests, and none failed.
@@ -215,5 +148,112 @@ fn kernel_path_in_a_vm() {
     assert_eq!(results.len(), GROUPS.len(), "{results:?}");
     for r in results {
         assert!(r.contains(" 0 failed") && !r.contains(" 0 passed"), "{r}");
+    }
+}
+
+/// Tests that need the VM for more than dm-crypt: its udev.
+mod in_vm {
+    use super::common::*;
+    use std::path::Path;
+    use std::process::Command;
+
+    const RULE: &str = "packaging/udev/75-guilocker.rules";
+    const FLAG: &str = "/run/guilocker/handles-bitlocker";
+
+    fn properties(dev: &str) -> String {
+        run_ok(Command::new("udevadm").args(["settle", "--timeout=60"]));
+        run_ok(Command::new("udevadm").args(["info", "--query=property", "--name", dev]))
+    }
+
+    /// The rule parses, and udev marks what it should `UDISKS_IGNORE=1`: a BitLocker drive
+    /// while the daemon handles BitLocker drives (its flag file), never without it, and
+    /// always our dm-crypt mappings. Installed into the VM's /etc (an overlay: the host's
+    /// /etc is untouched).
+    #[test]
+    #[ignore = "kernel path: runs inside a VM with Debian's kernel (tests/kernel_vm.rs)"]
+    fn udev_rule_marks_our_devices() {
+        assert!(in_kernel_vm(), "{IN_THE_VM}");
+        let rule = Path::new(env!("CARGO_MANIFEST_DIR")).join(RULE);
+        std::fs::create_dir_all("/etc/udev/rules.d").unwrap();
+        std::fs::copy(&rule, "/etc/udev/rules.d/75-guilocker.rules").unwrap();
+        run_ok(Command::new("udevadm").args(["control", "--reload"]));
+        std::fs::create_dir_all("/run/guilocker").unwrap();
+        let _ = std::fs::remove_file(FLAG);
+
+        let image = images()
+            .into_iter()
+            .find(|i| i.name == "bitlk-aes-xts-128")
+            .unwrap();
+        let copy = scratch("udev").join("stick.img");
+        run_ok(
+            Command::new("cp")
+                .arg("--sparse=always")
+                .arg(image.path())
+                .arg(&copy),
+        );
+
+        // Without the flag: the desktop may handle it.
+        let stick = Stick::plug(&copy, false);
+        let props = properties(&stick.loop_dev);
+        assert!(props.contains("ID_FS_TYPE=BitLocker"), "{props}");
+        assert!(!props.contains("UDISKS_IGNORE=1"), "{props}");
+        // Where `udevadm verify` exists (systemd ≥ 253) it checks the syntax too; `udevadm
+        // test` reports every rule file it could not parse.
+        let verify = Command::new("udevadm")
+            .arg("verify")
+            .arg("/etc/udev/rules.d/75-guilocker.rules")
+            .output()
+            .unwrap();
+        if !String::from_utf8_lossy(&verify.stderr).contains("Unknown command") {
+            assert!(verify.status.success(), "{verify:?}");
+        }
+        let sys = format!(
+            "/sys/class/block/{}",
+            stick.loop_dev.trim_start_matches("/dev/")
+        );
+        let test = Command::new("udevadm")
+            .args(["test", &sys])
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&test.stderr).into_owned()
+            + &String::from_utf8_lossy(&test.stdout);
+        assert!(
+            log.contains("75-guilocker.rules"),
+            "rule file not read:\n{log}"
+        );
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("75-guilocker.rules") && l.to_lowercase().contains("invalid")),
+            "{log}"
+        );
+        drop(stick);
+
+        // With the flag (the daemon handles BitLocker drives): marked.
+        std::fs::write(FLAG, b"").unwrap();
+        let stick = Stick::plug(&copy, false);
+        let props = properties(&stick.loop_dev);
+        assert!(props.contains("UDISKS_IGNORE=1"), "{props}");
+
+        // Our mapping on it: marked, whatever the flag.
+        std::fs::remove_file(FLAG).unwrap();
+        let meta =
+            guilocker::bitlocker::read_metadata(std::fs::File::open(&copy).unwrap()).unwrap();
+        let pw = guilocker::secret::SecretString::from(image.get("PW").unwrap());
+        let fvek =
+            guilocker::bitlocker::unlock(&meta, guilocker::bitlocker::Key::Password(&pw)).unwrap();
+        let key = scratch("udev-key").join("key");
+        std::fs::write(&key, &*fvek.dm_crypt_key().unwrap()).unwrap();
+        run_ok(
+            Command::new("cryptsetup")
+                .args(["open", "--type", "bitlk", "--readonly", "--volume-key-file"])
+                .arg(&key)
+                .arg(&stick.loop_dev)
+                .arg("guilocker-udevtest"),
+        );
+        std::fs::remove_file(&key).unwrap();
+        let props = properties("/dev/mapper/guilocker-udevtest");
+        run_ok(Command::new("cryptsetup").args(["close", "guilocker-udevtest"]));
+        assert!(props.contains("DM_NAME=guilocker-udevtest"), "{props}");
+        assert!(props.contains("UDISKS_IGNORE=1"), "{props}");
     }
 }

@@ -19,7 +19,8 @@ packages=(
   python3-gi gir1.2-atspi-2.0 at-spi2-core
   desktop-file-utils
   # The kernel path: cryptsetup, and Debian's kernel booted under QEMU (tests/kernel_vm.rs).
-  cryptsetup-bin linux-image-amd64 qemu-system-x86
+  # vng builds a small initramfs for Debian's kernel with busybox.
+  cryptsetup-bin linux-image-amd64 qemu-system-x86 busybox-static
 )
 ensure_packages "${packages[@]}"
 ensure_cargo

@@ -51,9 +51,24 @@ fn needs_kernel(cipher: Cipher) -> Option<(u32, u32)> {
     }
 }
 
+/// Is device-mapper there: its control node, or a module that provides it (then loaded now;
+/// udev's static nodes usually load it on first use, but not everywhere)?
+fn device_mapper() -> bool {
+    if Path::new(MAPPER_CONTROL).exists() {
+        return true;
+    }
+    if !super::mount::has_module("dm-mod") {
+        return false;
+    }
+    if let Err(e) = Command::new("modprobe").arg("dm_mod").run(STEP_TIMEOUT) {
+        log::warn!("cannot load device-mapper: {e}");
+    }
+    Path::new(MAPPER_CONTROL).exists()
+}
+
 /// Can this machine open this volume through dm-crypt? `Err` says why not, in words.
 pub fn usable(meta: &Metadata) -> Result<(), String> {
-    if !Path::new(MAPPER_CONTROL).exists() {
+    if !device_mapper() {
         return Err(format!(
             "the kernel has no device-mapper ({MAPPER_CONTROL})"
         ));

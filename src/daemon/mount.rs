@@ -53,7 +53,8 @@ fn kernel_driver(fs: FsType) -> Option<&'static str> {
     (registered || has_module(name)).then_some(name)
 }
 
-fn has_module(name: &str) -> bool {
+/// Does the running kernel have module `name` (its file name: `dm-mod`, `vfat`)?
+pub(super) fn has_module(name: &str) -> bool {
     let Ok(uts) = nix::sys::utsname::uname() else {
         return false;
     };

@@ -3,7 +3,7 @@
 //! Requests are served by several threads, each on its own cloned /dev/fuse fd; writes of up
 //! to 1 MiB arrive whole (max_write) and reads are prefetched 1 MiB ahead.
 
-use super::volume::Volume;
+use super::volume::{with_scratch, ScratchCell, Volume};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
@@ -156,15 +156,18 @@ impl Filesystem for ViewFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let mut buf = vec![0u8; size.min(MAX_IO) as usize];
-        match self.volume.read_at(offset, &mut buf) {
-            Ok(n) => reply.data(&buf[..n]),
-            Err(e) => {
-                log::warn!("{e}");
-                reply.error(errno(&e))
-            }
+        thread_local! {
+            static READ_BUF: ScratchCell = ScratchCell::default();
         }
-        zeroize::Zeroize::zeroize(&mut buf);
+        with_scratch(&READ_BUF, size.min(MAX_IO) as usize, |buf| {
+            match self.volume.read_at(offset, buf) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => {
+                    log::warn!("{e}");
+                    reply.error(errno(&e))
+                }
+            }
+        });
     }
 
     fn write(

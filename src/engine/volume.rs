@@ -103,11 +103,12 @@ impl Volume {
         if start == offset && stop == end {
             self.read_sectors(start, &mut buf[..len])?;
         } else {
-            let mut tmp = vec![0u8; (stop - start) as usize];
-            self.read_sectors(start, &mut tmp)?;
-            let at = (offset - start) as usize;
-            buf[..len].copy_from_slice(&tmp[at..at + len]);
-            tmp.zeroize();
+            with_scratch(&VOLUME_SCRATCH, (stop - start) as usize, |tmp| {
+                self.read_sectors(start, tmp)?;
+                let at = (offset - start) as usize;
+                buf[..len].copy_from_slice(&tmp[at..at + len]);
+                Ok(())
+            })?;
         }
         Ok(len)
     }
@@ -149,21 +150,21 @@ impl Volume {
         }
         let (start, stop) = self.widen(offset, end);
         let _locks = self.lock_range(start, stop);
-        let mut buf = vec![0u8; (stop - start) as usize];
-        let sector = self.sector() as usize;
-        let head = (offset - start) as usize;
-        if head != 0 {
-            self.read_sectors(start, &mut buf[..sector])?;
-        }
-        let tail = (stop - end) as usize;
-        if tail != 0 && (head == 0 || buf.len() > sector) {
-            let last = buf.len() - sector;
-            self.read_sectors(stop - sector as u64, &mut buf[last..])?;
-        }
-        buf[head..head + len].copy_from_slice(&data[..len]);
-        let result = self.write_sectors(start, &mut buf);
-        buf.zeroize();
-        result.map(|()| len)
+        with_scratch(&VOLUME_SCRATCH, (stop - start) as usize, |buf| {
+            let sector = self.sector() as usize;
+            let head = (offset - start) as usize;
+            if head != 0 {
+                self.read_sectors(start, &mut buf[..sector])?;
+            }
+            let tail = (stop - end) as usize;
+            if tail != 0 && (head == 0 || buf.len() > sector) {
+                let last = buf.len() - sector;
+                self.read_sectors(stop - sector as u64, &mut buf[last..])?;
+            }
+            buf[head..head + len].copy_from_slice(&data[..len]);
+            self.write_sectors(start, buf)
+        })
+        .map(|()| len)
     }
 
     /// Makes every write so far durable on the device.
@@ -255,6 +256,32 @@ impl Volume {
             .write_all_at(buf, offset)
             .map_err(|e| self.io_error("cannot write", e))
     }
+}
+
+pub(super) type ScratchCell = std::cell::RefCell<zeroize::Zeroizing<Vec<u8>>>;
+
+thread_local! {
+    static VOLUME_SCRATCH: ScratchCell = ScratchCell::default();
+}
+
+/// Runs `f` on a `len`-byte buffer of this thread's, reused from request to request (no
+/// allocation, zero-filling or page faults per request). It holds the last request's
+/// plaintext until the next one overwrites it (the engine is not dumpable), and is wiped when
+/// it grows and when the thread ends. Not re-entrant: one per `key`.
+pub(super) fn with_scratch<T>(
+    key: &'static std::thread::LocalKey<ScratchCell>,
+    len: usize,
+    f: impl FnOnce(&mut [u8]) -> T,
+) -> T {
+    key.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < len {
+            // Growing moves the data: wipe the old copy first.
+            buf.zeroize();
+            buf.resize(len, 0);
+        }
+        f(&mut buf[..len])
+    })
 }
 
 /// Size of a block device (its size is not in `metadata()`) or of a regular file.

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod atspi;
+pub mod vm;
 
 use guilocker::client::{Client, Events};
 use guilocker::protocol::{DeviceInfo, Engine, EventKind};
