@@ -193,7 +193,7 @@ fn in_kernel_vm() {
     let me = std::env::current_exe().expect("own path");
     let script = target.join("tmp/bench-throughput-vm.sh");
     let text = format!(
-        "modprobe dm_crypt; modprobe loop\n\
+        "modprobe loop\n\
          {IN_VM_ENV}=1 GUILOCKER_SCRATCH={} GUILOCKER_SHARED='{}' '{}'\n",
         vm::VM_SCRATCH,
         shared_dir().display(),
