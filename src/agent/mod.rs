@@ -327,6 +327,18 @@ mod tests {
         .unwrap()
     }
 
+    /// `leave_bitlocker_to_desktop`: the desktop's own dialog asks; ours never starts.
+    #[test]
+    fn a_drive_left_to_the_desktop_gets_no_dialog() {
+        let agent = Arc::new(agent());
+        let mut left = device("/dev/sdb1");
+        left.left_to_desktop = true;
+        agent.offer(left);
+        let memory = agent.memory();
+        assert!(memory.dialogs.is_empty());
+        assert!(memory.settled.is_empty());
+    }
+
     #[test]
     fn a_cancelled_dialog_settles_its_device() {
         let agent = agent();
