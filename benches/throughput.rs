@@ -589,7 +589,7 @@ fn kernel_drivers() -> String {
         "This kernel has no ntfs3/exfat driver: every filesystem runs in FUSE (ntfs-3g, exfat-fuse).".to_owned()
     } else {
         format!(
-            "This kernel has {}: guilocker mounts with it (over a loop device); the last row uses the FUSE drivers.",
+            "This kernel has {}: guilocker mounts with it (directly on dm-crypt, over a loop device on a FUSE engine); the last row uses the FUSE drivers.",
             present.join(", ")
         )
     }
