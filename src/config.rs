@@ -218,6 +218,13 @@ mod tests {
         assert!(e.contains("fast") || e.contains("variant"), "{e}");
     }
 
+    /// The example installed to /etc/guilocker/config.toml is valid and says the defaults.
+    #[test]
+    fn shipped_example_is_the_defaults() {
+        let text = include_str!("../packaging/config/config.toml");
+        assert_eq!(parse(text).unwrap(), Config::default());
+    }
+
     #[test]
     fn unknown_key_is_named() {
         let e = parse("include_loop_device = true").unwrap_err().to_string();

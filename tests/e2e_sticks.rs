@@ -604,9 +604,7 @@ fn restart_after_a_crash_cleans_up(engine: Engine) {
         }
     }
     assert!(victims.len() >= 2, "engine and ntfs-3g: {victims:?}");
-    for pid in victims {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-    }
+    kill_and_wait(&victims);
     assert!(
         is_mounted(&mountpoint) && is_mounted(&view),
         "dead mounts are still in the table"

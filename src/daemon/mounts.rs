@@ -80,8 +80,10 @@ pub fn mounted_from(numbers: &str) -> bool {
 }
 
 /// True when the FUSE server behind a mount is gone ("Transport endpoint is not connected").
+/// Asked with statfs, which always reaches the server: a stat can be answered from the
+/// attributes the kernel cached (our engine lets it keep them for an hour).
 pub fn is_dead(mountpoint: &Path) -> bool {
-    std::fs::metadata(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+    nix::sys::statfs::statfs(mountpoint).is_err_and(|e| e == nix::errno::Errno::ENOTCONN)
 }
 
 /// An open mountinfo whose `poll` reports POLLPRI whenever the mount table changes.

@@ -685,3 +685,32 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// SIGKILL to every process in `pids`, then waits (on their pidfds) until all have exited:
+/// what systemd does to a crashed unit's processes before it starts the unit again.
+pub fn kill_and_wait(pids: &[i32]) {
+    use std::os::fd::AsFd;
+    let fds: Vec<_> = pids
+        .iter()
+        .filter_map(|&pid| {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let fd = guilocker::process::pidfd_open(pid).ok()?;
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
+            Some(fd)
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    for fd in &fds {
+        let mut set = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = nix::poll::PollTimeout::try_from(left.as_millis() as i32).unwrap();
+        assert_eq!(
+            nix::poll::poll(&mut set, ms).unwrap_or(0),
+            1,
+            "a killed process did not exit within {WAIT:?}"
+        );
+    }
+}
