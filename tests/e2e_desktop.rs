@@ -901,6 +901,18 @@ impl Scene {
             .unwrap();
         assert!(summary.contains(LABEL), "summary {summary:?}");
         assert_eq!(actions, ["open", "Open", "unmount", "Unmount"]);
+        // The desktop-entry hint, so desktop settings list our notifications.
+        let lines = self.desktop.monitor_out.now();
+        let hint = lines
+            .iter()
+            .position(|l| l.trim() == "string \"desktop-entry\"")
+            .and_then(|i| lines.get(i + 1))
+            .map(|l| l.trim().to_owned());
+        assert_eq!(
+            hint.as_deref().map(|l| l.ends_with("string \"org.guilocker.Dialog\"")),
+            Some(true),
+            "{hint:?}"
+        );
     }
 }
 

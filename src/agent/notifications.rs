@@ -3,11 +3,14 @@
 
 use crate::client::Client;
 use crate::protocol::{DeviceInfo, Request};
-use notify_rust::{Notification, Timeout, Urgency};
+use notify_rust::{Hint, Notification, Timeout, Urgency};
 use std::path::PathBuf;
 
 const APP: &str = "guilocker";
 const ICON: &str = "guilocker";
+/// Our installed desktop entry (packaging/org.guilocker.Dialog.desktop): desktop settings
+/// list the notifications under it.
+pub const DESKTOP_ENTRY: &str = "org.guilocker.Dialog";
 
 /// "‘LABEL’ unlocked — mounted at …" with Open and Unmount. Waits for the action on a thread
 /// of its own.
@@ -25,6 +28,7 @@ pub fn unlocked(socket: PathBuf, device: DeviceInfo) {
             };
             let mut n = Notification::new();
             n.appname(APP)
+                .hint(Hint::DesktopEntry(DESKTOP_ENTRY.into()))
                 .icon(ICON)
                 .summary(&format!("‘{label}’ unlocked"))
                 .body(&body)
@@ -65,6 +69,7 @@ pub fn problem(summary: &str, body: &str) {
 fn show_problem(summary: &str, body: &str) {
     let shown = Notification::new()
         .appname(APP)
+        .hint(Hint::DesktopEntry(DESKTOP_ENTRY.into()))
         .icon(ICON)
         .summary(summary)
         .body(body)
@@ -108,6 +113,7 @@ fn unmount(socket: &std::path::Path, device: &DeviceInfo, label: &str) {
         Ok(_) => {
             let _ = Notification::new()
                 .appname(APP)
+                .hint(Hint::DesktopEntry(DESKTOP_ENTRY.into()))
                 .icon(ICON)
                 .summary(&format!("‘{label}’ can be removed"))
                 .body("It was unmounted and locked.")
