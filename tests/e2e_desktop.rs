@@ -909,7 +909,8 @@ impl Scene {
             .and_then(|i| lines.get(i + 1))
             .map(|l| l.trim().to_owned());
         assert_eq!(
-            hint.as_deref().map(|l| l.ends_with("string \"org.guilocker.Dialog\"")),
+            hint.as_deref()
+                .map(|l| l.ends_with("string \"org.guilocker.Dialog\"")),
             Some(true),
             "{hint:?}"
         );

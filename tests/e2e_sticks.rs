@@ -307,6 +307,7 @@ macro_rules! on_dm_crypt {
 }
 
 on_dm_crypt!(
+    unmounted_by_another_program,
     ntfs_stick_with_mbr,
     exfat_stick_with_gpt,
     fat_to_go_stick_without_partition_table,
@@ -315,6 +316,7 @@ on_dm_crypt!(
 );
 
 on_both_engines!(
+    unmounted_by_another_program,
     ntfs_stick_with_mbr,
     exfat_stick_with_gpt,
     fat_to_go_stick_without_partition_table,
@@ -483,6 +485,52 @@ fn surprise_removal_while_mounted(engine: Engine) {
     assert!(engines_for(&dev).is_empty());
     // And the daemon still answers.
     assert!(daemon.status().iter().all(|d| d.device != dev));
+}
+
+/// The file manager (here: `umount`, then `umount -l`) unmounts the volume behind the
+/// daemon's back: it notices, puts the rest away and says the drive is locked again.
+fn unmounted_by_another_program(engine: Engine) {
+    let _serial = serial();
+    let Some(Plugged {
+        daemon,
+        mut events,
+        stick: _stick,
+        dev,
+    }) = plugged(
+        engine,
+        "unmounted_by_another_program",
+        "bitlk-aes-xts-128",
+        "OTHERS",
+        "mbr",
+    )
+    else {
+        return;
+    };
+    for umount in [&["umount"][..], &["umount", "--lazy"][..]] {
+        let (mountpoint, view) = unlock_for_user(&daemon, &dev);
+        run_ok(
+            std::process::Command::new(umount[0])
+                .args(&umount[1..])
+                .arg(&mountpoint),
+        );
+        let locked = wait_event(&mut events, "the daemon to put it away", |k, d| {
+            k == EventKind::Changed && d.device == dev && d.state == DeviceState::Locked
+        });
+        assert_eq!(locked.mountpoint, None, "{umount:?}");
+        assert!(
+            !mountpoint.exists(),
+            "{umount:?}: {} left",
+            mountpoint.display()
+        );
+        if engine == Engine::DmCrypt {
+            wait_until("the mapping to close", || {
+                guilocker::daemon::dmcrypt::mappings().is_empty()
+            });
+        }
+        assert_view_gone(&view);
+        assert!(engines_for(&dev).is_empty(), "{umount:?}: engine left");
+        assert!(!daemon.media.join(TEST_USER).exists());
+    }
 }
 
 /// SIGTERM with a mounted volume unmounts it and exits 0.

@@ -660,6 +660,74 @@ impl Daemon {
         self.settled.notify_all();
     }
 
+    /// The mount table changed. A volume whose filesystem someone else unmounted (the file
+    /// manager, `umount`, `umount -l`) is put away on a worker, as if we had unmounted it:
+    /// its FUSE driver waited for, loop device detached, engine stopped, directories removed;
+    /// then it is locked again and says so.
+    pub fn mounts_changed(self: &Arc<Self>) {
+        let mounted: std::collections::HashSet<PathBuf> = super::mounts::mounts()
+            .into_iter()
+            .map(|m| m.mountpoint)
+            .collect();
+        let mut table = self.lock();
+        let gone: Vec<String> = table
+            .devices
+            .values()
+            .filter(|d| !d.busy)
+            .filter(|d| {
+                d.session
+                    .as_ref()
+                    .and_then(|s| s.mounted.as_ref())
+                    .is_some_and(|m| !mounted.contains(&m.mountpoint))
+            })
+            .map(|d| d.name.clone())
+            .collect();
+        for name in gone {
+            let dev = table.devices.get_mut(&name).expect("listed above");
+            let (path, generation) = (dev.path.clone(), dev.generation);
+            // The session goes to the worker only once it runs: if no thread can be had,
+            // it stays here, mounted as far as we know, for the next change to retry.
+            let (tx, rx) = std::sync::mpsc::channel::<Session>();
+            let daemon = Arc::clone(self);
+            let worker_path = path.clone();
+            let spawned = std::thread::Builder::new()
+                .name("guilocker-put-away".into())
+                .spawn(move || {
+                    if let Ok(session) = rx.recv() {
+                        daemon.put_away_unmounted(&name, generation, &worker_path, session);
+                    }
+                });
+            match spawned {
+                Ok(_) => {
+                    log::info!("{path}: unmounted by another program; putting it away");
+                    dev.busy = true;
+                    let session = dev.session.take().expect("filtered above");
+                    let _ = tx.send(session);
+                }
+                Err(e) => log::error!("{path}: cannot start a thread to put it away: {e}"),
+            }
+        }
+    }
+
+    fn put_away_unmounted(&self, name: &str, generation: u64, path: &str, session: Session) {
+        self.teardown(path, session, false);
+        let mut table = self.lock();
+        if let Some(dev) = table
+            .devices
+            .get_mut(name)
+            .filter(|d| d.generation == generation)
+        {
+            dev.busy = false;
+            dev.state = DeviceState::Locked;
+            dev.error = None;
+            let info = dev.info();
+            drop(table);
+            self.emit(EventKind::Changed, info);
+            log::info!("{path}: put away");
+        }
+        self.settled.notify_all();
+    }
+
     /// On SIGTERM: refuse new work, let running operations finish, put everything away.
     pub fn shutdown(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);

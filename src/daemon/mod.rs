@@ -1,8 +1,9 @@
 //! `guilocker daemon`: the root service that watches, probes, unlocks and mounts.
 //!
 //! One thread runs the event loop: signals arrive on a signalfd (they are blocked in every
-//! thread), kernel uevents on a netlink socket, clients on the control socket, and a timer
-//! re-reads /proc/partitions as a safety net. Each client connection gets a thread, so a
+//! thread), kernel uevents on a netlink socket, clients on the control socket, changes of
+//! the mount table on /proc/self/mountinfo, and a timer re-reads /proc/partitions as a
+//! safety net. Each client connection gets a thread, so a
 //! slow unlock never stalls detection or other clients.
 
 pub mod auth;
@@ -167,6 +168,16 @@ fn event_loop(
     uevents: Option<&watch::UeventSocket>,
 ) {
     let conns = Arc::new(server::Connections::default());
+    // The mount table: a volume someone else unmounts is put away.
+    let mount_watch = match mounts::MountWatch::open() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            log::warn!(
+                "cannot watch the mount table ({e}); unmounts by other programs go unnoticed"
+            );
+            None
+        }
+    };
     let mut last_scan = Instant::now();
     loop {
         let interval = daemon.config().poll_interval();
@@ -175,9 +186,14 @@ fn event_loop(
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(listener.listener.as_fd(), PollFlags::POLLIN),
         ];
-        if let Some(u) = uevents {
+        let uevent_at = uevents.map(|u| {
             fds.push(PollFd::new(u.fd().as_fd(), PollFlags::POLLIN));
-        }
+            fds.len() - 1
+        });
+        let mounts_at = mount_watch.as_ref().map(|w| {
+            fds.push(PollFd::new(w.fd(), PollFlags::POLLPRI));
+            fds.len() - 1
+        });
         let timeout = PollTimeout::try_from(until_scan.as_millis().min(60_000) as i32 + 1)
             .unwrap_or(PollTimeout::MAX);
         if let Err(e) = poll(&mut fds, timeout) {
@@ -191,14 +207,18 @@ fn event_loop(
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(fds);
+        let is_ready = |at: Option<usize>| at.is_some_and(|i| ready[i]);
 
-        if ready.get(2).copied().unwrap_or(false) && uevents.is_some_and(|u| u.drain()) {
+        if is_ready(uevent_at) && uevents.is_some_and(|u| u.drain()) {
             daemon.rescan();
             last_scan = Instant::now();
         }
         if last_scan.elapsed() >= interval {
             daemon.rescan();
             last_scan = Instant::now();
+        }
+        if is_ready(mounts_at) {
+            daemon.mounts_changed();
         }
         if ready[1] {
             server::accept_all(&listener.listener, daemon, &conns);
