@@ -273,6 +273,10 @@ pub struct DeviceInfo {
     /// `tpm`, `smart_card`, `clear_key`); empty when unknown.
     #[serde(default)]
     pub protectors: Vec<String>,
+    /// The Key ID of each recovery key (`F99F18E8`), as Windows shows it: people find the
+    /// right key in their Microsoft account by it.
+    #[serde(default)]
+    pub recovery_key_ids: Vec<String>,
     /// The kernel's disk sequence number: new on every plug, the same across daemon
     /// restarts. Tells a stick plugged in again under the same name from the one before.
     #[serde(default)]

@@ -393,6 +393,11 @@ fn device(protectors: &[&str]) -> DeviceInfo {
         guid: None,
         description: Some("DESKTOP-7QH2 E: 14/03/2024".into()),
         protectors: protectors.iter().map(|s| s.to_string()).collect(),
+        recovery_key_ids: if protectors.contains(&"recovery_password") {
+            vec!["F99F18E8".into()]
+        } else {
+            vec![]
+        },
         diskseq: None,
         left_to_desktop: false,
     }
@@ -531,6 +536,9 @@ fn recovery_key_is_checked_group_by_group() {
     // Keyboard only: the toggle's mnemonic switches and focuses the key entry.
     key(&desktop, &window, "alt+k");
     focused_node(&desktop, pid, "text", "BitLocker recovery key");
+    desktop.wait_node(pid, "the Key ID shown", |n| {
+        n.role == "label" && n.name == "Key ID: F99F18E8"
+    });
     let typo = GOOD_KEY.replacen("253979", "253978", 1);
     type_text(&desktop, &window, &typo);
     desktop.wait_node(pid, "group 3 named", |n| {

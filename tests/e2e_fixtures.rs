@@ -73,6 +73,19 @@ fn inspect_agrees_with_images_conf() {
                 .collect();
             assert_eq!(kinds, [kind], "{}: protector {guid}", image.name);
         }
+        // The recovery key's Key ID, as Windows shows it: its GUID's first 8 hex digits.
+        if let Some(guid) = image.get("RP_VMK_GUID") {
+            let id = guid[..8].to_uppercase();
+            let p = v["protectors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["guid"] == guid)
+                .unwrap();
+            assert_eq!(p["key_id"], id.as_str(), "{}", image.name);
+            let (_, human, _) = daemon.cli(None, &["inspect", path.to_str().unwrap()], "");
+            assert!(human.contains(&format!("Key ID {id}")), "{human}");
+        }
         let text = serde_json::to_string(&v).unwrap();
         for secret in [image.get("PW"), image.get("RP")].into_iter().flatten() {
             assert!(

@@ -32,6 +32,48 @@ pub struct VolumeInfo {
 pub struct Protector {
     pub kind: ProtectorKind,
     pub guid: Guid,
+    /// A recovery key's Key ID, as Windows shows it beside the key (and the Microsoft
+    /// account lists it): the first eight hex digits of the protector's GUID, upper case.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<KeyId>,
+}
+
+/// Windows' "Key ID" of a recovery key, e.g. `F99F18E8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyId([u8; 8]);
+
+impl KeyId {
+    pub fn of(guid: &Guid) -> Self {
+        let text = guid.to_string().to_ascii_uppercase();
+        let mut id = [b'0'; 8];
+        for (slot, b) in id
+            .iter_mut()
+            .zip(text.bytes().filter(u8::is_ascii_hexdigit))
+        {
+            *slot = b;
+        }
+        Self(id)
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only ASCII hex digits were put in.
+        f.write_str(std::str::from_utf8(&self.0).unwrap_or("????????"))
+    }
+}
+
+impl Serialize for KeyId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl Protector {
+    pub fn new(kind: ProtectorKind, guid: Guid) -> Self {
+        let key_id = (kind == ProtectorKind::RecoveryPassword).then(|| KeyId::of(&guid));
+        Self { kind, guid, key_id }
+    }
 }
 
 /// Sector encryption of the volume.
@@ -243,6 +285,24 @@ pub(crate) fn filetime_to_unix(filetime: u64) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_id_is_the_guids_first_eight_hex_digits() {
+        // On disk the first three fields are little-endian: this is {F99F18E8-0348-…}.
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&0xf99f_18e8u32.to_le_bytes());
+        let guid = Guid(raw);
+        assert!(guid.to_string().starts_with("f99f18e8-"), "{guid}");
+        let p = Protector::new(ProtectorKind::RecoveryPassword, guid);
+        assert_eq!(p.key_id.unwrap().to_string(), "F99F18E8");
+        assert_eq!(
+            serde_json::to_value(p).unwrap()["key_id"],
+            serde_json::json!("F99F18E8")
+        );
+        let p = Protector::new(ProtectorKind::Password, guid);
+        assert_eq!(p.key_id, None);
+        assert!(serde_json::to_value(p).unwrap().get("key_id").is_none());
+    }
 
     #[test]
     fn json_names() {

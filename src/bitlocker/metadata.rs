@@ -240,10 +240,7 @@ pub(crate) fn parse_block(
     }
     info.protectors = protectors
         .iter()
-        .map(|p: &ProtectorKeys| Protector {
-            kind: p.kind,
-            guid: p.guid,
-        })
+        .map(|p: &ProtectorKeys| Protector::new(p.kind, p.guid))
         .collect();
     Ok(Metadata {
         info,

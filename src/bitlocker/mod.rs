@@ -25,7 +25,7 @@ mod unlock;
 pub use bek::{parse_startup_key, StartupKey};
 pub use error::BitlockerError;
 pub use guid::Guid;
-pub use info::{Cipher, EncryptionState, Protector, ProtectorKind, VolumeInfo};
+pub use info::{Cipher, EncryptionState, KeyId, Protector, ProtectorKind, VolumeInfo};
 pub use keys::Fvek;
 pub use layout::{Extent, Layout, Source};
 #[doc(hidden)]

@@ -116,9 +116,14 @@ fn describe(device: &str, v: &Value) -> String {
         .unwrap_or_default();
     for (i, p) in protectors.iter().enumerate() {
         let label = if i == 0 { "Protectors" } else { "" };
+        let key_id = p
+            .get("key_id")
+            .and_then(Value::as_str)
+            .map(|id| format!("  Key ID {id}"))
+            .unwrap_or_default();
         row(
             label,
-            format!("{:<18} {}", text(p, "kind"), text(p, "guid")),
+            format!("{:<18} {}{key_id}", text(p, "kind"), text(p, "guid")),
         );
     }
     s

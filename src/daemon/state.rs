@@ -16,6 +16,7 @@ pub struct VolumeFacts {
     pub guid: Option<String>,
     pub description: Option<String>,
     pub protectors: Vec<String>,
+    pub recovery_key_ids: Vec<String>,
 }
 
 impl VolumeFacts {
@@ -39,6 +40,11 @@ impl VolumeFacts {
             )
             .filter(|d| !d.trim().is_empty()),
             protectors,
+            recovery_key_ids: info
+                .protectors
+                .iter()
+                .filter_map(|p| p.key_id.map(|id| id.to_string()))
+                .collect(),
         }
     }
 }
@@ -104,6 +110,7 @@ impl Device {
             guid: self.volume.guid.clone(),
             description: self.volume.description.clone(),
             protectors: self.volume.protectors.clone(),
+            recovery_key_ids: self.volume.recovery_key_ids.clone(),
             diskseq: self.appearance.diskseq,
             left_to_desktop: self.left_to_desktop,
         }

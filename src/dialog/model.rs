@@ -128,6 +128,16 @@ pub fn description(device: &DeviceInfo) -> Option<String> {
     (!text.is_empty()).then(|| format!("Described as “{text}”"))
 }
 
+/// "Key ID: F99F18E8" (or both IDs of a drive with two recovery keys), so people can find
+/// the right key among those Windows or their Microsoft account lists.
+pub fn key_ids(device: &DeviceInfo) -> Option<String> {
+    match device.recovery_key_ids.as_slice() {
+        [] => None,
+        [one] => Some(format!("Key ID: {one}")),
+        many => Some(format!("Key IDs: {}", many.join(", "))),
+    }
+}
+
 /// Where a recovery key being typed stands.
 #[derive(Debug, PartialEq, Eq)]
 pub enum KeyCheck {
@@ -279,6 +289,20 @@ mod tests {
     }
 
     #[test]
+    fn key_ids_as_windows_shows_them() {
+        let mut d: DeviceInfo = serde_json::from_value(serde_json::json!({
+            "device": "/dev/sdb1", "bitlocker": true, "state": "locked", "mountpoint": null,
+            "decrypted": null, "label": null, "size_bytes": 1, "owner": null,
+        }))
+        .unwrap();
+        assert_eq!(key_ids(&d), None);
+        d.recovery_key_ids = vec!["F99F18E8".into()];
+        assert_eq!(key_ids(&d).unwrap(), "Key ID: F99F18E8");
+        d.recovery_key_ids.push("0A1B2C3D".into());
+        assert_eq!(key_ids(&d).unwrap(), "Key IDs: F99F18E8, 0A1B2C3D");
+    }
+
+    #[test]
     fn drive_texts() {
         let mut d = DeviceInfo {
             device: "/dev/sdb1".into(),
@@ -299,6 +323,7 @@ mod tests {
             description: Some(" ".into()),
             protectors: vec![],
             diskseq: None,
+            recovery_key_ids: vec![],
             left_to_desktop: false,
         };
         assert_eq!(title(&d), "BitLocker drive");

@@ -37,6 +37,8 @@ pub struct UnlockDialog {
     #[template_child]
     password_entry: TemplateChild<gtk::PasswordEntry>,
     #[template_child]
+    recovery_key_id: TemplateChild<gtk::Label>,
+    #[template_child]
     recovery_entry: TemplateChild<gtk::Entry>,
     #[template_child]
     recovery_status: TemplateChild<gtk::Label>,
@@ -145,6 +147,11 @@ impl UnlockDialog {
         if let Some(text) = model::description(device) {
             self.drive_description.set_label(&text);
             self.drive_description.set_visible(true);
+        }
+
+        if let Some(text) = model::key_ids(device) {
+            self.recovery_key_id.set_label(&text);
+            self.recovery_key_id.set_visible(true);
         }
 
         let offer = model::offer(&device.protectors);
