@@ -71,6 +71,10 @@ pub enum Request {
         all: bool,
         #[serde(default)]
         force: bool,
+        /// Keep a USB stick powered after its last volume is put away (it is always
+        /// flushed); by default it is powered off, as "safe to remove" on other desktops.
+        #[serde(default)]
+        no_power_off: bool,
     },
     /// `{"type":"inspect","device":"/dev/sdb1"}`: what the BitLocker metadata says.
     Inspect { device: String },

@@ -316,6 +316,7 @@ on_dm_crypt!(
 );
 
 on_both_engines!(
+    unmount_flushes_the_stick,
     unmounted_by_another_program,
     ntfs_stick_with_mbr,
     exfat_stick_with_gpt,
@@ -485,6 +486,68 @@ fn surprise_removal_while_mounted(engine: Engine) {
     assert!(engines_for(&dev).is_empty());
     // And the daemon still answers.
     assert!(daemon.status().iter().all(|d| d.device != dev));
+}
+
+/// Flush requests the kernel has completed on a whole disk (`/sys/block/DISK/stat`, field 16).
+fn flushes(disk: &str) -> u64 {
+    let name = disk.trim_start_matches("/dev/");
+    let stat = std::fs::read_to_string(format!("/sys/block/{name}/stat")).unwrap();
+    stat.split_whitespace()
+        .nth(15)
+        .expect("a kernel that counts flushes (5.5+)")
+        .parse()
+        .unwrap()
+}
+
+/// "Safe to remove": `unmount` flushes the stick itself once its last volume is put away
+/// (a loop device is not on USB, so it stays powered; `--no-power-off` changes nothing there).
+/// dislocker never flushes the stick, so on that engine only our flush can move the count.
+fn unmount_flush_the_stick_with(engine: Engine, extra: &[&str]) {
+    let _serial = serial();
+    let Some(Plugged {
+        daemon,
+        events: _events,
+        stick,
+        dev,
+    }) = plugged(
+        engine,
+        "unmount_flushes_the_stick",
+        "bitlk-aes-xts-128",
+        "FLUSH",
+        "mbr",
+    )
+    else {
+        return;
+    };
+    let (mountpoint, _) = unlock_for_user(&daemon, &dev);
+    let before = flushes(&stick.loop_dev);
+    let mut args = vec!["unmount", dev.as_str()];
+    args.extend_from_slice(extra);
+    let (code, _, err) = daemon.cli(Some(TEST_USER), &args, "");
+    assert_eq!(code, 0, "{err}");
+    assert!(!mountpoint.exists());
+    let line = daemon.wait_log("it can be removed");
+    assert!(
+        line.contains(&format!("{} flushed", stick.loop_dev)),
+        "{line}"
+    );
+    if extra.is_empty() {
+        assert!(line.contains("not on USB: left powered"), "{line}");
+    }
+    assert!(
+        flushes(&stick.loop_dev) > before,
+        "no flush reached {}",
+        stick.loop_dev
+    );
+}
+
+fn unmount_flushes_the_stick(engine: Engine) {
+    // --no-power-off on one engine: the flush happens all the same.
+    let extra: &[&str] = match engine {
+        Engine::Native => &["--no-power-off"],
+        _ => &[],
+    };
+    unmount_flush_the_stick_with(engine, extra);
 }
 
 /// The file manager (here: `umount`, then `umount -l`) unmounts the volume behind the

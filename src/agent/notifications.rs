@@ -107,6 +107,7 @@ fn unmount(socket: &std::path::Path, device: &DeviceInfo, label: &str) {
             target: Some(device.device.clone()),
             all: false,
             force: false,
+            no_power_off: false,
         })
     });
     match result {

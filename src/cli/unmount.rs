@@ -16,6 +16,9 @@ pub struct UnmountArgs {
     /// Detach even if files are open (lazy unmount)
     #[arg(long)]
     pub force: bool,
+    /// Keep a USB stick powered afterwards (it is flushed either way)
+    #[arg(long)]
+    pub no_power_off: bool,
     #[command(flatten)]
     pub socket: SocketArg,
 }
@@ -36,6 +39,7 @@ pub fn run(args: UnmountArgs) -> Result<(), Failure> {
         target,
         all: args.all,
         force: args.force,
+        no_power_off: args.no_power_off,
     })? {
         Response::Unmounted { devices } => {
             if devices.is_empty() && args.all {

@@ -495,6 +495,7 @@ impl Daemon {
         target: Option<&str>,
         all: bool,
         force: bool,
+        power_off: bool,
     ) -> Result<Vec<String>, DaemonError> {
         let mut jobs = Vec::new();
         {
@@ -570,9 +571,20 @@ impl Daemon {
                     dev.state = DeviceState::Locked;
                     dev.error = None;
                     let info = dev.info();
+                    let disk = super::eject::disk_of(&name);
+                    // Safe to remove once nothing else on the stick is unlocked.
+                    let last = !table.devices.values().any(|d| {
+                        (d.busy || d.session.is_some()) && super::eject::disk_of(&d.name) == disk
+                    });
                     drop(table);
                     self.emit(EventKind::Changed, info);
                     log::info!("{path}: put away");
+                    if last {
+                        match super::eject::safe_to_remove(&self.paths.dev, &disk, power_off) {
+                            Ok(done) => log::info!("{path}: {done}; it can be removed"),
+                            Err(e) => log::warn!("{path}: {e}"),
+                        }
+                    }
                     done.push(path);
                 }
                 (Ok(()), None) => done.push(path),

@@ -11,6 +11,7 @@ pub mod core;
 pub mod daemonize;
 pub mod desktop;
 pub mod dmcrypt;
+pub mod eject;
 pub mod error;
 pub mod filesystem;
 pub mod mount;

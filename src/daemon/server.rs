@@ -230,8 +230,13 @@ fn handle(daemon: &Daemon, caller: &Caller, request: Request) -> Response {
         } => daemon
             .unlock(caller, &device, &secret, read_only, mount, owner.as_deref())
             .map(|device| Response::Unlocked { device }),
-        Request::Unmount { target, all, force } => daemon
-            .unmount(caller, target.as_deref(), all, force)
+        Request::Unmount {
+            target,
+            all,
+            force,
+            no_power_off,
+        } => daemon
+            .unmount(caller, target.as_deref(), all, force, !no_power_off)
             .map(|devices| Response::Unmounted { devices }),
         Request::Inspect { device } => daemon
             .inspect(&device)
