@@ -284,47 +284,41 @@ fn assert_view_gone(view: &Option<PathBuf>) {
     assert_no_mapping();
 }
 
-/// Each stick test once on our engine and once on dislocker, forced by the config.
-macro_rules! on_both_engines {
-    ($($test:ident),* $(,)?) => {
+/// Each stick test once on our engine and once on dislocker, forced by the config; those in
+/// `kernel_too` also on dm-crypt, which needs device-mapper: inside the VM
+/// (tests/kernel_vm.rs), `#[ignore]`d here.
+macro_rules! on_engines {
+    (kernel_too: [$($both:ident),* $(,)?], fuse_only: [$($fuse:ident),* $(,)?] $(,)?) => {
         mod native {
-            $(#[test] fn $test() { super::$test(guilocker::protocol::Engine::Native) })*
+            $(#[test] fn $both() { super::$both(guilocker::protocol::Engine::Native) })*
+            $(#[test] fn $fuse() { super::$fuse(guilocker::protocol::Engine::Native) })*
         }
         mod dislocker {
-            $(#[test] fn $test() { super::$test(guilocker::protocol::Engine::Dislocker) })*
+            $(#[test] fn $both() { super::$both(guilocker::protocol::Engine::Dislocker) })*
+            $(#[test] fn $fuse() { super::$fuse(guilocker::protocol::Engine::Dislocker) })*
         }
-    };
-}
-
-/// The kernel path's stick tests: only where device-mapper is, inside the VM.
-macro_rules! on_dm_crypt {
-    ($($test:ident),* $(,)?) => {
         mod dm_crypt {
             $(#[test] #[ignore = "kernel path: runs inside a VM with Debian's kernel (tests/kernel_vm.rs)"]
-              fn $test() { super::$test(guilocker::protocol::Engine::DmCrypt) })*
+              fn $both() { super::$both(guilocker::protocol::Engine::DmCrypt) })*
         }
     };
 }
 
-on_dm_crypt!(
-    unmounted_by_another_program,
-    ntfs_stick_with_mbr,
-    exfat_stick_with_gpt,
-    fat_to_go_stick_without_partition_table,
-    surprise_removal_while_mounted,
-    sigterm_puts_everything_away,
-);
-
-on_both_engines!(
-    unmount_flushes_the_stick,
-    unmounted_by_another_program,
-    ntfs_stick_with_mbr,
-    exfat_stick_with_gpt,
-    fat_to_go_stick_without_partition_table,
-    surprise_removal_while_mounted,
-    sigterm_puts_everything_away,
-    dead_engine_is_noticed_and_cleaned_up,
-    restart_after_a_crash_cleans_up,
+on_engines!(
+    kernel_too: [
+        unmounted_by_another_program,
+        ntfs_stick_with_mbr,
+        exfat_stick_with_gpt,
+        fat_to_go_stick_without_partition_table,
+        surprise_removal_while_mounted,
+        sigterm_puts_everything_away,
+    ],
+    // A flush counted on the loop device; an engine process to kill.
+    fuse_only: [
+        unmount_flushes_the_stick,
+        dead_engine_is_noticed_and_cleaned_up,
+        restart_after_a_crash_cleans_up,
+    ],
 );
 
 fn ntfs_stick_with_mbr(engine: Engine) {
@@ -504,22 +498,12 @@ fn flushes(disk: &str) -> u64 {
 /// dislocker never flushes the stick, so on that engine only our flush can move the count.
 fn unmount_flush_the_stick_with(engine: Engine, extra: &[&str]) {
     let _serial = serial();
-    let Some(Plugged {
-        daemon,
-        events: _events,
-        stick,
-        dev,
-    }) = plugged(
-        engine,
-        "unmount_flushes_the_stick",
-        "bitlk-aes-xts-128",
-        "FLUSH",
-        "mbr",
-    )
-    else {
+    let name = "unmount_flushes_the_stick";
+    let Some(p) = plugged(engine, name, "bitlk-aes-xts-128", "FLUSH", "mbr") else {
         return;
     };
-    let (mountpoint, _) = unlock_for_user(&daemon, &dev);
+    let (daemon, stick, dev) = (&p.daemon, &p.stick, &p.dev);
+    let (mountpoint, _) = unlock_for_user(daemon, dev);
     let before = flushes(&stick.loop_dev);
     let mut args = vec!["unmount", dev.as_str()];
     args.extend_from_slice(extra);
@@ -554,29 +538,19 @@ fn unmount_flushes_the_stick(engine: Engine) {
 /// daemon's back: it notices, puts the rest away and says the drive is locked again.
 fn unmounted_by_another_program(engine: Engine) {
     let _serial = serial();
-    let Some(Plugged {
-        daemon,
-        mut events,
-        stick: _stick,
-        dev,
-    }) = plugged(
-        engine,
-        "unmounted_by_another_program",
-        "bitlk-aes-xts-128",
-        "OTHERS",
-        "mbr",
-    )
-    else {
+    let name = "unmounted_by_another_program";
+    let Some(mut p) = plugged(engine, name, "bitlk-aes-xts-128", "OTHERS", "mbr") else {
         return;
     };
+    let (daemon, events, dev) = (&p.daemon, &mut p.events, p.dev.clone());
     for umount in [&["umount"][..], &["umount", "--lazy"][..]] {
-        let (mountpoint, view) = unlock_for_user(&daemon, &dev);
+        let (mountpoint, view) = unlock_for_user(daemon, &dev);
         run_ok(
             std::process::Command::new(umount[0])
                 .args(&umount[1..])
                 .arg(&mountpoint),
         );
-        let locked = wait_event(&mut events, "the daemon to put it away", |k, d| {
+        let locked = wait_event(events, "the daemon to put it away", |k, d| {
             k == EventKind::Changed && d.device == dev && d.state == DeviceState::Locked
         });
         assert_eq!(locked.mountpoint, None, "{umount:?}");
