@@ -471,7 +471,7 @@ fn surprise_removal_while_mounted(engine: Engine) {
     assert!(!mountpoint.exists());
     // A deferred close: the kernel removes the mapping once the detached filesystem lets go.
     if engine == Engine::DmCrypt {
-        wait_until("the mapping to close", || {
+        wait_for_block_change("the mapping to close", || {
             guilocker::daemon::dmcrypt::mappings().is_empty()
         });
     }
@@ -559,7 +559,7 @@ fn unmounted_by_another_program(engine: Engine) {
             mountpoint.display()
         );
         if engine == Engine::DmCrypt {
-            wait_until("the mapping to close", || {
+            wait_for_block_change("the mapping to close", || {
                 guilocker::daemon::dmcrypt::mappings().is_empty()
             });
         }

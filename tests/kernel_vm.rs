@@ -241,16 +241,21 @@ mod in_vm {
         let pw = guilocker::secret::SecretString::from(image.get("PW").unwrap());
         let fvek =
             guilocker::bitlocker::unlock(&meta, guilocker::bitlocker::Key::Password(&pw)).unwrap();
-        let key = scratch("udev-key").join("key");
-        std::fs::write(&key, &*fvek.dm_crypt_key().unwrap()).unwrap();
-        run_ok(
-            Command::new("cryptsetup")
-                .args(["open", "--type", "bitlk", "--readonly", "--volume-key-file"])
-                .arg(&key)
-                .arg(&stick.loop_dev)
-                .arg("guilocker-udevtest"),
-        );
-        std::fs::remove_file(&key).unwrap();
+        // The key on cryptsetup's stdin, never in a file.
+        let mut open = Command::new("cryptsetup")
+            .args(["open", "--type", "bitlk", "--readonly", "--volume-key-file"])
+            .arg("/dev/stdin")
+            .arg(&stick.loop_dev)
+            .arg("guilocker-udevtest")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(
+            &mut open.stdin.take().unwrap(),
+            &fvek.dm_crypt_key().unwrap(),
+        )
+        .unwrap();
+        assert!(open.wait().unwrap().success(), "cryptsetup open failed");
         let props = properties("/dev/mapper/guilocker-udevtest");
         run_ok(Command::new("cryptsetup").args(["close", "guilocker-udevtest"]));
         assert!(props.contains("DM_NAME=guilocker-udevtest"), "{props}");

@@ -38,28 +38,24 @@ pub struct Protector {
     pub key_id: Option<KeyId>,
 }
 
-/// Windows' "Key ID" of a recovery key, e.g. `F99F18E8`.
+/// Windows' "Key ID" of a recovery key, e.g. `F99F18E8`: upper-case hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyId([u8; 8]);
+pub struct KeyId([u8; 4]);
 
 impl KeyId {
+    /// The GUID's first field, as its text form starts.
     pub fn of(guid: &Guid) -> Self {
-        let text = guid.to_string().to_ascii_uppercase();
-        let mut id = [b'0'; 8];
-        for (slot, b) in id
-            .iter_mut()
-            .zip(text.bytes().filter(u8::is_ascii_hexdigit))
-        {
-            *slot = b;
-        }
-        Self(id)
+        let mut first = [0u8; 4];
+        first.copy_from_slice(&guid.0[..4]);
+        // Stored little-endian, printed big-endian (see `Guid`'s Display).
+        first.reverse();
+        Self(first)
     }
 }
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Only ASCII hex digits were put in.
-        f.write_str(std::str::from_utf8(&self.0).unwrap_or("????????"))
+        self.0.iter().try_for_each(|b| write!(f, "{b:02X}"))
     }
 }
 

@@ -141,7 +141,9 @@ impl Fvek {
             Cipher::AesXts256 => (64, false),
             Cipher::Unknown(_) => return None,
         };
-        let mut out = Zeroizing::new(self.key.get(..len)?.to_vec());
+        // Sized once: a Vec that grows leaves its old copy of the key behind, unwiped.
+        let mut out = Zeroizing::new(Vec::with_capacity(if tweak { 2 * len } else { len }));
+        out.extend_from_slice(self.key.get(..len)?);
         if tweak {
             out.extend_from_slice(self.key.get(ELEPHANT_TWEAK_AT..ELEPHANT_TWEAK_AT + len)?);
         }

@@ -675,14 +675,25 @@ pub const KERNEL_VM_ENV: &str = "GUILOCKER_KERNEL_VM";
 pub const IN_THE_VM: &str =
     "kernel path: runs inside a VM with Debian's kernel (tests/kernel_vm.rs)";
 
-/// Waits until `done()` holds, re-checking every 20 ms, or fails at the deadline. For state
-/// the kernel changes without telling us (a deferred dm-crypt close completes at the last
-/// close of the mapping).
-pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+/// Waits until `done()` holds, re-checking it whenever the kernel announces a block-device
+/// change (a uevent), or fails at the deadline. For state the kernel changes without telling
+/// the daemon's clients: a deferred dm-crypt close completes at the mapping's last close.
+pub fn wait_for_block_change(what: &str, mut done: impl FnMut() -> bool) {
+    use std::os::fd::AsFd;
+    // Listening before the first check: a change between the two is not missed.
+    let uevents = guilocker::daemon::watch::UeventSocket::open().expect("a uevent socket");
     let deadline = Instant::now() + WAIT;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "timed out waiting for {what}");
+        let mut fds = [nix::poll::PollFd::new(
+            uevents.fd().as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ms = nix::poll::PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+            .unwrap_or(nix::poll::PollTimeout::MAX);
+        let _ = nix::poll::poll(&mut fds, ms);
+        uevents.drain();
     }
 }
 
