@@ -10,8 +10,9 @@ source packaging/lib.sh
 
 prefix=${PREFIX:-/usr/local}
 # cryptsetup: the kernel path (dm-crypt) where the kernel has device-mapper.
-runtime=(dislocker ntfs-3g exfat-fuse fusefat util-linux mount cryptsetup-bin)
-build=(pkg-config libgtk-4-dev libadwaita-1-dev)
+# libsecret: the dialog remembers passwords in the keyring (GNOME Keyring, KWallet).
+runtime=(dislocker ntfs-3g exfat-fuse fusefat util-linux mount cryptsetup-bin libsecret-1-0)
+build=(pkg-config libgtk-4-dev libadwaita-1-dev libsecret-1-dev)
 ensure_packages "${runtime[@]}" "${build[@]}"
 ensure_cargo
 cargo build --release --locked

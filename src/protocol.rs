@@ -111,6 +111,14 @@ impl UnlockSecret {
             Self::ClearKey => "clear key",
         }
     }
+
+    /// A secret that is text (a password or a recovery key), which a keyring can hold.
+    pub fn text(&self) -> Option<&SecretString> {
+        match self {
+            Self::Password { value } | Self::RecoveryPassword { value } => Some(value),
+            Self::StartupKey { .. } | Self::ClearKey => None,
+        }
+    }
 }
 
 /// The daemon's answer to one request, or an event on a subscribed connection.
@@ -308,6 +316,10 @@ pub enum DialogInput {
         kind: Option<ErrorKind>,
         #[serde(default)]
         message: Option<String>,
+        /// On `ok`: the volume's label, known only once it is open; the keyring entry is
+        /// named after it.
+        #[serde(default)]
+        label: Option<String>,
     },
     /// The device went away: `{"type":"close","reason":"the drive was removed"}`; the dialog
     /// exits with [`DIALOG_EXIT_CLOSED`].
@@ -321,11 +333,15 @@ pub enum DialogInput {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DialogOutput {
-    /// `{"type":"unlock","secret":{"kind":"password","value":"…"},"read_only":false}`
+    /// `{"type":"unlock","secret":{"kind":"password","value":"…"},"read_only":false,"remembered":false}`
     Unlock {
         secret: UnlockSecret,
         #[serde(default)]
         read_only: bool,
+        /// The secret came from the keyring, before any window was shown; a `result`
+        /// that is not `ok` makes the dialog forget it (wrong secret) and ask.
+        #[serde(default)]
+        remembered: bool,
     },
     /// `{"type":"cancel"}`: the person closed the dialog. Not an error.
     Cancel,

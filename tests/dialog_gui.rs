@@ -332,6 +332,7 @@ impl Dialog {
             ok,
             kind: (!ok).then_some(ErrorKind::WrongSecret),
             message: message.map(str::to_owned),
+            label: None,
         });
     }
 
@@ -408,6 +409,7 @@ fn expect_password(frame: DialogOutput, want: &str, want_read_only: bool) {
         DialogOutput::Unlock {
             secret: UnlockSecret::Password { value },
             read_only,
+            remembered: false,
         } => {
             assert!(
                 value.expose() == want,
@@ -567,6 +569,7 @@ fn recovery_key_is_checked_group_by_group() {
         DialogOutput::Unlock {
             secret: UnlockSecret::RecoveryPassword { value },
             read_only: false,
+            remembered: false,
         } => assert!(value.expose() == GOOD_KEY, "key not normalized"),
         other => panic!("expected a recovery key unlock, got {other:?}"),
     }
@@ -715,15 +718,25 @@ fn tpm_only_drive_says_so() {
     assert_eq!(dialog.wait_exit(), DIALOG_EXIT_CANCELLED);
 }
 
+/// The display is opened after the `show` frame (a remembered secret needs none); with no
+/// display and nothing remembered, the dialog says so in one line.
 #[test]
 fn no_display_exits_11() {
-    let out = Command::new(BIN)
+    let mut shown = device(&["password"]);
+    shown.guid = None;
+    let mut frame = Vec::new();
+    write_frame(&mut frame, &DialogInput::Show { device: shown }).unwrap();
+    let mut child = Command::new(BIN)
         .arg("dialog")
         .env_remove("DISPLAY")
         .env_remove("WAYLAND_DISPLAY")
-        .stdin(Stdio::null())
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run the dialog");
+    child.stdin.take().unwrap().write_all(&frame).unwrap();
+    let out = child.wait_with_output().expect("wait for the dialog");
     assert_eq!(out.status.code(), Some(DIALOG_EXIT_NO_DISPLAY));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");

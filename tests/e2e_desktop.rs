@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 const TITLE: &str = "Unlock BitLocker drive";
 const SOURCE: &str = "bitlk-aes-xts-128";
 const PASSWORD: &str = "anaconda";
+/// The test user's login password, which unlocks their login keyring.
+const KEYRING_PASSWORD: &str = "login-pässword";
 const LABEL: &str = "DESKTOP";
 const CLEAR_LABEL: &str = "CLEAR";
 const NOTIFICATION_DAEMON: &str = "/usr/lib/notification-daemon/notification-daemon";
@@ -354,8 +356,9 @@ impl Drop for UserProcess {
     }
 }
 
-/// The test user's desktop session: X server, session bus, notification server and a
-/// dbus-monitor on that bus. Everything is stopped on drop, in reverse order.
+/// The test user's desktop session: X server, session bus, notification server, a
+/// dbus-monitor on that bus and, if asked for, GNOME Keyring. Everything is stopped on drop,
+/// in reverse order.
 struct Desktop {
     uid: u32,
     runtime: PathBuf,
@@ -363,6 +366,7 @@ struct Desktop {
     /// The session's environment, for everything run in it.
     env: Vec<(String, String)>,
     monitor_out: Lines,
+    keyring: Option<UserProcess>,
     notifications: Option<UserProcess>,
     monitor: Option<UserProcess>,
     bus: Option<UserProcess>,
@@ -370,7 +374,9 @@ struct Desktop {
 }
 
 impl Desktop {
-    fn start(uid: u32) -> Self {
+    /// With `keyring`, gnome-keyring-daemon serves the Secret Service, its login keyring
+    /// made and unlocked with [`KEYRING_PASSWORD`] as a login would.
+    fn start(uid: u32, keyring: bool) -> Self {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         let runtime = std::env::temp_dir().join(format!(
             "guilocker-e2e-desktop-{}-{}",
@@ -416,6 +422,7 @@ impl Desktop {
             runtime,
             display,
             monitor_out: Lines::spawn("dbus-monitor", std::io::empty(), false),
+            keyring: None,
             notifications: None,
             monitor: None,
             bus: None,
@@ -442,6 +449,7 @@ impl Desktop {
             .arg(which("dbus-monitor").unwrap())
             .arg("interface='org.freedesktop.Notifications'")
             .arg("type='signal',member='NameOwnerChanged',arg0='org.freedesktop.Notifications'")
+            .arg("type='signal',member='NameOwnerChanged',arg0='org.freedesktop.secrets'")
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         let mut monitor = UserProcess::spawn("dbus-monitor", monitor);
@@ -475,7 +483,70 @@ impl Desktop {
                     .any(|l| l.trim() == "string \"org.freedesktop.Notifications\"")
                     .then_some(())
             });
+        if keyring {
+            desktop.start_keyring();
+        }
         desktop
+    }
+
+    /// gnome-keyring-daemon as a login starts it: the password on stdin unlocks the login
+    /// keyring, or makes it.
+    fn start_keyring(&mut self) {
+        let mut keyring = self.as_user(&[]);
+        keyring
+            .arg(which("gnome-keyring-daemon").unwrap())
+            .args(["--foreground", "--unlock", "--components=secrets"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut keyring = UserProcess::spawn("gnome-keyring-daemon", keyring);
+        let mut stdin = keyring.runuser.stdin.take().unwrap();
+        stdin.write_all(KEYRING_PASSWORD.as_bytes()).unwrap();
+        drop(stdin);
+        self.keyring = Some(keyring);
+        self.monitor_out
+            .wait("the keyring on the bus", GUI_WAIT, |lines| {
+                lines
+                    .iter()
+                    .any(|l| l.trim() == "string \"org.freedesktop.secrets\"")
+                    .then_some(())
+            });
+    }
+
+    /// A program run as the test user in this session; (exit code, stdout, stderr).
+    fn run_as_user(&self, program: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+        let mut cmd = self.as_user(&[]);
+        cmd.arg(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("runuser");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `secret-tool lookup gvfs-luks-uuid GUID`: where GNOME looks for a drive's
+    /// passphrase. `None` when nothing is there.
+    fn keyring_lookup(&self, guid: &str) -> Option<String> {
+        let tool = which("secret-tool").unwrap();
+        let (code, out, _) = self.run_as_user(&tool, &["lookup", "gvfs-luks-uuid", guid], "");
+        (code == 0).then_some(out)
+    }
+
+    /// `guilocker ARGS` as the test user in this session.
+    fn guilocker(&self, args: &[&str]) -> (i32, String, String) {
+        self.run_as_user(&user_bins().join("guilocker"), args, "")
     }
 
     /// `runuser -u guilocker-test -- env <session> [extra]`; the program follows.
@@ -637,6 +708,7 @@ impl Desktop {
 
 impl Drop for Desktop {
     fn drop(&mut self) {
+        drop(self.keyring.take());
         drop(self.notifications.take());
         drop(self.monitor.take());
         drop(self.bus.take());
@@ -812,11 +884,16 @@ struct Scene {
 
 impl Scene {
     fn start(name: &'static str) -> Self {
+        Self::start_with(name, false)
+    }
+
+    /// With `keyring`: a session with GNOME Keyring (see [`Desktop::start`]).
+    fn start_with(name: &'static str, keyring: bool) -> Self {
         remove_stale_scratch();
         let uid = ensure_user(TEST_USER, true);
         stick_image();
         user_bins();
-        let desktop = Desktop::start(uid);
+        let desktop = Desktop::start(uid, keyring);
         let daemon = TestDaemon::start(name);
         let events = daemon.events();
         let mut agent = Agent::start(&desktop, &daemon.socket);
@@ -1187,6 +1264,185 @@ fn one_agent_per_session_and_it_outlives_a_daemon_restart() {
     scene
         .desktop
         .wait_focused(pid, "password text", "BitLocker password");
+}
+
+/// What the keyring tests need beyond the desktop's.
+fn keyring_prerequisites() -> bool {
+    desktop_prerequisites() && prerequisites(&["gnome-keyring-daemon", "secret-tool"])
+}
+
+/// The volume GUID of the stick (the fixture's: making a stick keeps its BitLocker volume).
+fn stick_guid(scene: &Scene) -> String {
+    let image = fixtures().join(format!("{SOURCE}.img"));
+    let (code, out, err) =
+        scene
+            .daemon
+            .cli(None, &["inspect", "--json", image.to_str().unwrap()], "");
+    assert_eq!(code, 0, "inspect: {err}");
+    let volume: serde_json::Value = serde_json::from_str(&out).unwrap();
+    volume["guid"].as_str().expect("a GUID").to_owned()
+}
+
+/// Waits for the dialog process `pid` to end, and checks it never showed a window.
+fn assert_ends_without_a_window(desktop: &Desktop, pid: u32) {
+    poll(&format!("dialog {pid} to end"), || {
+        assert!(
+            desktop.windows_of(pid).is_empty(),
+            "dialog {pid} showed a window"
+        );
+        (!alive(pid)).then_some(())
+    });
+}
+
+/// "Remember forever" keeps the password where GNOME keeps one; with it, the stick opens on
+/// the next plug with no window, and the notification says how; `forget` by device name
+/// removes it.
+#[test]
+fn remembered_password_opens_the_next_plug_without_asking() {
+    let _serial = serial();
+    if !keyring_prerequisites() {
+        return;
+    }
+    let mut scene = Scene::start_with("desktop-keyring", true);
+    let guid = stick_guid(&scene);
+    let (dev, _) = scene.plug();
+    let (pid, window) = scene.dialog(&dev, 1);
+    scene
+        .desktop
+        .wait_focused(pid, "password text", "BitLocker password");
+    scene.desktop.type_text(&window, PASSWORD);
+    scene.desktop.key(&window, "alt+e");
+    scene
+        .desktop
+        .wait_node(pid, "“Remember forever” chosen", |n| {
+            n.role == "check box" && n.name == "Remember forever" && n.is("checked")
+        });
+    scene.desktop.screenshot(&window, "e2e-remember-forever");
+    scene.desktop.key(&window, "alt+u");
+    scene.wait_mounted(&dev);
+    scene.desktop.wait_window_gone(&window);
+    // It stores once the agent says the drive opened, then ends.
+    poll("the dialog to end", || (!alive(pid)).then_some(()));
+    assert_eq!(
+        scene.desktop.keyring_lookup(&guid).as_deref(),
+        Some(PASSWORD)
+    );
+    let (code, listed, err) = scene.desktop.guilocker(&["remembered"]);
+    assert_eq!(code, 0, "remembered: {err}");
+    assert!(
+        listed.contains(&format!(
+            "{guid}  forever       BitLocker password for ‘{LABEL}’"
+        )),
+        "{listed}"
+    );
+
+    // Put away, out and in again: the remembered password opens it.
+    let (code, _, err) = scene.daemon.cli(None, &["unmount", &dev], "");
+    assert_eq!(code, 0, "unmount: {err}");
+    scene.unplug(&dev);
+    wait_event(&mut scene.events, "the stick to go", |k, d| {
+        k == EventKind::Removed && d.device == dev
+    });
+    let (again, _) = scene.plug();
+    let n = scene.agent().dialog_count(&again) + 1;
+    let pid = scene.agent().dialog(&again, n);
+    scene.wait_mounted(&again);
+    assert_ends_without_a_window(&scene.desktop, pid);
+    scene
+        .agent()
+        .wait_lines("trying the secret remembered in the keyring", 1);
+    scene
+        .desktop
+        .wait_notification("saying unlocked", |s| s.contains("unlocked"));
+    scene
+        .desktop
+        .monitor_out
+        .wait("the notification to say how", WAIT, |lines| {
+            lines
+                .iter()
+                .any(|l| l.contains("Opened with the password remembered in your keyring."))
+                .then_some(())
+        });
+
+    let socket = scene.daemon.socket.to_str().unwrap().to_owned();
+    let (code, out, err) = scene
+        .desktop
+        .guilocker(&["forget", &again, "--socket", &socket]);
+    assert_eq!(code, 0, "forget {again}: {err}");
+    assert_eq!(
+        out.trim(),
+        format!("Forgot 1 remembered secret for {guid}.")
+    );
+    assert_eq!(scene.desktop.keyring_lookup(&guid), None);
+    let (code, _, err) = scene.desktop.guilocker(&["forget", &guid]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        format!("guilocker: {guid}: nothing is remembered for this volume")
+    );
+}
+
+/// A password GNOME would have stored for this volume, but wrong: tried, removed from the
+/// keyring, and the dialog asks, saying why. The right one, kept until logout, goes to the
+/// session collection.
+#[test]
+fn a_remembered_password_that_fails_is_forgotten_and_the_dialog_asks() {
+    let _serial = serial();
+    if !keyring_prerequisites() {
+        return;
+    }
+    let mut scene = Scene::start_with("desktop-keyring-wrong", true);
+    let guid = stick_guid(&scene);
+    let tool = which("secret-tool").unwrap();
+    let (code, _, err) = scene.desktop.run_as_user(
+        &tool,
+        &[
+            "store",
+            "--label=Encryption passphrase for DESKTOP",
+            "xdg:schema",
+            "org.gnome.GVfs.Luks.Password",
+            "gvfs-luks-uuid",
+            &guid,
+        ],
+        "not-the-password",
+    );
+    assert_eq!(code, 0, "secret-tool store: {err}");
+
+    let (dev, _) = scene.plug();
+    let (pid, window) = scene.dialog(&dev, 1);
+    scene.desktop.wait_node(pid, "why it asks", |n| {
+        n.role == "label"
+            && n.name
+                == "The remembered password did not open the drive and was removed from the keyring."
+    });
+    assert_eq!(scene.desktop.keyring_lookup(&guid), None);
+    scene
+        .desktop
+        .wait_focused(pid, "password text", "BitLocker password");
+    scene.desktop.screenshot(&window, "e2e-remembered-failed");
+
+    scene.desktop.type_text(&window, PASSWORD);
+    scene.desktop.key(&window, "alt+l");
+    scene
+        .desktop
+        .wait_node(pid, "“until I log out” chosen", |n| {
+            n.role == "check box" && n.name == "Remember until I log out" && n.is("checked")
+        });
+    scene.desktop.key(&window, "alt+u");
+    scene.wait_mounted(&dev);
+    poll("the dialog to end", || (!alive(pid)).then_some(()));
+    assert_eq!(
+        scene.desktop.keyring_lookup(&guid).as_deref(),
+        Some(PASSWORD)
+    );
+    let (code, listed, err) = scene.desktop.guilocker(&["remembered"]);
+    assert_eq!(code, 0, "remembered: {err}");
+    assert!(
+        listed.contains(&format!(
+            "{guid}  until logout  BitLocker password for ‘{LABEL}’"
+        )),
+        "{listed}"
+    );
 }
 
 /// The parser against dbus-monitor's real layout.

@@ -14,7 +14,9 @@ fi
 
 packages=(
   dislocker ntfs-3g exfat-fuse exfatprogs fusefat dosfstools mtools fdisk util-linux xz-utils
-  pkg-config libgtk-4-dev libadwaita-1-dev
+  pkg-config libgtk-4-dev libadwaita-1-dev libsecret-1-dev
+  # Remembered passwords, against GNOME's real keyring.
+  gnome-keyring libsecret-tools
   xvfb xdotool x11-xserver-utils x11-utils imagemagick dbus dbus-daemon dbus-x11 notification-daemon
   python3-gi gir1.2-atspi-2.0 at-spi2-core
   desktop-file-utils

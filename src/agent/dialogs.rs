@@ -109,7 +109,17 @@ pub fn start(agent: Arc<Agent>, device: DeviceInfo, id: u64) -> std::io::Result<
             let mut settle = false;
             loop {
                 match read_frame::<DialogOutput, _>(&mut reader) {
-                    Ok(Some(DialogOutput::Unlock { secret, read_only })) => {
+                    Ok(Some(DialogOutput::Unlock {
+                        secret,
+                        read_only,
+                        remembered,
+                    })) => {
+                        if remembered {
+                            log::info!(
+                                "{}: trying the secret remembered in the keyring",
+                                device.device
+                            );
+                        }
                         unlocking.store(true, Ordering::Relaxed);
                         let request = Request::Unlock {
                             device: device.device.clone(),
@@ -128,7 +138,7 @@ pub fn start(agent: Arc<Agent>, device: DeviceInfo, id: u64) -> std::io::Result<
                         drop(pipe);
                         if let Ok(Response::Unlocked { device: info }) = answer {
                             settle = true;
-                            agent.unlocked(&info);
+                            agent.unlocked(&info, remembered);
                         }
                     }
                     Ok(Some(DialogOutput::Cancel)) => {
@@ -163,25 +173,29 @@ pub fn start(agent: Arc<Agent>, device: DeviceInfo, id: u64) -> std::io::Result<
 /// What the dialog shows for the daemon's answer: the cause without the device prefix.
 fn reply_for(device: &str, answer: &Result<Response, ClientError>) -> DialogInput {
     match answer {
-        Ok(Response::Unlocked { .. }) => DialogInput::Result {
+        Ok(Response::Unlocked { device: info }) => DialogInput::Result {
             ok: true,
             kind: None,
             message: None,
+            label: info.label.clone(),
         },
         Ok(other) => DialogInput::Result {
             ok: false,
             kind: Some(ErrorKind::Failed),
             message: Some(format!("unexpected reply from the daemon: {other:?}")),
+            label: None,
         },
         Err(ClientError::Daemon { kind, message }) => DialogInput::Result {
             ok: false,
             kind: Some(*kind),
             message: Some(super::cause(device, message).to_owned()),
+            label: None,
         },
         Err(e) => DialogInput::Result {
             ok: false,
             kind: Some(ErrorKind::Failed),
             message: Some(e.to_string()),
+            label: None,
         },
     }
 }
@@ -197,7 +211,9 @@ mod tests {
             message: "/dev/sdb1: wrong password".into(),
         });
         match reply_for("/dev/sdb1", &answer) {
-            DialogInput::Result { ok, kind, message } => {
+            DialogInput::Result {
+                ok, kind, message, ..
+            } => {
                 assert!(!ok);
                 assert_eq!(kind, Some(ErrorKind::WrongSecret));
                 assert_eq!(message.as_deref(), Some("wrong password"));

@@ -260,7 +260,7 @@ impl Agent {
             owner: None,
         };
         match Client::connect(&self.socket).and_then(|mut c| c.request(&request)) {
-            Ok(crate::protocol::Response::Unlocked { device: info }) => self.unlocked(&info),
+            Ok(crate::protocol::Response::Unlocked { device: info }) => self.unlocked(&info, false),
             Ok(other) => log::warn!("{}: unexpected reply {other:?}", device.device),
             Err(e) => {
                 let text = e.to_string();
@@ -283,13 +283,14 @@ impl Agent {
         }
     }
 
-    fn unlocked(&self, device: &DeviceInfo) {
+    /// `remembered`: opened with a secret from the keyring, which the notification says.
+    fn unlocked(&self, device: &DeviceInfo, remembered: bool) {
         let label = device
             .label
             .clone()
             .unwrap_or_else(|| "BitLocker drive".into());
         self.memory().mine.insert(device.device.clone(), label);
-        notifications::unlocked(self.socket.clone(), device.clone());
+        notifications::unlocked(self.socket.clone(), device.clone(), remembered);
     }
 }
 

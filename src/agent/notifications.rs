@@ -12,9 +12,10 @@ const ICON: &str = "guilocker";
 /// list the notifications under it.
 pub const DESKTOP_ENTRY: &str = "org.guilocker.Dialog";
 
-/// "‘LABEL’ unlocked — mounted at …" with Open and Unmount. Waits for the action on a thread
-/// of its own.
-pub fn unlocked(socket: PathBuf, device: DeviceInfo) {
+/// "‘LABEL’ unlocked — mounted at …" with Open and Unmount; `remembered` adds that the
+/// keyring's secret opened it (no dialog was shown). Waits for the action on a thread of its
+/// own.
+pub fn unlocked(socket: PathBuf, device: DeviceInfo, remembered: bool) {
     let spawned = std::thread::Builder::new()
         .name("guilocker-notify".into())
         .spawn(move || {
@@ -22,10 +23,13 @@ pub fn unlocked(socket: PathBuf, device: DeviceInfo) {
                 .label
                 .clone()
                 .unwrap_or_else(|| "BitLocker drive".into());
-            let body = match &device.mountpoint {
+            let mut body = match &device.mountpoint {
                 Some(m) => format!("Mounted at {m}"),
                 None => "Unlocked; not mounted.".into(),
             };
+            if remembered {
+                body.push_str("\nOpened with the password remembered in your keyring.");
+            }
             let mut n = Notification::new();
             n.appname(APP)
                 .hint(Hint::DesktopEntry(DESKTOP_ENTRY.into()))

@@ -1,6 +1,7 @@
-//! The GTK unlock dialog, run as `guilocker dialog` by the login agent. A binary of its own so
-//! that GTK is never loaded into the root daemon or the agent.
+//! The GTK unlock dialog, run as `guilocker dialog` by the login agent, and the keyring
+//! commands behind `guilocker remembered` and `guilocker forget`. A binary of its own so that
+//! GTK and GLib are never loaded into the root daemon, the agent or the CLI.
 
 fn main() {
-    std::process::exit(guilocker::dialog::run());
+    std::process::exit(guilocker::dialog::main());
 }

@@ -17,6 +17,22 @@ impl Guid {
     }
 }
 
+/// A GUID typed or stored as text (`{2E1D2D5F-…}`, braces and case as they come), in the
+/// form `inspect` prints and GNOME's keyring entries use: lower case, no braces.
+pub fn normalize(text: &str) -> Option<String> {
+    let guid = text
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .to_ascii_lowercase();
+    let groups: Vec<&str> = guid.split('-').collect();
+    let shaped = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()));
+    shaped.then_some(guid)
+}
+
 impl fmt::Display for Guid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = &self.0;
@@ -45,6 +61,18 @@ impl Serialize for Guid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_guids_are_normalized() {
+        let guid = "{2E1D2D5F-3D8B-4E6A-9C1E-0A1B2C3D4E5F}";
+        assert_eq!(
+            normalize(guid).as_deref(),
+            Some("2e1d2d5f-3d8b-4e6a-9c1e-0a1b2c3d4e5f")
+        );
+        assert_eq!(normalize("/dev/sdb1"), None);
+        assert_eq!(normalize("2e1d2d5f-3d8b-4e6a-9c1e-0a1b2c3d4e5"), None);
+        assert_eq!(normalize("2e1d2d5f-3d8b-4e6a-9c1e-0a1b2c3d4e5g"), None);
+    }
 
     #[test]
     fn formats_mixed_endian() {

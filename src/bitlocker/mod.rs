@@ -9,7 +9,7 @@ mod crc32;
 mod elephant;
 mod entries;
 mod error;
-mod guid;
+pub mod guid;
 mod header;
 mod info;
 mod kdf;

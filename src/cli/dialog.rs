@@ -10,23 +10,26 @@ const DIALOG_BIN: &str = "guilocker-dialog";
 const LIBEXEC: [&str; 2] = ["/usr/local/libexec/guilocker", "/usr/libexec/guilocker"];
 
 /// Next to this executable (a build tree), else the libexec directories.
-fn find() -> Option<PathBuf> {
-    let here = std::env::current_exe().ok()?.parent()?.join(DIALOG_BIN);
-    std::iter::once(here)
+pub fn find() -> Result<PathBuf, Failure> {
+    let here = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(DIALOG_BIN)));
+    here.into_iter()
         .chain(LIBEXEC.iter().map(|d| PathBuf::from(d).join(DIALOG_BIN)))
         .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Failure::new(
+                exit::FAILED,
+                format!(
+                    "{DIALOG_BIN} is not installed (looked next to guilocker and in {})",
+                    LIBEXEC.join(", ")
+                ),
+            )
+        })
 }
 
 pub fn run() -> Result<(), Failure> {
-    let path = find().ok_or_else(|| {
-        Failure::new(
-            exit::FAILED,
-            format!(
-                "{DIALOG_BIN} is not installed (looked next to guilocker and in {})",
-                LIBEXEC.join(", ")
-            ),
-        )
-    })?;
+    let path = find()?;
     // exec keeps stdin and stdout: they are the agent's pipes.
     let err = std::process::Command::new(&path).exec();
     Err(Failure::new(

@@ -2,6 +2,7 @@
 
 mod dialog;
 mod inspect;
+mod keyring;
 mod monitor;
 mod status;
 mod unlock;
@@ -88,6 +89,10 @@ pub enum Command {
         #[arg(long)]
         read_only: bool,
     },
+    /// List the passwords and recovery keys remembered in your keyring
+    Remembered,
+    /// Remove a drive's remembered password or recovery key from your keyring
+    Forget(keyring::ForgetArgs),
     /// Print daemon events as they happen
     Monitor {
         /// One JSON object per line
@@ -176,6 +181,8 @@ pub fn run(cli: Cli) -> ExitCode {
             .map_err(|e| Failure::new(exit::FAILED, e.to_string()))
         }
         Command::Inspect(args) => inspect::run(args),
+        Command::Remembered => keyring::remembered(),
+        Command::Forget(args) => keyring::forget(args),
         Command::Agent { socket } => crate::agent::run(crate::agent::Options {
             socket: socket.socket,
         })

@@ -1,7 +1,7 @@
 //! What the dialog shows and allows, computed without GTK so it can be unit-tested.
 
 use crate::bitlocker::recovery::{self, RecoveryKeyError, GROUPS, GROUP_DIGITS};
-use crate::protocol::DeviceInfo;
+use crate::protocol::{DeviceInfo, UnlockSecret};
 use crate::secret::SecretString;
 use crate::units::human_size;
 use zeroize::Zeroizing;
@@ -97,6 +97,35 @@ fn no_method_note(tpm: bool, smart_card: bool) -> String {
         (false, false) => "a key protector that guilocker does not support",
     };
     format!("This drive can only be opened with {what}, so it cannot be unlocked here.")
+}
+
+/// Whether the drive opens with something the keyring can hold: a password or a recovery
+/// key (a startup key is a file, and a suspended drive needs nothing).
+pub fn can_remember(protectors: &[String]) -> bool {
+    offer(protectors)
+        .methods
+        .iter()
+        .any(|m| matches!(m, Method::Password | Method::RecoveryKey))
+}
+
+/// What a remembered secret is. The keyring holds text alone (GNOME stores a recovery key
+/// there as it stores a password), so one that reads as a whole recovery key is sent as
+/// one, unless the drive has no recovery key.
+pub fn remembered_secret(text: SecretString, protectors: &[String]) -> UnlockSecret {
+    let has_recovery = protectors.is_empty() || protectors.iter().any(|p| p == "recovery_password");
+    match check_recovery_key(text.expose()) {
+        KeyCheck::Valid(value) if has_recovery => UnlockSecret::RecoveryPassword { value },
+        _ => UnlockSecret::Password { value: text },
+    }
+}
+
+/// The keyring item's label, which keyring managers (Seahorse) show.
+pub fn keyring_label(device: &DeviceInfo, secret: &UnlockSecret) -> String {
+    let what = match secret {
+        UnlockSecret::RecoveryPassword { .. } => "recovery key",
+        _ => "password",
+    };
+    format!("BitLocker {what} for ‘{}’", title(device))
 }
 
 /// The heading: the volume label, or a generic name.
@@ -405,5 +434,26 @@ mod tests {
             "Group 3 of the recovery key is not divisible by 11 (a typo?)"
         );
         assert!(!message.contains("253978"));
+    }
+
+    #[test]
+    fn remembered_text_is_a_recovery_key_only_where_one_can_be() {
+        let both = kinds(&["password", "recovery_password"]);
+        match remembered_secret(SecretString::from(GOOD.replace('-', "").as_str()), &both) {
+            UnlockSecret::RecoveryPassword { value } => assert_eq!(value.expose(), GOOD),
+            other => panic!("{other:?}"),
+        }
+        let password_only = kinds(&["password"]);
+        match remembered_secret(SecretString::from(GOOD), &password_only) {
+            UnlockSecret::Password { value } => assert_eq!(value.expose(), GOOD),
+            other => panic!("{other:?}"),
+        }
+        match remembered_secret(SecretString::from("anaconda"), &both) {
+            UnlockSecret::Password { value } => assert_eq!(value.expose(), "anaconda"),
+            other => panic!("{other:?}"),
+        }
+        assert!(can_remember(&both));
+        assert!(!can_remember(&kinds(&["startup_key"])));
+        assert!(!can_remember(&kinds(&["clear_key", "password"])));
     }
 }

@@ -1,6 +1,7 @@
 //! Private state and behaviour of [`super::UnlockDialog`], bound to `ui/unlock-dialog.ui`.
 
 use super::DialogRequest;
+use crate::dialog::keyring::Remember;
 use crate::dialog::model::{self, KeyCheck, Method};
 use crate::dialog::startup_key;
 use crate::protocol::{DeviceInfo, UnlockSecret};
@@ -49,6 +50,12 @@ pub struct UnlockDialog {
     #[template_child]
     read_only_check: TemplateChild<gtk::CheckButton>,
     #[template_child]
+    remember_box: TemplateChild<gtk::Box>,
+    #[template_child]
+    remember_session: TemplateChild<gtk::CheckButton>,
+    #[template_child]
+    remember_forever: TemplateChild<gtk::CheckButton>,
+    #[template_child]
     error_label: TemplateChild<gtk::Label>,
     #[template_child]
     spinner: TemplateChild<gtk::Spinner>,
@@ -65,6 +72,8 @@ pub struct UnlockDialog {
     methods: RefCell<Vec<Method>>,
     /// The chosen .BEK file's bytes, until they are sent.
     startup_key: RefCell<Option<SecretBytes>>,
+    /// The session has a keyring: "Remember" is offered for passwords and recovery keys.
+    keyring: Cell<bool>,
     /// An unlock was sent and its result has not come back.
     busy: Cell<bool>,
     /// The dialog is going away for a reason the agent already knows; closing sends nothing.
@@ -137,8 +146,9 @@ impl UnlockDialog {
 }
 
 impl UnlockDialog {
-    pub(super) fn setup(&self, device: &DeviceInfo, on_request: RequestHandler) {
+    pub(super) fn setup(&self, device: &DeviceInfo, keyring: bool, on_request: RequestHandler) {
         self.on_request.replace(Some(on_request));
+        self.keyring.set(keyring);
         self.drive_title.set_label(&model::title(device));
         self.drive_details.set_label(&model::details(device));
         self.drive_path.set_label(&device.device);
@@ -191,6 +201,9 @@ impl UnlockDialog {
         // Let go of the focus before its page is hidden, so GtkText gets its focus-out.
         self.drop_focus();
         self.method_stack.set_visible_child_name(method.page());
+        self.remember_box.set_visible(
+            self.keyring.get() && matches!(method, Method::Password | Method::RecoveryKey),
+        );
         self.error_label.set_visible(false);
         self.update();
         self.focus_input();
@@ -277,6 +290,7 @@ impl UnlockDialog {
             self.method_switcher.upcast_ref::<gtk::Widget>(),
             self.method_stack.upcast_ref(),
             self.read_only_check.upcast_ref(),
+            self.remember_box.upcast_ref(),
         ] {
             widget.set_sensitive(!busy);
         }
@@ -317,11 +331,24 @@ impl UnlockDialog {
             None => return,
         };
         let read_only = self.read_only_check.is_active();
+        let remember = if !self.remember_box.is_visible() {
+            Remember::Never
+        } else if self.remember_forever.is_active() {
+            Remember::Forever
+        } else if self.remember_session.is_active() {
+            Remember::UntilLogout
+        } else {
+            Remember::Never
+        };
         // Busy first, so clearing the entries does not flash a "0 of 48 digits" state.
         self.set_busy(true);
         self.password_entry.set_text("");
         self.recovery_entry.set_text("");
-        self.request(DialogRequest::Unlock { secret, read_only });
+        self.request(DialogRequest::Unlock {
+            secret,
+            read_only,
+            remember,
+        });
     }
 
     fn cancel(&self) {

@@ -2,6 +2,7 @@
 
 mod imp;
 
+use crate::dialog::keyring::Remember;
 use crate::protocol::{DeviceInfo, ErrorKind, UnlockSecret};
 use gtk::glib;
 use gtk::subclass::prelude::*;
@@ -14,6 +15,8 @@ pub enum DialogRequest {
     Unlock {
         secret: UnlockSecret,
         read_only: bool,
+        /// Whether, and how long, to keep the secret in the keyring once it works.
+        remember: Remember,
     },
     /// Cancel, Escape or the window's close button.
     Cancel,
@@ -27,14 +30,16 @@ glib::wrapper! {
 }
 
 impl UnlockDialog {
-    /// A dialog for `device`; `on_request` is called for every [`DialogRequest`].
+    /// A dialog for `device`; `on_request` is called for every [`DialogRequest`]. With
+    /// `remember`, the person may choose to keep a password or key in the keyring.
     pub fn new(
         app: &gtk::Application,
         device: &DeviceInfo,
+        remember: bool,
         on_request: impl Fn(DialogRequest) + 'static,
     ) -> Self {
         let dialog: Self = glib::Object::builder().property("application", app).build();
-        dialog.imp().setup(device, Box::new(on_request));
+        dialog.imp().setup(device, remember, Box::new(on_request));
         dialog
     }
 

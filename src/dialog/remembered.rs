@@ -1,0 +1,84 @@
+//! The first thing the dialog does: a secret remembered in the keyring is sent to the agent
+//! before any window exists. If it opens the drive, the person sees only the notification.
+
+use super::input::InputReader;
+use super::{keyring, model};
+use crate::protocol::{write_frame, DeviceInfo, DialogInput, DialogOutput, ErrorKind};
+
+pub enum Outcome {
+    /// The remembered secret opened the drive.
+    Unlocked,
+    /// The agent closed the dialog meanwhile (the drive went away).
+    Closed,
+    /// Show the window. `keyring`: the Secret Service answered, so "Remember" can be
+    /// offered; `failure`: why a remembered secret did not open the drive.
+    Ask {
+        keyring: bool,
+        failure: Option<(ErrorKind, String)>,
+    },
+}
+
+const FORGOTTEN: &str =
+    "The remembered password did not open the drive and was removed from the keyring";
+
+pub async fn try_unlock(input: &mut InputReader, device: &DeviceInfo) -> Outcome {
+    let ask = |keyring, failure| Outcome::Ask { keyring, failure };
+    let Some(guid) = device.guid.as_deref() else {
+        return ask(false, None);
+    };
+    if !model::can_remember(&device.protectors) {
+        return ask(true, None);
+    }
+    let text = match keyring::lookup(guid) {
+        Ok(Some(text)) => text,
+        Ok(None) => return ask(true, None),
+        Err(e) => {
+            // No keyring in this session: the dialog works as without one.
+            eprintln!("guilocker dialog: {}: {e}", device.device);
+            return ask(false, None);
+        }
+    };
+    let frame = DialogOutput::Unlock {
+        secret: model::remembered_secret(text, &device.protectors),
+        read_only: false,
+        remembered: true,
+    };
+    if let Err(e) = write_frame(&mut std::io::stdout().lock(), &frame) {
+        eprintln!("guilocker dialog: cannot write to the agent: {e}");
+        return Outcome::Closed;
+    }
+    drop(frame);
+    match input.next().await {
+        Ok(Some(DialogInput::Result { ok: true, .. })) => Outcome::Unlocked,
+        Ok(Some(DialogInput::Result {
+            ok: false,
+            kind: Some(ErrorKind::WrongSecret),
+            ..
+        })) => {
+            // As GNOME does: a remembered secret that no longer works is forgotten.
+            if let Err(e) = keyring::forget(guid) {
+                eprintln!("guilocker dialog: {}: {e}", device.device);
+            }
+            ask(true, Some((ErrorKind::WrongSecret, FORGOTTEN.to_owned())))
+        }
+        Ok(Some(DialogInput::Result {
+            ok: false,
+            kind,
+            message,
+            ..
+        })) => {
+            let kind = kind.unwrap_or(ErrorKind::Failed);
+            let message = message.unwrap_or_else(|| "The drive could not be unlocked".into());
+            ask(true, Some((kind, message)))
+        }
+        Ok(Some(DialogInput::Show { .. })) => {
+            eprintln!("guilocker dialog: ignoring a second show frame");
+            ask(true, None)
+        }
+        Ok(Some(DialogInput::Close { .. })) | Ok(None) => Outcome::Closed,
+        Err(e) => {
+            eprintln!("guilocker dialog: {e}");
+            Outcome::Closed
+        }
+    }
+}
