@@ -32,6 +32,10 @@ pub struct Config {
     /// Leave BitLocker drives to the desktop (GNOME/KDE ask through udisks): no dialog from
     /// the agent, and the desktop is not told to ignore them. `guilocker unlock` still works.
     pub leave_bitlocker_to_desktop: bool,
+    /// Besides `allowed_group`, an unlock must come from the active local login session
+    /// (logind), as udisks' `allow_active`: not over SSH, not from a session in the
+    /// background. Where logind is absent, the group alone decides (said once in the log).
+    pub require_active_session: bool,
 }
 
 /// The `engine` key.
@@ -62,6 +66,7 @@ impl Default for Config {
             mount_options: BTreeMap::new(),
             engine: EngineChoice::Auto,
             leave_bitlocker_to_desktop: false,
+            require_active_session: true,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod dialog;
 pub mod engine;
 pub mod logging;
+pub mod logind;
 pub mod pidfile;
 pub mod process;
 pub mod protocol;

@@ -5,12 +5,14 @@
 mod dialogs;
 mod notifications;
 mod reconnect;
+mod seat;
 
 use crate::client::{Client, ClientError};
 use crate::protocol::{DeviceInfo, DeviceState, EventKind};
 use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -60,6 +62,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct Agent {
     socket: PathBuf,
     memory: Mutex<Memory>,
+    /// The agent's login session is in the foreground (logind); dialogs only then.
+    active: AtomicBool,
 }
 
 /// The agent's pidfile: one agent per user session.
@@ -83,10 +87,8 @@ pub fn run(opts: Options) -> Result<()> {
         anyhow::bail!("the agent runs as the logged-in user, not as root");
     }
     let _lock = instance_lock().context("cannot start the agent")?;
-    let agent = Arc::new(Agent {
-        socket: opts.socket,
-        memory: Mutex::default(),
-    });
+    let agent = Arc::new(Agent::new(opts.socket));
+    seat::watch(Arc::clone(&agent));
     let mut waiting = false;
     let mut backoff: Option<Duration> = None;
     loop {
@@ -123,6 +125,14 @@ pub fn run(opts: Options) -> Result<()> {
 }
 
 impl Agent {
+    fn new(socket: PathBuf) -> Self {
+        Self {
+            socket,
+            memory: Mutex::default(),
+            active: AtomicBool::new(true),
+        }
+    }
+
     fn memory(&self) -> MutexGuard<'_, Memory> {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -209,9 +219,40 @@ impl Agent {
         }
     }
 
-    /// Starts a dialog for a locked BitLocker drive, unless one is open or it is settled.
+    /// The login session went to the background (`false`) or came back. Dialogs are
+    /// withdrawn, not cancelled: back in the foreground, the agent asks again about every
+    /// drive still locked.
+    fn set_active(self: &Arc<Self>, active: bool, session: &str) {
+        if self.active.swap(active, Ordering::SeqCst) == active {
+            return;
+        }
+        if !active {
+            log::info!("session {session} is in the background: withdrawing dialogs");
+            let mut memory = self.memory();
+            for (_, dialog) in memory.dialogs.drain() {
+                dialog.close("The session went to the background.");
+            }
+            return;
+        }
+        log::info!("session {session} is in the foreground again");
+        match Client::connect(&self.socket).and_then(|mut c| c.status()) {
+            Ok(devices) => devices.into_iter().for_each(|d| self.offer(d)),
+            // Not connected now: the next connection offers what is plugged in.
+            Err(e) => log::debug!("cannot list drives after the session came back: {e}"),
+        }
+    }
+
+    /// Starts a dialog for a locked BitLocker drive, unless one is open or it is settled, or
+    /// the session is in the background.
     fn offer(self: &Arc<Self>, device: DeviceInfo) {
         if !device.bitlocker || device.state != DeviceState::Locked || device.left_to_desktop {
+            return;
+        }
+        if !self.active.load(Ordering::SeqCst) {
+            log::debug!(
+                "{}: not asking while the session is in the background",
+                device.device
+            );
             return;
         }
         let mut memory = self.memory();
@@ -299,10 +340,7 @@ mod tests {
     use super::*;
 
     fn agent() -> Agent {
-        Agent {
-            socket: PathBuf::from("/nonexistent/control.sock"),
-            memory: Mutex::default(),
-        }
+        Agent::new(PathBuf::from("/nonexistent/control.sock"))
     }
 
     /// Settled for one plug; the same name plugged in again (new diskseq) is asked about.
@@ -335,6 +373,22 @@ mod tests {
         let mut left = device("/dev/sdb1");
         left.left_to_desktop = true;
         agent.offer(left);
+        let memory = agent.memory();
+        assert!(memory.dialogs.is_empty());
+        assert!(memory.settled.is_empty());
+    }
+
+    /// In the background: open dialogs are withdrawn, and none starts, but nothing is
+    /// settled, so the person is asked once the session is back.
+    #[test]
+    fn a_background_session_withdraws_dialogs_and_asks_nothing() {
+        let agent = Arc::new(agent());
+        agent
+            .memory()
+            .dialogs
+            .insert("/dev/sdb1".into(), DialogHandle::for_test(1));
+        agent.set_active(false, "2");
+        agent.offer(device("/dev/sdc1"));
         let memory = agent.memory();
         assert!(memory.dialogs.is_empty());
         assert!(memory.settled.is_empty());

@@ -60,6 +60,11 @@ fn in_group(user: &User, group: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Is `caller` root or in `allowed_group`?
+pub fn in_allowed_group(caller: &Caller, allowed_group: &str) -> bool {
+    caller.is_root() || caller.user().is_some_and(|u| in_group(&u, allowed_group))
+}
+
 /// May `caller` unlock `device`, and for whom? Root may name any owner; others unlock for
 /// themselves, and only when in `allowed_group`.
 pub fn authorize_unlock(

@@ -10,6 +10,7 @@ use super::filesystem;
 use super::mount::{self, Owner};
 use super::mountpoint;
 use super::probe::{self, Probe, ProbeError};
+use super::seat::Seat;
 use super::server::Bus;
 use super::state::{Device, Session, Table, VolumeFacts};
 use super::view::{self, View};
@@ -60,6 +61,8 @@ pub struct Daemon {
     settled: Condvar,
     pub bus: Bus,
     pub paths: Paths,
+    /// Whether a caller is the person at the seat (logind).
+    seat: Seat,
 }
 
 /// What an unlock needs, taken from the table under the lock.
@@ -82,6 +85,7 @@ impl Daemon {
             settled: Condvar::new(),
             bus: Bus::default(),
             paths,
+            seat: Seat::default(),
         }
     }
 
@@ -282,6 +286,11 @@ impl Daemon {
         owner: Option<&str>,
     ) -> Result<DeviceInfo, DaemonError> {
         let config = self.config();
+        // Before the table's lock: this may wait on logind. Callers outside the group are
+        // refused for that, below.
+        if config.require_active_session && auth::in_allowed_group(caller, &config.allowed_group) {
+            self.seat.authorize(caller, target)?;
+        }
         let mut table = self.lock();
         if table.shutting_down {
             return Err(DaemonError::failed(target, "the daemon is shutting down"));

@@ -19,6 +19,7 @@ pub mod mountpoint;
 pub mod mounts;
 pub mod probe;
 pub mod recover;
+pub mod seat;
 pub mod server;
 pub mod state;
 pub mod unlock;

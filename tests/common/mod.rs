@@ -221,13 +221,21 @@ impl TestDaemon {
 
     pub fn start_with(name: &str, extra_config: &str) -> Self {
         let dir = scratch(name);
+        // The tests' users unlock through runuser, outside any seat: where logind runs, only
+        // the tests that set the key themselves ask it.
+        let seat = if logind_present() && !extra_config.contains("require_active_session") {
+            "require_active_session = false\n"
+        } else {
+            ""
+        };
         let media = dir.join("media");
         std::fs::create_dir_all(&media).unwrap();
         let config = dir.join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "include_loop_devices = true\nallowed_group = \"plugdev\"\nmount_root = \"{}\"\n{extra_config}",
+                "include_loop_devices = true\nallowed_group = \"plugdev\"\nmount_root = \"{}\"\n\
+                 {seat}{extra_config}",
                 media.display()
             ),
         )
@@ -411,6 +419,12 @@ impl Drop for TestDaemon {
 }
 
 /// Waits for a std child with a deadline (polling its pidfd).
+/// Whether this machine runs logind on a system bus (Debian's CI machine does not).
+pub fn logind_present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    *PRESENT.get_or_init(|| guilocker::logind::Logind::connect().is_ok())
+}
+
 pub fn wait_child(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     let pidfd = guilocker::process::pidfd_open(nix::unistd::Pid::from_raw(child.id() as i32));
     if let Ok(fd) = &pidfd {
