@@ -15,6 +15,8 @@
 //! Every wait is on a real condition (a daemon log line, an event on the socket, a process exit,
 //! the mount table) with a deadline; whatever was made is put away on drop, even after a failure.
 
+// Shared with the tests, which use more of it.
+#[allow(dead_code)]
 #[path = "../tests/common/vm.rs"]
 mod vm;
 

@@ -9,11 +9,9 @@ use futures_lite::StreamExt;
 use std::time::Duration;
 use thiserror::Error;
 use zbus::OwnedObjectPath;
+use zbus_systemd::login1::{ManagerProxy, SessionProxy};
 
 const DESTINATION: &str = "org.freedesktop.login1";
-const MANAGER_PATH: &str = "/org/freedesktop/login1";
-const MANAGER: &str = "org.freedesktop.login1.Manager";
-const SESSION: &str = "org.freedesktop.login1.Session";
 /// A call to logind that takes longer than this is a failure, not a wait.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -80,10 +78,10 @@ impl Logind {
     pub fn session_of(&self, pid: u32) -> Result<Option<Session>, LogindError> {
         let query = |cause| LogindError::Query { pid, cause };
         zbus::block_on(async {
-            match self.session_path(pid).await.map_err(query)? {
-                Some(path) => self.session_at(&path).await.map(Some).map_err(query),
-                None => Ok(None),
-            }
+            let Some(session) = self.session_proxy(pid, false).await.map_err(query)? else {
+                return Ok(None);
+            };
+            read(&session).await.map(Some).map_err(query)
         })
     }
 
@@ -97,33 +95,18 @@ impl Logind {
     ) -> Result<bool, LogindError> {
         let query = |cause| LogindError::Query { pid, cause };
         zbus::block_on(async {
-            let Some(path) = self.session_path(pid).await.map_err(query)? else {
+            let Some(session) = self.session_proxy(pid, true).await.map_err(query)? else {
                 return Ok(false);
             };
-            let properties = zbus::fdo::PropertiesProxy::builder(&self.connection)
-                .destination(DESTINATION)
-                .path(path.clone())
-                .build()
-                .await
-                .map_err(query)?;
-            // Subscribed before the first read, so no change falls in between.
-            let mut changes = properties
-                .receive_properties_changed()
-                .await
-                .map_err(query)?;
-            let session = self.session_at(&path).await.map_err(query)?;
-            if !changed(&session) {
-                return Ok(true);
-            }
-            while let Some(signal) = changes.next().await {
-                let Ok(args) = signal.args() else { continue };
-                let touched = args.changed_properties().contains_key("Active")
-                    || args.invalidated_properties().contains(&"Active");
-                if !touched {
-                    continue;
-                }
-                let session = self.session_at(&path).await.map_err(query)?;
-                if !changed(&session) {
+            let now = read(&session).await.map_err(query)?;
+            // The stream yields the value at once, then each change.
+            let mut changes = session.receive_active_changed().await;
+            while let Some(change) = changes.next().await {
+                let active = change.get().await.map_err(query)?;
+                if !changed(&Session {
+                    active,
+                    ..now.clone()
+                }) {
                     break;
                 }
             }
@@ -131,36 +114,40 @@ impl Logind {
         })
     }
 
-    async fn session_path(&self, pid: u32) -> zbus::Result<Option<OwnedObjectPath>> {
-        let manager = self.proxy(MANAGER_PATH, MANAGER).await?;
-        match manager.call("GetSessionByPID", &(pid,)).await {
-            Ok(path) => Ok(Some(path)),
+    /// The proxy of `pid`'s session; `follow`: kept up to date by logind's signals, which
+    /// `receive_active_changed` needs.
+    async fn session_proxy(
+        &self,
+        pid: u32,
+        follow: bool,
+    ) -> zbus::Result<Option<SessionProxy<'static>>> {
+        let manager = ManagerProxy::new(&self.connection).await?;
+        let path: OwnedObjectPath = match manager.get_session_by_pid(pid).await {
+            Ok(path) => path,
             Err(zbus::Error::MethodError(name, _, _))
                 if name.as_str() == "org.freedesktop.login1.NoSessionForPID" =>
             {
-                Ok(None)
+                return Ok(None)
             }
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn session_at(&self, path: &OwnedObjectPath) -> zbus::Result<Session> {
-        let session = self.proxy(path.as_str(), SESSION).await?;
-        Ok(Session {
-            id: session.get_property("Id").await?,
-            active: session.get_property("Active").await?,
-            remote: session.get_property("Remote").await?,
-        })
-    }
-
-    async fn proxy<'a>(&self, path: &'a str, interface: &'a str) -> zbus::Result<zbus::Proxy<'a>> {
-        zbus::proxy::Builder::new(&self.connection)
-            .destination(DESTINATION)
+            Err(e) => return Err(e),
+        };
+        SessionProxy::builder(&self.connection)
             .path(path)
-            .interface(interface)
-            // Properties change (Active); read them fresh each time.
-            .cache_properties(zbus::proxy::CacheProperties::No)
+            .cache_properties(if follow {
+                zbus::proxy::CacheProperties::Yes
+            } else {
+                zbus::proxy::CacheProperties::No
+            })
             .build()
             .await
+            .map(Some)
     }
+}
+
+async fn read(session: &SessionProxy<'_>) -> zbus::Result<Session> {
+    Ok(Session {
+        id: session.id().await?,
+        active: session.active().await?,
+        remote: session.remote().await?,
+    })
 }

@@ -14,9 +14,8 @@ mod common;
 use common::vm;
 
 use common::*;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 /// The whole group in one boot: TCG boots in ~75 s, then every test inside.
 const VM_TIMEOUT: Duration = Duration::from_secs(25 * 60);
@@ -37,35 +36,13 @@ const VM_STICKS: [(&str, &str, &str, &str); 5] = [
     ("bitlk-aes-xts-128", "ntfs", "TERM", "none"),
 ];
 
-/// The test binary cargo builds for `tests/NAME.rs`, built now if it is stale (cargo runs
-/// this test with `$CARGO` set).
-fn test_binary(name: &str) -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["test", "--no-run", "--message-format=json", "--test", name])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run cargo test --no-run");
-    assert!(
-        out.status.success(),
-        "cargo could not build tests/{name}.rs"
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"]["name"] == name)
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .unwrap_or_else(|| panic!("cargo names no executable for tests/{name}.rs"))
-}
-
 /// The script the VM runs: each group's binary with its filter, `--ignored`, one test at a
 /// time; it exits with the first failure's code. Scratch space is the VM's tmpfs: target/
 /// comes over 9p, which cannot hold a socket.
-fn script(target: &Path) -> String {
+fn script(status_file: &Path) -> String {
     let mut s = String::from("set -u\nstatus=0\nmodprobe loop 2>/dev/null\n");
     for (binary, filter) in GROUPS {
-        let bin = test_binary(binary);
+        let bin = vm::test_binary(binary);
         s.push_str(&format!(
             "echo '== VM: {binary} {filter}'\n\
              {KERNEL_VM_ENV}=1 CI=\"${{CI:-}}\" GUILOCKER_SCRATCH={scratch} GUILOCKER_SHARED='{shared}' '{bin}' '{filter}' --ignored --test-threads=1 --nocapture || status=$?\n",
@@ -76,7 +53,7 @@ fn script(target: &Path) -> String {
     }
     s.push_str(&format!(
         "echo \"== VM: done, status $status\"\necho $status > '{}'\nexit $status\n",
-        target.join("kernel-vm.status").display()
+        status_file.display()
     ));
     s
 }
@@ -86,14 +63,7 @@ fn kernel_path_in_a_vm() {
     if in_kernel_vm() {
         return;
     }
-    let missing = vm::missing();
-    if !missing.is_empty() {
-        let why = format!("the kernel-path VM needs {}", missing.join(", "));
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{why} (CI=true: not skipping)"
-        );
-        eprintln!("SKIPPED: {why}");
+    if !vm::can_boot("the kernel-path VM") {
         return;
     }
     if !prerequisites(&[
@@ -115,40 +85,7 @@ fn kernel_path_in_a_vm() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .to_owned();
-    let status_file = target.join("kernel-vm.status");
-    let _ = std::fs::remove_file(&status_file);
-    let script_path = scratch("kernel-vm").join("run-in-vm.sh");
-    std::fs::write(&script_path, script(&target)).unwrap();
-    let log_path = target.join("kernel-vm.log");
-
-    let started = Instant::now();
-    let (out, errors) =
-        vm::run(&script_path, &target, VM_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(&log_path, out.join("\n")).unwrap();
-    println!(
-        "kernel-path VM group: {:.0} s in all, boot included",
-        started.elapsed().as_secs_f64()
-    );
-    let inner = std::fs::read_to_string(&status_file).unwrap_or_default();
-    assert_eq!(
-        inner.trim(),
-        "0",
-        "the VM's tests failed or did not finish; log in {}\n{errors}",
-        log_path.display()
-    );
-    // Every group ran some tests, and none failed.
-    let results: Vec<&String> = out
-        .iter()
-        .filter(|l| l.starts_with("test result: "))
-        .collect();
-    assert_eq!(results.len(), GROUPS.len(), "{results:?}");
-    for r in results {
-        assert!(r.contains(" 0 failed") && !r.contains(" 0 passed"), "{r}");
-    }
+    vm::run_group("kernel-vm", script, GROUPS.len(), VM_TIMEOUT, None);
 }
 
 /// Tests that need the VM for more than dm-crypt: its udev.

@@ -32,6 +32,9 @@ ensure_vng
 modprobe fuse 2>/dev/null || true
 modprobe loop 2>/dev/null || true
 
+# Style and lints first: a failure here is cheap to see.
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
 cargo build --locked --all-targets
 # Unit tests, then the end-to-end tests one at a time: they share /proc/partitions and the
 # loop devices of this machine.

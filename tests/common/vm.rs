@@ -56,18 +56,158 @@ pub fn missing() -> Vec<String> {
     missing
 }
 
+/// This machine's root filesystem as a VM with systemd as PID 1 sees it: an overlay of `/`
+/// (writes go to a tmpfs) without `/.dockerenv`, which would make the guest's systemd take
+/// itself for a container and never start the console vng runs the script on. Unmounted on
+/// drop; the host's `/` is never written.
+pub struct SystemdRoot {
+    base: PathBuf,
+    pub root: PathBuf,
+}
+
+impl SystemdRoot {
+    pub fn mount(base: &Path) -> Result<Self, String> {
+        let layers = base.join("layers");
+        let root = base.join("root");
+        for dir in [&layers, &root] {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let this = Self {
+            base: base.to_owned(),
+            root: root.clone(),
+        };
+        let run = |cmd: &mut Command| -> Result<(), String> {
+            let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+            out.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        };
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "mode=755", "guilocker-vm-upper"])
+            .arg(&layers))?;
+        for dir in ["upper", "work"] {
+            std::fs::create_dir_all(layers.join(dir)).map_err(|e| e.to_string())?;
+        }
+        run(Command::new("mount")
+            .args(["-t", "overlay", "guilocker-vm-root", "-o"])
+            .arg(format!(
+                "lowerdir=/,upperdir={},workdir={}",
+                layers.join("upper").display(),
+                layers.join("work").display()
+            ))
+            .arg(&root))?;
+        match std::fs::remove_file(root.join(".dockerenv")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("hiding /.dockerenv: {e}")),
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for SystemdRoot {
+    fn drop(&mut self) {
+        for dir in [self.root.clone(), self.base.join("layers")] {
+            let _ = Command::new("umount").arg(&dir).output();
+        }
+    }
+}
+
+/// Whether the VM can boot here; if not, says why and the test skips, except under CI=true,
+/// where it fails.
+pub fn can_boot(what: &str) -> bool {
+    let missing = missing();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("{what} needs {}", missing.join(", "));
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{why} (CI=true: not skipping)"
+    );
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
+/// Runs one group of tests in one boot: `script(status_file)` is the shell the VM runs,
+/// which writes its exit status to `status_file`. Its output goes to `target/NAME.log`.
+/// Passes when the status is 0 and each of the `binaries` test binaries passed some tests
+/// and failed none.
+pub fn run_group(
+    name: &str,
+    script: impl FnOnce(&Path) -> String,
+    binaries: usize,
+    timeout: Duration,
+    systemd: Option<&SystemdRoot>,
+) {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let status_file = target.join(format!("{name}.status"));
+    let _ = std::fs::remove_file(&status_file);
+    let script_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-run.sh"));
+    std::fs::write(&script_path, script(&status_file)).unwrap();
+    let log_path = target.join(format!("{name}.log"));
+
+    let started = std::time::Instant::now();
+    let (out, errors) =
+        run_in(&script_path, &target, timeout, systemd).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&log_path, out.join("\n")).unwrap();
+    println!(
+        "{name} group: {:.0} s in all, boot included",
+        started.elapsed().as_secs_f64()
+    );
+    let inner = std::fs::read_to_string(&status_file).unwrap_or_default();
+    assert_eq!(
+        inner.trim(),
+        "0",
+        "the VM's tests failed or did not finish; log in {}\n{errors}",
+        log_path.display()
+    );
+    let results: Vec<&String> = out
+        .iter()
+        .filter(|l| l.starts_with("test result: "))
+        .collect();
+    assert_eq!(results.len(), binaries, "{results:?}");
+    for r in results {
+        assert!(r.contains(" 0 failed") && !r.contains(" 0 passed"), "{r}");
+    }
+}
+
 /// Boots the VM once with `rw` writable, runs `script` (a shell file on this machine) in it,
 /// relays each line it prints (prefixed `vm| `) and returns them, with vng's stderr, once it
 /// has powered off. Fails after `timeout`.
 pub fn run(script: &Path, rw: &Path, timeout: Duration) -> Result<(Vec<String>, String), String> {
+    run_in(script, rw, timeout, None)
+}
+
+/// [`run`], with systemd as the VM's init over `systemd` (logind, the system bus, sessions)
+/// when given.
+pub fn run_in(
+    script: &Path,
+    rw: &Path,
+    timeout: Duration,
+    systemd: Option<&SystemdRoot>,
+) -> Result<(Vec<String>, String), String> {
     let kernel = debian_kernel().ok_or("no Debian kernel in /boot")?;
     let vng = vng().ok_or("vng is not installed")?;
-    let mut child = Command::new(vng)
-        .arg("--disable-kvm")
+    let mut vng = Command::new(vng);
+    vng.arg("--disable-kvm")
         .arg("--run")
         .arg(&kernel)
-        .args(["--memory", "2G", "--cpus", "2"])
-        .arg(format!("--rwdir={}", rw.display()))
+        .args(["--memory", "2G", "--cpus", "2"]);
+    match systemd {
+        // With another root, a writable directory is named as guest=host.
+        Some(systemd) => vng
+            .arg("--systemd")
+            .arg("--root")
+            .arg(&systemd.root)
+            .arg(format!("--rwdir={0}={0}", rw.display())),
+        None => vng.arg(format!("--rwdir={}", rw.display())),
+    };
+    let mut child = vng
         .arg("--exec")
         .arg(format!("bash {}", script.display()))
         .current_dir(rw)
@@ -116,4 +256,26 @@ pub fn run(script: &Path, rw: &Path, timeout: Duration) -> Result<(Vec<String>, 
         ));
     }
     Ok((out, errors))
+}
+
+/// The test binary cargo builds for `tests/NAME.rs`, built now if it is stale (cargo runs
+/// this test with `$CARGO` set).
+pub fn test_binary(name: &str) -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["test", "--no-run", "--message-format=json", "--test", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo test --no-run");
+    assert!(
+        out.status.success(),
+        "cargo could not build tests/{name}.rs"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"]["name"] == name)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo names no executable for tests/{name}.rs"))
 }

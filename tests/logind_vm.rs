@@ -1,0 +1,443 @@
+//! Who may unlock, against the real logind: a VM (Debian's kernel under QEMU, virtme-ng) with
+//! systemd as PID 1, the system bus and logind, over an overlay of this machine's root
+//! filesystem. This machine has no logind, so here only the fallback is tested
+//! (tests/e2e_sticks.rs); in the VM, sessions of every kind are made the ways people get
+//! them: a PAM login with no seat (active, local), `login -h HOST` (remote), a service with no
+//! session, and sessions on the VTs of seat0, switched with `loginctl activate`.
+//!
+//! One boot runs the `#[ignore]`d tests in [`in_vm`]. Prerequisites as for
+//! tests/kernel_vm.rs; under CI=true a missing one fails.
+
+mod common;
+
+use common::vm;
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+const VM_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// The stick the VM's tests plug: source, filesystem, label, table.
+const STICK: (&str, &str, &str, &str) = ("bitlk-aes-xts-128", "ntfs", "SEAT", "none");
+
+fn script(status_file: &Path) -> String {
+    let bin = vm::test_binary("logind_vm");
+    format!(
+        "set -u\n\
+         # logind starts before virtme-ng-init makes /var/lib writable; start it again.\n\
+         systemctl reset-failed systemd-logind.service; systemctl start systemd-logind.service\n\
+         modprobe loop 2>/dev/null\n\
+         echo '== VM: logind_vm in_vm'\n\
+         {KERNEL_VM_ENV}=1 CI=\"${{CI:-}}\" GUILOCKER_SCRATCH={scratch} GUILOCKER_SHARED='{shared}' '{bin}' in_vm --ignored --test-threads=1 --nocapture\n\
+         status=$?\n\
+         echo \"== VM: done, status $status\"\necho $status > '{status}'\nexit $status\n",
+        scratch = vm::VM_SCRATCH,
+        shared = shared_dir().display(),
+        bin = bin.display(),
+        status = status_file.display(),
+    )
+}
+
+#[test]
+fn logind_in_a_vm() {
+    if in_kernel_vm() {
+        return;
+    }
+    if !vm::can_boot("the logind VM") {
+        return;
+    }
+    if !prerequisites(&["losetup", "mkntfs", "runuser", "mount"]) {
+        return;
+    }
+    // Made here, in the lower layer the VM sees: the users, the fixtures, the stick.
+    ensure_user(TEST_USER, true);
+    ensure_user(OTHER_USER, false);
+    let _ = images();
+    let (source, fs, label, table) = STICK;
+    let dir = scratch("logind-vm-sticks");
+    make_stick(&dir, source, fs, label, table);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let root = vm::SystemdRoot::mount(&scratch("logind-vm-root")).unwrap_or_else(|e| panic!("{e}"));
+    vm::run_group("logind-vm", script, 1, VM_TIMEOUT, Some(&root));
+}
+
+/// Inside the VM: logind is real.
+mod in_vm {
+    use super::common::*;
+    use super::STICK;
+    use guilocker::logind::{Logind, Session};
+    use guilocker::protocol::{DeviceState, EventKind};
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    const WHY: &str = "logind: runs inside a VM with systemd (tests/logind_vm.rs)";
+    const CONFIG: &str = "require_active_session = true\n";
+    /// Between two looks at logind's session list, which sends us no event.
+    const POLL: Duration = Duration::from_millis(50);
+
+    /// A BEK file of another volume: a secret the CLI reads from a file (none in argv), which
+    /// the daemon only judges after it has judged the caller.
+    fn foreign_bek() -> PathBuf {
+        let dir = fixtures();
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "BEK"))
+            .expect("a .BEK file among the fixtures")
+    }
+
+    fn plugged(daemon: &TestDaemon) -> (Stick, String) {
+        let (source, fs, label, table) = STICK;
+        let image = make_stick(&scratch("logind-stick"), source, fs, label, table);
+        let mut events = daemon.events();
+        let stick = Stick::plug(&image, table != "none");
+        let dev = stick.volume();
+        wait_event(&mut events, "the stick to be probed", |k, d| {
+            k != EventKind::Removed && d.device == dev && d.state == DeviceState::Locked
+        });
+        (stick, dev)
+    }
+
+    /// `systemd-run` as the test user, waiting for the end; `(exit code, stderr)`. The
+    /// program's stderr goes to a file, as a terminal may be its stdout.
+    fn unit(
+        daemon: &TestDaemon,
+        properties: &[&str],
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> (i32, String) {
+        let err = daemon.dir.join(format!("unit-{}.err", std::process::id()));
+        let _ = std::fs::remove_file(&err);
+        let mut cmd = Command::new("systemd-run");
+        cmd.args(["--quiet", "--wait", "--collect", "--uid", TEST_USER])
+            .arg(format!(
+                "--setenv=GUILOCKER_SOCKET={}",
+                daemon.socket.display()
+            ))
+            .args(properties.iter().flat_map(|p| ["-p", p]))
+            .arg(format!("-pStandardError=file:{}", err.display()));
+        if stdin.is_some() {
+            cmd.arg("--pipe");
+        }
+        cmd.arg("--").arg(user_bin()).args(args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("systemd-run");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        let status = child.wait().unwrap();
+        let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+        (status.code().unwrap_or(-1), stderr)
+    }
+
+    fn refused(code: i32, stderr: &str, dev: &str, why: &str) {
+        println!("refused: {}", stderr.trim());
+        assert_eq!(code, 1, "{stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!(
+                "guilocker: {dev}: not allowed: you are not in the active local session ({why})"
+            )
+        );
+    }
+
+    /// The sessions of the test user logind knows now, by id.
+    fn sessions_of(user: &str) -> Vec<String> {
+        let out = run_ok(Command::new("loginctl").args(["list-sessions", "--no-legend"]));
+        out.lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let id = f.next()?;
+                let _uid = f.next()?;
+                (f.next()? == user).then(|| id.to_owned())
+            })
+            .collect()
+    }
+
+    fn property(session: &str, name: &str) -> String {
+        run_ok(Command::new("loginctl").args(["show-session", session, "-p", name, "--value"]))
+            .trim()
+            .to_owned()
+    }
+
+    fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(found) = probe() {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// A long-lived session of `user` on VT `tty` of seat0 (a getty-like login); stopped on
+    /// drop.
+    struct VtSession {
+        unit: String,
+        id: String,
+    }
+
+    impl VtSession {
+        fn start(user: &str, tty: u32) -> Self {
+            let unit = format!("guilocker-vt{tty}");
+            let before = sessions_of(user);
+            run_ok(Command::new("systemd-run").args([
+                "--quiet",
+                &format!("--unit={unit}"),
+                "--uid",
+                user,
+                "-p",
+                "PAMName=login",
+                "-p",
+                &format!("TTYPath=/dev/tty{tty}"),
+                "-p",
+                "StandardInput=tty",
+                "-p",
+                "StandardOutput=tty",
+                "sleep",
+                "infinity",
+            ]));
+            let id = poll(&format!("a session on tty{tty}"), || {
+                sessions_of(user)
+                    .into_iter()
+                    .find(|s| !before.contains(s) && property(s, "TTY") == format!("tty{tty}"))
+            });
+            Self { unit, id }
+        }
+
+        fn activate(&self) {
+            run_ok(Command::new("loginctl").args(["activate", &self.id]));
+            poll(&format!("session {} in the foreground", self.id), || {
+                (property(&self.id, "Active") == "yes").then_some(())
+            });
+        }
+    }
+
+    impl Drop for VtSession {
+        fn drop(&mut self) {
+            let _ = Command::new("systemctl")
+                .args(["stop", &self.unit])
+                .output();
+        }
+    }
+
+    /// Each kind of caller, and its one-line answer: only the active local session unlocks.
+    #[test]
+    #[ignore = "logind: runs inside a VM with systemd (tests/logind_vm.rs)"]
+    fn unlock_needs_the_active_local_session() {
+        assert!(in_kernel_vm(), "{WHY}");
+        Logind::connect().expect("logind in the VM");
+        let daemon = TestDaemon::start_with("logind-unlock", CONFIG);
+        let (_stick, dev) = plugged(&daemon);
+        let bek = foreign_bek();
+        let bek = bek.to_str().unwrap();
+
+        // A service: no session at all.
+        let (code, err) = unit(&daemon, &[], &["unlock", &dev, "--bek", bek], None);
+        println!("refused: {}", err.trim());
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.trim().starts_with(&format!(
+                "guilocker: {dev}: not allowed: you are not in the active local session (process "
+            )) && err.trim().ends_with(" is in no login session)"),
+            "{err}"
+        );
+
+        // Over the network: login -h HOST, on a pty, as sshd does.
+        let dir = daemon.dir.join("remote");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let before = sessions_of(TEST_USER);
+        let mut login = Command::new("script")
+            .args([
+                "-qfc",
+                &format!("login -h 192.0.2.7 -f {TEST_USER}"),
+                "/dev/null",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script");
+        let remote = poll("the remote session", || {
+            sessions_of(TEST_USER)
+                .into_iter()
+                .find(|s| !before.contains(s) && property(s, "Remote") == "yes")
+        });
+        let out = dir.join("err");
+        let code = dir.join("code");
+        let mut shell = login.stdin.take().unwrap();
+        writeln!(
+            shell,
+            "GUILOCKER_SOCKET={} {} unlock {dev} --bek {bek} 2>{}; echo $? >{}; exit",
+            daemon.socket.display(),
+            user_bin().display(),
+            out.display(),
+            code.display()
+        )
+        .unwrap();
+        drop(shell);
+        let status = wait_child(&mut login, WAIT);
+        assert!(status.success(), "login: {status}");
+        let err = std::fs::read_to_string(&out).unwrap();
+        let code: i32 = std::fs::read_to_string(&code)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        refused(code, &err, &dev, &format!("session {remote} is remote"));
+
+        // At the seat, on a VT that is not in front (VT 1 is).
+        let (code, err) = unit(
+            &daemon,
+            &[
+                "PAMName=login",
+                "TTYPath=/dev/tty4",
+                "StandardInput=tty",
+                "StandardOutput=tty",
+            ],
+            &["unlock", &dev, "--bek", bek],
+            None,
+        );
+        println!("refused: {}", err.trim());
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("you are not in the active local session (session ")
+                && err.trim().ends_with(" is in the background)"),
+            "{err}"
+        );
+
+        // A local login with no seat is in front of nothing, so active: the unlock passes
+        // the check, and the password opens the drive.
+        let (code, err) = unit(
+            &daemon,
+            &["PAMName=login"],
+            &["unlock", &dev, "--password-stdin"],
+            Some("anaconda\n"),
+        );
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(daemon.device(&dev).unwrap().state, DeviceState::Mounted);
+        let (code, _, err) = daemon.cli(None, &["unmount", &dev], "");
+        assert_eq!(code, 0, "{err}");
+        let log = daemon.log_until(&format!("{dev}: put away"));
+        assert!(
+            !log.iter().any(|l| l.contains("logind is not available")),
+            "{log:#?}"
+        );
+    }
+
+    /// The agent follows its own session on seat0: in the background it asks nothing; back
+    /// in front it asks about the drive plugged meanwhile.
+    #[test]
+    #[ignore = "logind: runs inside a VM with systemd (tests/logind_vm.rs)"]
+    fn the_agent_asks_only_while_its_session_is_in_front() {
+        assert!(in_kernel_vm(), "{WHY}");
+        let daemon = TestDaemon::start_with("logind-agent", CONFIG);
+        // Another person's session on VT 3. The agent's own is on VT 2: its unit is the
+        // login there (a second one would wait for the terminal).
+        let theirs = VtSession::start(OTHER_USER, 3);
+
+        let log = daemon.dir.join("agent.log");
+        let _ = std::fs::remove_file(&log);
+        let agent_unit = "guilocker-agent";
+        run_ok(
+            Command::new("systemd-run")
+                .args([
+                    "--quiet",
+                    &format!("--unit={agent_unit}"),
+                    "--uid",
+                    TEST_USER,
+                ])
+                .args(["-p", "PAMName=login", "-p", "TTYPath=/dev/tty2"])
+                .args(["-p", "StandardInput=tty", "-p", "StandardOutput=tty"])
+                .arg(format!("-pStandardError=file:{}", log.display()))
+                .arg("--setenv=GUILOCKER_LOG=debug")
+                .arg("--")
+                .arg(user_bin())
+                .args(["agent", "--socket"])
+                .arg(&daemon.socket),
+        );
+        struct Stop(&'static str);
+        impl Drop for Stop {
+            fn drop(&mut self) {
+                let _ = Command::new("systemctl").args(["stop", self.0]).output();
+            }
+        }
+        let _agent = Stop(agent_unit);
+        let agent_log = |text: &str, count: usize| {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let lines = std::fs::read_to_string(&log).unwrap_or_default();
+                if lines.matches(text).count() >= count {
+                    return lines;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out waiting for {count} × {text:?} from the agent; it said:\n{lines}"
+                );
+                std::thread::sleep(POLL);
+            }
+        };
+        agent_log("connected to the daemon", 1);
+        // The agent's session is the VT 2 one it was started in.
+        let session: Session = {
+            let pid = run_ok(
+                Command::new("systemctl").args(["show", agent_unit, "-p", "MainPID", "--value"]),
+            );
+            let pid: u32 = pid.trim().parse().unwrap();
+            Logind::connect()
+                .unwrap()
+                .session_of(pid)
+                .unwrap()
+                .expect("the agent in a session")
+        };
+        assert_eq!(property(&session.id, "TTY"), "tty2");
+        // The agent starts out asking; it says so only when that changes.
+        let (mut background, mut foreground) = (0, 0);
+        if !session.active {
+            background += 1;
+            agent_log("is in the background: withdrawing dialogs", background);
+            // VT 1 is in front: bring the agent's session there.
+            run_ok(Command::new("loginctl").args(["activate", &session.id]));
+            foreground += 1;
+            agent_log("is in the foreground again", foreground);
+        }
+
+        theirs.activate();
+        background += 1;
+        let text = agent_log("is in the background: withdrawing dialogs", background);
+        assert!(text.contains(&format!("session {}", session.id)), "{text}");
+        let (_stick, dev) = plugged(&daemon);
+        agent_log(
+            &format!("{dev}: not asking while the session is in the background"),
+            1,
+        );
+        assert!(
+            !std::fs::read_to_string(&log)
+                .unwrap()
+                .contains(&format!("{dev}: asking for the password")),
+            "asked from the background"
+        );
+
+        run_ok(Command::new("loginctl").args(["activate", &session.id]));
+        foreground += 1;
+        agent_log("is in the foreground again", foreground);
+        // Back in front, it asks about the drive (here the dialog finds no display).
+        let said = agent_log(&format!("{dev}: asking for the password"), 1);
+        for line in said
+            .lines()
+            .filter(|l| l.contains("session") || l.contains(&dev))
+        {
+            println!("agent: {line}");
+        }
+    }
+}
