@@ -102,7 +102,7 @@ impl Iterator for Events {
     fn next(&mut self) -> Option<Self::Item> {
         match read_frame(&mut self.reader) {
             Ok(None) => None,
-            Ok(Some(Response::Event { event, device })) => Some(Ok((event, device))),
+            Ok(Some(Response::Event { event, device, .. })) => Some(Ok((event, device))),
             Ok(Some(other)) => Some(Err(ClientError::Unexpected(format!("{other:?}")))),
             Err(e) => Some(Err(e.into())),
         }

@@ -140,10 +140,13 @@ pub enum Response {
     },
     /// `{"type":"subscribed"}`: events follow.
     Subscribed,
-    /// `{"type":"event","event":"added","device":{…}}`
+    /// `{"type":"event","event":"added","device":{…},"seq":12}`
     Event {
         event: EventKind,
         device: DeviceInfo,
+        /// Numbers events in the order the daemon emitted them, from 1 at its start.
+        #[serde(default)]
+        seq: u64,
     },
     /// `{"type":"error","kind":"wrong_secret","message":"/dev/sdb1: wrong password"}`
     Error { kind: ErrorKind, message: String },

@@ -5,13 +5,13 @@
 //! same appearance (its generation) before recording the result.
 
 use super::auth::{self, Caller};
+use super::bus::Bus;
 use super::error::DaemonError;
 use super::filesystem;
 use super::mount::{self, Owner};
 use super::mountpoint;
 use super::probe::{self, Probe, ProbeError};
 use super::seat::Seat;
-use super::server::Bus;
 use super::state::{Device, Session, Table, VolumeFacts};
 use super::view::{self, View};
 use super::watch::{self, Appearance};

@@ -7,6 +7,7 @@
 //! slow unlock never stalls detection or other clients.
 
 pub mod auth;
+pub mod bus;
 pub mod core;
 pub mod daemonize;
 pub mod desktop;

@@ -3,23 +3,17 @@
 use super::auth::Caller;
 use super::core::Daemon;
 use super::error::DaemonError;
-use crate::protocol::{
-    read_frame, write_frame, DeviceInfo, ErrorKind, EventKind, FrameError, Request, Response,
-    VERSION,
-};
+use crate::protocol::{read_frame, write_frame, ErrorKind, FrameError, Request, Response, VERSION};
 use std::collections::HashMap;
-use std::io::{BufReader, Write};
+use std::io::BufReader;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// Connections one non-root user may hold open at once (a local user must not be able to
 /// exhaust the daemon's threads).
 const MAX_CONNECTIONS_PER_USER: usize = 16;
-/// A subscriber that cannot take an event within this time is dropped.
-const EVENT_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The listening socket. Created connectable by everyone (0666: authorization is per
 /// request); the file is removed on drop.
@@ -55,33 +49,6 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// Subscribed connections. Events are written straight from the thread that caused them,
-/// with a short write timeout.
-#[derive(Default)]
-pub struct Bus {
-    subscribers: Mutex<Vec<UnixStream>>,
-}
-
-impl Bus {
-    fn add(&self, stream: UnixStream) {
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(stream);
-    }
-
-    pub fn emit(&self, event: EventKind, device: DeviceInfo) {
-        let frame = Response::Event { event, device };
-        let mut line = match serde_json::to_vec(&frame) {
-            Ok(l) => l,
-            Err(_) => return,
-        };
-        line.push(b'\n');
-        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
-        subs.retain_mut(|s| s.write_all(&line).is_ok());
     }
 }
 
@@ -181,15 +148,9 @@ fn serve(daemon: &Daemon, stream: UnixStream, caller: Caller) {
             }
         };
         if let Request::Subscribe = request {
-            if write_frame(&mut writer, &Response::Subscribed).is_err() {
-                return;
-            }
-            let _ = writer.set_write_timeout(Some(EVENT_WRITE_TIMEOUT));
-            daemon.bus.add(writer);
-            // Nothing more is read; wait for the client to hang up, then the bus drops it
-            // at the next failed write.
-            let mut sink = [0u8; 256];
-            while std::io::Read::read(reader.get_mut(), &mut sink).is_ok_and(|n| n > 0) {}
+            // From here the connection only carries events; the bus serves it to the end.
+            drop(writer);
+            daemon.bus.serve(reader.into_inner());
             return;
         }
         let response = handle(daemon, &caller, request);
