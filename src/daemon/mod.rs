@@ -57,8 +57,25 @@ fn load_config(opts: &Options) -> Result<Config, crate::config::ConfigError> {
     }
 }
 
+/// Each client connection holds a socket (and its thread): lift the soft limit on open files
+/// to the hard one, as systemd advises for services that use poll, not select (its default
+/// soft limit is 1024).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                log::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot read the open-file limit: {e}"),
+    }
+}
+
 pub fn run(opts: Options) -> Result<()> {
     crate::logging::init();
+    raise_fd_limit();
     let config = load_config(&opts)?;
     if !auth::group_exists(&config.allowed_group) {
         log::warn!(

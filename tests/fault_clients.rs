@@ -1,0 +1,189 @@
+//! Fault injection, clients (issue 10, case 7): a storm of connections and every kind of bad
+//! client at once, against a real daemon. Every other client must still be answered, the
+//! daemon must stay up, and its memory bounded: the test prints its peak RSS.
+//!
+//! Needs root (the daemon, loop devices for events); skips without, except under CI=true.
+
+mod common;
+
+use common::*;
+use guilocker::protocol::{DeviceState, EventKind, Request, Response, MAX_FRAME};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// Connections open at once in the storm.
+const STORM: usize = 1000;
+/// The daemon's peak resident memory may not pass this, whatever its clients do.
+const RSS_LIMIT_KB: u64 = 256 * 1024;
+
+fn connect(daemon: &TestDaemon) -> UnixStream {
+    let s = UnixStream::connect(&daemon.socket).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+fn request(stream: &UnixStream, request: &Request) -> Response {
+    let mut line = serde_json::to_vec(request).unwrap();
+    line.push(b'\n');
+    (&*stream).write_all(&line).unwrap();
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply:?}"))
+}
+
+fn status_ok(daemon: &TestDaemon) {
+    match request(&connect(daemon), &Request::Status) {
+        Response::Status { .. } => {}
+        other => panic!("status: {other:?}"),
+    }
+}
+
+/// `VmHWM`, the peak resident set, of `pid`, in kB.
+fn peak_rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// A plain (not BitLocker) image the daemon sees come and go: events without a stick.
+fn plain_image() -> std::path::PathBuf {
+    let path = scratch("fault-clients-image").join("plain.img");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(8 << 20).unwrap();
+    path
+}
+
+#[test]
+fn bad_clients_never_starve_the_good_ones() {
+    let _serial = serial();
+    if !prerequisites(&["losetup"]) {
+        return;
+    }
+    // The storm needs more than the usual 1024 descriptors here too.
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let daemon = TestDaemon::start("fault-clients");
+    let before = peak_rss_kb(daemon.pid());
+
+    // The bad ones, all at once and all kept open.
+    let mut bad = Vec::new();
+    // A 10 MB line: refused after MAX_FRAME, the rest never read.
+    let big = connect(&daemon);
+    let sender = {
+        let big = big.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..10 {
+                if (&big).write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let mut reply = String::new();
+    BufReader::new(&big).read_line(&mut reply).unwrap();
+    assert!(reply.contains("\"bad_request\""), "{reply}");
+    assert!(reply.contains(&MAX_FRAME.to_string()), "{reply}");
+    let _ = sender.join();
+    // Random bytes, invalid UTF-8, JSON nested past any sane depth: an error each, or the
+    // connection closed; never a crash.
+    for junk in [
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .chain([b'\n'])
+            .collect::<Vec<u8>>(),
+        b"{\"type\":\"status\xff\xfe\"}\n".to_vec(),
+        [vec![b'['; 60_000], vec![b']'; 60_000], vec![b'\n']].concat(),
+        [
+            b"{\"type\":\"unlock\",\"device\":".to_vec(),
+            vec![b'{'; 30_000],
+            b"\n".to_vec(),
+        ]
+        .concat(),
+    ] {
+        let s = connect(&daemon);
+        let _ = (&s).write_all(&junk);
+        let mut answer = Vec::new();
+        let _ = BufReader::new(&s).read_until(b'\n', &mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.is_empty() || text.contains("\"error\""),
+            "junk answered with {text}"
+        );
+        bad.push(s);
+    }
+    // Slow loris: half a request, then nothing.
+    let loris = connect(&daemon);
+    (&loris).write_all(b"{\"type\":\"sta").unwrap();
+    bad.push(loris);
+    // A subscriber that never reads its events.
+    let stuck = connect(&daemon);
+    (&stuck).write_all(b"{\"type\":\"subscribe\"}\n").unwrap();
+    bad.push(stuck);
+
+    // The storm: STORM connections open together, each asking for the status.
+    let mut storm: Vec<UnixStream> = (0..STORM).map(|_| connect(&daemon)).collect();
+    for s in &storm {
+        (&*s).write_all(b"{\"type\":\"status\"}\n").unwrap();
+    }
+    let mut answered = 0;
+    for s in &mut storm {
+        let mut line = String::new();
+        BufReader::new(&*s).read_line(&mut line).unwrap();
+        if line.contains("\"status\"") {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, STORM);
+
+    // Events still flow, numbered in order, to a subscriber that reads, while the stuck one
+    // does not: a plain disk plugged and unplugged.
+    let mut events = daemon.events();
+    let image = plain_image();
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let mut stick = Stick::plug(&image, false);
+        let dev = stick.loop_dev.clone();
+        wait_event(&mut events, "the plain disk", |k, d| {
+            k != EventKind::Removed && d.device == dev && d.state == DeviceState::Plain
+        });
+        stick.unplug();
+        wait_event(&mut events, "the plain disk to go", |k, d| {
+            k == EventKind::Removed && d.device == dev
+        });
+        seen.push(dev);
+    }
+    status_ok(&daemon);
+    drop(storm);
+    drop(bad);
+    drop(big);
+    status_ok(&daemon);
+
+    let peak = peak_rss_kb(daemon.pid());
+    println!(
+        "daemon peak RSS: {before} kB at start, {peak} kB after {STORM} connections at once and \
+         the bad clients"
+    );
+    assert!(peak < RSS_LIMIT_KB, "peak RSS {peak} kB");
+    // And it let go of the connections' threads.
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", daemon.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while threads() > 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} threads left after the clients went",
+            threads()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
