@@ -230,6 +230,8 @@ pub enum DeviceState {
     Unlocked,
     /// Unlocked and its filesystem mounted.
     Mounted,
+    /// Being put away: unmounting, then locking again.
+    Locking,
     /// The last probe or unlock failed in a way that needs attention; `error` says why.
     Failed,
     /// Not a BitLocker volume; listed so people can see the daemon saw it.
@@ -243,6 +245,7 @@ impl DeviceState {
             Self::Unlocking => "unlocking",
             Self::Unlocked => "unlocked",
             Self::Mounted => "mounted",
+            Self::Locking => "locking",
             Self::Failed => "failed",
             Self::Plain => "plain",
         }
@@ -310,19 +313,19 @@ pub struct DeviceInfo {
 pub enum DialogInput {
     /// First line: the drive to ask about. `{"type":"show","device":{…}}`
     Show { device: DeviceInfo },
-    /// The answer to an `unlock`: `{"type":"result","ok":false,"kind":"wrong_secret","message":"wrong password"}`.
-    /// On `ok` the dialog closes with [`DIALOG_EXIT_UNLOCKED`]; otherwise it shows the message
-    /// and stays open.
-    Result {
-        ok: bool,
-        #[serde(default)]
-        kind: Option<ErrorKind>,
-        #[serde(default)]
-        message: Option<String>,
-        /// On `ok`: the volume's label, known only once it is open; the keyring entry is
-        /// named after it.
+    /// The `unlock` worked: `{"type":"unlocked","label":"STICK"}`. The dialog closes with
+    /// [`DIALOG_EXIT_UNLOCKED`]. `label`, known only once the volume is open, names the
+    /// keyring entry.
+    Unlocked {
         #[serde(default)]
         label: Option<String>,
+    },
+    /// The `unlock` failed: `{"type":"failed","kind":"wrong_secret","message":"wrong password"}`.
+    /// The dialog shows why and stays open.
+    Failed {
+        kind: ErrorKind,
+        #[serde(default)]
+        message: Option<String>,
     },
     /// The device went away: `{"type":"close","reason":"the drive was removed"}`; the dialog
     /// exits with [`DIALOG_EXIT_CLOSED`].
@@ -341,8 +344,8 @@ pub enum DialogOutput {
         secret: UnlockSecret,
         #[serde(default)]
         read_only: bool,
-        /// The secret came from the keyring, before any window was shown; a `result`
-        /// that is not `ok` makes the dialog forget it (wrong secret) and ask.
+        /// The secret came from the keyring, before any window was shown; a `failed`
+        /// answer makes the dialog forget it (if it was wrong) and ask.
         #[serde(default)]
         remembered: bool,
     },

@@ -328,11 +328,13 @@ impl Dialog {
     }
 
     fn reply(&mut self, ok: bool, message: Option<&str>) {
-        self.send(&DialogInput::Result {
-            ok,
-            kind: (!ok).then_some(ErrorKind::WrongSecret),
-            message: message.map(str::to_owned),
-            label: None,
+        self.send(&if ok {
+            DialogInput::Unlocked { label: None }
+        } else {
+            DialogInput::Failed {
+                kind: ErrorKind::WrongSecret,
+                message: message.map(str::to_owned),
+            }
         });
     }
 

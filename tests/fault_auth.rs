@@ -110,6 +110,16 @@ fn every_caller_and_action_gets_its_answer() {
         &format!("it was unlocked by {TEST_USER}, not by {OTHER_USER}"),
     );
     m.allowed(member, &unmount);
+    // Put away in two steps that clients see: locking (unmounting), then locked.
+    for (state, what) in [
+        (DeviceState::Locking, "locking"),
+        (DeviceState::Locked, "locked"),
+    ] {
+        let info = wait_event(&mut events, what, |k, d| {
+            k == EventKind::Changed && d.device == dev && d.state == state
+        });
+        assert_eq!(info.mountpoint, None, "{info:?}");
+    }
 
     // Root, for the member: it is the member's.
     m.allowed(None, &for_member);

@@ -172,31 +172,22 @@ pub fn start(agent: Arc<Agent>, device: DeviceInfo, id: u64) -> std::io::Result<
 
 /// What the dialog shows for the daemon's answer: the cause without the device prefix.
 fn reply_for(device: &str, answer: &Result<Response, ClientError>) -> DialogInput {
+    let failed = |kind, message: String| DialogInput::Failed {
+        kind,
+        message: Some(message),
+    };
     match answer {
-        Ok(Response::Unlocked { device: info }) => DialogInput::Result {
-            ok: true,
-            kind: None,
-            message: None,
+        Ok(Response::Unlocked { device: info }) => DialogInput::Unlocked {
             label: info.label.clone(),
         },
-        Ok(other) => DialogInput::Result {
-            ok: false,
-            kind: Some(ErrorKind::Failed),
-            message: Some(format!("unexpected reply from the daemon: {other:?}")),
-            label: None,
-        },
-        Err(ClientError::Daemon { kind, message }) => DialogInput::Result {
-            ok: false,
-            kind: Some(*kind),
-            message: Some(super::cause(device, message).to_owned()),
-            label: None,
-        },
-        Err(e) => DialogInput::Result {
-            ok: false,
-            kind: Some(ErrorKind::Failed),
-            message: Some(e.to_string()),
-            label: None,
-        },
+        Ok(other) => failed(
+            ErrorKind::Failed,
+            format!("unexpected reply from the daemon: {other:?}"),
+        ),
+        Err(ClientError::Daemon { kind, message }) => {
+            failed(*kind, super::cause(device, message).to_owned())
+        }
+        Err(e) => failed(ErrorKind::Failed, e.to_string()),
     }
 }
 
@@ -211,11 +202,8 @@ mod tests {
             message: "/dev/sdb1: wrong password".into(),
         });
         match reply_for("/dev/sdb1", &answer) {
-            DialogInput::Result {
-                ok, kind, message, ..
-            } => {
-                assert!(!ok);
-                assert_eq!(kind, Some(ErrorKind::WrongSecret));
+            DialogInput::Failed { kind, message } => {
+                assert_eq!(kind, ErrorKind::WrongSecret);
                 assert_eq!(message.as_deref(), Some("wrong password"));
             }
             other => panic!("{other:?}"),

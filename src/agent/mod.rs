@@ -214,7 +214,7 @@ impl Agent {
                         notifications::problem(&format!("‘{label}’ stopped working"), error);
                     }
                 }
-                DeviceState::Unlocking | DeviceState::Plain => {}
+                DeviceState::Unlocking | DeviceState::Locking | DeviceState::Plain => {}
             },
         }
     }

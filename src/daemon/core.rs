@@ -507,6 +507,7 @@ impl Daemon {
         power_off: bool,
     ) -> Result<Vec<String>, DaemonError> {
         let mut jobs = Vec::new();
+        let mut locking = Vec::new();
         {
             let mut table = self.lock();
             let names: Vec<String> = if all {
@@ -561,13 +562,20 @@ impl Daemon {
             for name in names {
                 let dev = table.devices.get_mut(&name).expect("checked above");
                 dev.busy = true;
+                let was = dev.state;
+                dev.state = DeviceState::Locking;
                 let session = dev.session.take().expect("checked above");
-                jobs.push((name, dev.generation, dev.path.clone(), session));
+                jobs.push((name, dev.generation, dev.path.clone(), session, was));
+                locking.push(dev.info());
             }
+        }
+        // Said before the slow part: unmounting may wait for the driver to write back.
+        for info in locking {
+            self.emit(EventKind::Changed, info);
         }
         let mut done = Vec::new();
         let mut first_error = None;
-        for (name, generation, path, session) in jobs {
+        for (name, generation, path, session, was) in jobs {
             let result = self.put_away(&path, session, force);
             let mut table = self.lock();
             let dev = table
@@ -601,6 +609,10 @@ impl Daemon {
                     let (e, session) = *failed;
                     dev.busy = false;
                     dev.session = Some(session);
+                    dev.state = was;
+                    let info = dev.info();
+                    drop(table);
+                    self.emit(EventKind::Changed, info);
                     log::warn!("{e}");
                     first_error.get_or_insert(e);
                 }

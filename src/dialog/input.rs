@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 const CHUNK: usize = 4096;
 
 /// Splits the agent's byte stream into frames. Bytes may hold a secret-free `show` or a
-/// `result`, but are wiped anyway, as everywhere on this pipe.
+/// `failed`, but are wiped anyway, as everywhere on this pipe.
 pub struct InputReader {
     stream: gio::InputStream,
     /// Bytes read but not yet parsed. Allocated once at full size: a `Vec` that grew would

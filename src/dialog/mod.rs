@@ -57,7 +57,7 @@ pub fn run() -> i32 {
     let device = match context.block_on(input.next()) {
         Ok(Some(DialogInput::Show { device })) => device,
         Ok(None) | Ok(Some(DialogInput::Close { .. })) => return DIALOG_EXIT_CLOSED,
-        Ok(Some(DialogInput::Result { .. })) => {
+        Ok(Some(DialogInput::Unlocked { .. } | DialogInput::Failed { .. })) => {
             eprintln!("guilocker dialog: expected a show frame first");
             return DIALOG_EXIT_CLOSED;
         }
@@ -226,22 +226,15 @@ impl Conversation {
                 let _ = write_frame(&mut std::io::stdout().lock(), &DialogOutput::Cancel);
                 Some(DIALOG_EXIT_CANCELLED)
             }
-            Event::Input(Ok(Some(DialogInput::Result {
-                ok: true, label, ..
-            }))) => {
+            Event::Input(Ok(Some(DialogInput::Unlocked { label }))) => {
                 if label.is_some() {
                     self.device.label = label;
                 }
                 Some(DIALOG_EXIT_UNLOCKED)
             }
-            Event::Input(Ok(Some(DialogInput::Result {
-                ok: false,
-                kind,
-                message,
-                ..
-            }))) => {
+            Event::Input(Ok(Some(DialogInput::Failed { kind, message }))) => {
                 self.to_remember = None;
-                self.dialog.show_failure(kind, message.as_deref());
+                self.dialog.show_failure(Some(kind), message.as_deref());
                 None
             }
             Event::Input(Ok(Some(DialogInput::Show { .. }))) => {

@@ -49,10 +49,9 @@ pub async fn try_unlock(input: &mut InputReader, device: &DeviceInfo) -> Outcome
     }
     drop(frame);
     match input.next().await {
-        Ok(Some(DialogInput::Result { ok: true, .. })) => Outcome::Unlocked,
-        Ok(Some(DialogInput::Result {
-            ok: false,
-            kind: Some(ErrorKind::WrongSecret),
+        Ok(Some(DialogInput::Unlocked { .. })) => Outcome::Unlocked,
+        Ok(Some(DialogInput::Failed {
+            kind: ErrorKind::WrongSecret,
             ..
         })) => {
             // As GNOME does: a remembered secret that no longer works is forgotten.
@@ -61,13 +60,7 @@ pub async fn try_unlock(input: &mut InputReader, device: &DeviceInfo) -> Outcome
             }
             ask(true, Some((ErrorKind::WrongSecret, FORGOTTEN.to_owned())))
         }
-        Ok(Some(DialogInput::Result {
-            ok: false,
-            kind,
-            message,
-            ..
-        })) => {
-            let kind = kind.unwrap_or(ErrorKind::Failed);
+        Ok(Some(DialogInput::Failed { kind, message })) => {
             let message = message.unwrap_or_else(|| "The drive could not be unlocked".into());
             ask(true, Some((kind, message)))
         }
