@@ -290,7 +290,7 @@ pub struct DeviceInfo {
     /// Key protector kinds on the volume (`password`, `recovery_password`, `startup_key`,
     /// `tpm`, `smart_card`, `clear_key`); empty when unknown.
     #[serde(default)]
-    pub protectors: Vec<String>,
+    pub protectors: Vec<Protector>,
     /// The Key ID of each recovery key (`F99F18E8`), as Windows shows it: people find the
     /// right key in their Microsoft account by it.
     #[serde(default)]
@@ -303,6 +303,33 @@ pub struct DeviceInfo {
     /// (`leave_bitlocker_to_desktop`): the login agent does not ask for this one.
     #[serde(default)]
     pub left_to_desktop: bool,
+}
+
+/// A key protector of a BitLocker volume: what it can be opened with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protector {
+    /// Protection is suspended: the key is stored in the clear.
+    ClearKey,
+    Tpm,
+    StartupKey,
+    TpmAndPin,
+    RecoveryPassword,
+    SmartCard,
+    Password,
+    /// One this build does not know (a newer daemon's, or an unknown type on the disk).
+    #[serde(other)]
+    Unknown,
+}
+
+impl Protector {
+    /// Kinds this tool can use without the Windows PC's hardware.
+    pub fn usable_here(self) -> bool {
+        matches!(
+            self,
+            Self::ClearKey | Self::StartupKey | Self::RecoveryPassword | Self::Password
+        )
+    }
 }
 
 /// Agent → dialog, on the dialog's stdin.
@@ -428,6 +455,24 @@ pub fn write_frame<T: Serialize, W: Write>(writer: &mut W, value: &T) -> Result<
 mod tests {
     use super::*;
     use std::io::Cursor;
+
+    #[test]
+    fn protectors_by_name_and_unknown_ones_kept() {
+        let kinds: Vec<Protector> =
+            serde_json::from_str(r#"["password","recovery_password","fido_key"]"#).unwrap();
+        assert_eq!(
+            kinds,
+            [
+                Protector::Password,
+                Protector::RecoveryPassword,
+                Protector::Unknown
+            ]
+        );
+        assert_eq!(
+            serde_json::to_string(&Protector::StartupKey).unwrap(),
+            r#""startup_key""#
+        );
+    }
 
     #[test]
     fn request_round_trip_and_tags() {

@@ -395,7 +395,7 @@ fn device(protectors: &[&str]) -> DeviceInfo {
         model: Some("Cruzer Blade".into()),
         guid: None,
         description: Some("DESKTOP-7QH2 E: 14/03/2024".into()),
-        protectors: protectors.iter().map(|s| s.to_string()).collect(),
+        protectors: serde_json::from_value(serde_json::json!(protectors)).unwrap(),
         recovery_key_ids: if protectors.contains(&"recovery_password") {
             vec!["F99F18E8".into()]
         } else {

@@ -8,7 +8,7 @@ mod reconnect;
 mod seat;
 
 use crate::client::{Client, ClientError};
-use crate::protocol::{DeviceInfo, DeviceState, EventKind};
+use crate::protocol::{DeviceInfo, DeviceState, EventKind, Protector};
 use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -261,7 +261,7 @@ impl Agent {
         {
             return;
         }
-        if device.protectors.iter().any(|p| p == "clear_key") {
+        if device.protectors.contains(&Protector::ClearKey) {
             // Protection is suspended: it opens without a secret, so nothing to ask.
             memory.settled.insert(appearance(&device));
             drop(memory);

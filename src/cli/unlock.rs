@@ -3,7 +3,7 @@
 use super::{exit, Failure, SocketArg};
 use crate::bitlocker::recovery;
 use crate::client::{Client, ClientError};
-use crate::protocol::{ErrorKind, Request, Response, UnlockSecret};
+use crate::protocol::{ErrorKind, Protector, Request, Response, UnlockSecret};
 use crate::secret::{SecretBytes, SecretString};
 use clap::Args;
 use std::io::Read;
@@ -150,7 +150,7 @@ pub fn run(args: UnlockArgs) -> Result<(), Failure> {
                 .find(|d| d.device == device || d.device.strip_prefix("/dev/") == Some(device))
                 .map(|d| d.protectors)
                 .unwrap_or_default();
-            let try_clear = protectors.is_empty() || protectors.iter().any(|p| p == "clear_key");
+            let try_clear = protectors.is_empty() || protectors.contains(&Protector::ClearKey);
             let first = if try_clear {
                 Some(send(&mut client, &args, UnlockSecret::ClearKey))
             } else {

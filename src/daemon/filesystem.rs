@@ -35,18 +35,23 @@ pub struct FsInfo {
 
 /// Reads the boot sector (and for NTFS and exFAT, the label's on-disk record).
 pub fn identify(path: &Path) -> std::io::Result<Option<FsInfo>> {
-    let mut file = File::open(path)?;
+    identify_in(&mut File::open(path)?)
+}
+
+/// [`identify`] on any readable volume: the bytes come from a stranger's disk, and every
+/// offset in them is checked before it is followed (fuzzed: fuzz/fuzz_targets/filesystem.rs).
+pub fn identify_in(file: &mut (impl Read + Seek)) -> std::io::Result<Option<FsInfo>> {
     let mut boot = [0u8; 512];
     file.read_exact(&mut boot)?;
     Ok(match fs_type(&boot) {
         Some(FsType::Ntfs) => Some(FsInfo {
             fs_type: FsType::Ntfs,
-            label: ntfs_label(&mut file, &boot),
+            label: ntfs_label(file, &boot),
             uuid: Some(format!("{:016X}", le64(&boot, 0x48))),
         }),
         Some(FsType::Exfat) => Some(FsInfo {
             fs_type: FsType::Exfat,
-            label: exfat_label(&mut file, &boot),
+            label: exfat_label(file, &boot),
             uuid: Some(dashed_serial(le32(&boot, 100))),
         }),
         Some(FsType::Vfat) => {
@@ -122,13 +127,13 @@ fn utf16(raw: &[u8]) -> String {
     String::from_utf16_lossy(&units)
 }
 
-fn read_at(file: &mut File, offset: u64, buf: &mut [u8]) -> Option<()> {
+fn read_at(file: &mut (impl Read + Seek), offset: u64, buf: &mut [u8]) -> Option<()> {
     file.seek(SeekFrom::Start(offset)).ok()?;
     file.read_exact(buf).ok()
 }
 
 /// The volume label of an NTFS volume: the $VOLUME_NAME attribute of MFT record 3.
-fn ntfs_label(file: &mut File, boot: &[u8; 512]) -> Option<String> {
+fn ntfs_label(file: &mut (impl Read + Seek), boot: &[u8; 512]) -> Option<String> {
     let sector = u64::from(le16(boot, 11));
     let cluster = sector * u64::from(boot[13]);
     if !(256..=4096).contains(&sector) || cluster == 0 || cluster > 2 << 20 {
@@ -189,7 +194,7 @@ fn apply_fixups(rec: &mut [u8], sector: usize) -> Option<()> {
 }
 
 /// The volume label of an exFAT volume: the 0x83 entry of the root directory.
-fn exfat_label(file: &mut File, boot: &[u8; 512]) -> Option<String> {
+fn exfat_label(file: &mut (impl Read + Seek), boot: &[u8; 512]) -> Option<String> {
     let sector_shift = u32::from(boot[108]);
     let cluster_shift = u32::from(boot[109]);
     if !(9..=12).contains(&sector_shift) || sector_shift + cluster_shift > 25 {

@@ -5,7 +5,8 @@ use super::mount::{MountedFs, Owner};
 use super::view::View;
 use super::watch::{Appearance, Snapshot};
 use crate::bitlocker::Metadata;
-use crate::protocol::{DeviceInfo, DeviceState};
+use crate::bitlocker::ProtectorKind;
+use crate::protocol::{DeviceInfo, DeviceState, Protector};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,18 +16,14 @@ use std::sync::Arc;
 pub struct VolumeFacts {
     pub guid: Option<String>,
     pub description: Option<String>,
-    pub protectors: Vec<String>,
+    pub protectors: Vec<Protector>,
     pub recovery_key_ids: Vec<String>,
 }
 
 impl VolumeFacts {
     pub fn from_metadata(meta: &Metadata) -> Self {
         let info = &meta.info;
-        let mut protectors: Vec<String> = info
-            .protectors
-            .iter()
-            .map(|p| p.kind.id().to_owned())
-            .collect();
+        let mut protectors: Vec<Protector> = info.protectors.iter().map(|p| wire(p.kind)).collect();
         protectors.dedup();
         Self {
             guid: Some(info.guid.to_string()),
@@ -46,6 +43,20 @@ impl VolumeFacts {
                 .filter_map(|p| p.key_id.map(|id| id.to_string()))
                 .collect(),
         }
+    }
+}
+
+/// A protector as the protocol names it.
+fn wire(kind: ProtectorKind) -> Protector {
+    match kind {
+        ProtectorKind::ClearKey => Protector::ClearKey,
+        ProtectorKind::Tpm => Protector::Tpm,
+        ProtectorKind::StartupKey => Protector::StartupKey,
+        ProtectorKind::TpmAndPin => Protector::TpmAndPin,
+        ProtectorKind::RecoveryPassword => Protector::RecoveryPassword,
+        ProtectorKind::SmartCard => Protector::SmartCard,
+        ProtectorKind::Password => Protector::Password,
+        ProtectorKind::Unknown(_) => Protector::Unknown,
     }
 }
 

@@ -1,7 +1,7 @@
 //! What the dialog shows and allows, computed without GTK so it can be unit-tested.
 
 use crate::bitlocker::recovery::{self, RecoveryKeyError, GROUPS, GROUP_DIGITS};
-use crate::protocol::{DeviceInfo, UnlockSecret};
+use crate::protocol::{DeviceInfo, Protector, UnlockSecret};
 use crate::secret::SecretString;
 use crate::units::human_size;
 use zeroize::Zeroizing;
@@ -47,38 +47,36 @@ pub struct Offer {
 
 /// Decides what to offer from the drive's key protectors. Unknown protectors are listed
 /// as empty, and then every method that might work is offered.
-pub fn offer(protectors: &[String]) -> Offer {
+pub fn offer(protectors: &[Protector]) -> Offer {
     if protectors.is_empty() {
         return Offer {
             methods: vec![Method::Password, Method::RecoveryKey, Method::StartupKey],
             note: None,
         };
     }
-    let has = |kind: &str| protectors.iter().any(|p| p == kind);
+    let has = |kind: Protector| protectors.contains(&kind);
     // Suspended protection opens with no secret at all: asking for one would only confuse.
-    if has("clear_key") {
+    if has(Protector::ClearKey) {
         return Offer {
             methods: vec![Method::ClearKey],
             note: None,
         };
     }
     let methods: Vec<Method> = [
-        ("password", Method::Password),
-        ("recovery_password", Method::RecoveryKey),
-        ("startup_key", Method::StartupKey),
+        (Protector::Password, Method::Password),
+        (Protector::RecoveryPassword, Method::RecoveryKey),
+        (Protector::StartupKey, Method::StartupKey),
     ]
     .into_iter()
-    .filter(|(kind, _)| has(kind))
+    .filter(|(kind, _)| has(*kind))
     .map(|(_, method)| method)
     .collect();
-    let unusable = protectors.iter().any(|p| {
-        !matches!(
-            p.as_str(),
-            "clear_key" | "password" | "recovery_password" | "startup_key"
-        )
-    });
+    let unusable = protectors.iter().any(|p| !p.usable_here());
     let note = match methods.as_slice() {
-        [] => Some(no_method_note(has("tpm"), has("smart_card"))),
+        [] => Some(no_method_note(
+            has(Protector::Tpm) || has(Protector::TpmAndPin),
+            has(Protector::SmartCard),
+        )),
         // A drive that also has a TPM or smart card protector: say why the usual way is missing.
         [only] if unusable => Some(format!(
             "This drive can only be opened here with {}.",
@@ -101,7 +99,7 @@ fn no_method_note(tpm: bool, smart_card: bool) -> String {
 
 /// Whether the drive opens with something the keyring can hold: a password or a recovery
 /// key (a startup key is a file, and a suspended drive needs nothing).
-pub fn can_remember(protectors: &[String]) -> bool {
+pub fn can_remember(protectors: &[Protector]) -> bool {
     offer(protectors)
         .methods
         .iter()
@@ -111,8 +109,8 @@ pub fn can_remember(protectors: &[String]) -> bool {
 /// What a remembered secret is. The keyring holds text alone (GNOME stores a recovery key
 /// there as it stores a password), so one that reads as a whole recovery key is sent as
 /// one, unless the drive has no recovery key.
-pub fn remembered_secret(text: SecretString, protectors: &[String]) -> UnlockSecret {
-    let has_recovery = protectors.is_empty() || protectors.iter().any(|p| p == "recovery_password");
+pub fn remembered_secret(text: SecretString, protectors: &[Protector]) -> UnlockSecret {
+    let has_recovery = protectors.is_empty() || protectors.contains(&Protector::RecoveryPassword);
     match check_recovery_key(text.expose()) {
         KeyCheck::Valid(value) if has_recovery => UnlockSecret::RecoveryPassword { value },
         _ => UnlockSecret::Password { value: text },
@@ -278,8 +276,9 @@ mod tests {
 
     const GOOD: &str = "235818-357951-253979-013365-241120-245575-342914-591910";
 
-    fn kinds(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    /// Protectors by their wire names, as the daemon sends them.
+    fn kinds(list: &[&str]) -> Vec<Protector> {
+        serde_json::from_value(serde_json::json!(list)).unwrap()
     }
 
     #[test]

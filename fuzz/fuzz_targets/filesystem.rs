@@ -1,0 +1,18 @@
+//! Fuzzes the filesystem reader the daemon runs on a freshly decrypted volume (its boot
+//! sector, NTFS's MFT record of $Volume, exFAT's root directory): a crafted stick must give a
+//! label or none, never a panic, and the label must make a mountpoint inside its parent.
+#![no_main]
+
+use guilocker::daemon::filesystem::identify_in;
+use guilocker::daemon::mountpoint::choose;
+use libfuzzer_sys::fuzz_target;
+use std::io::Cursor;
+use std::path::Path;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(Some(info)) = identify_in(&mut Cursor::new(data)) {
+        let parent = Path::new("/media/alice");
+        let at = choose(parent, info.label.as_deref(), info.uuid.as_deref(), |_| false);
+        assert_eq!(at.parent(), Some(parent), "{info:?}");
+    }
+});
