@@ -301,7 +301,7 @@ impl Bench {
                     eprintln!(
                         "  {who}: {} mounted at {mountpoint} ({}, decrypted view {})",
                         info.device,
-                        info.fs_type.as_deref().unwrap_or("?"),
+                        info.fs_type.map_or("?", |f| f.as_str()),
                         info.decrypted.as_deref().unwrap_or("?")
                     );
                     me.measure(who, fs, Path::new(mountpoint), Path::new(&info.device))

@@ -271,7 +271,7 @@ pub struct DeviceInfo {
     pub owner: Option<String>,
     /// Filesystem inside, once unlocked: `ntfs`, `exfat` or `vfat`.
     #[serde(default)]
-    pub fs_type: Option<String>,
+    pub fs_type: Option<FsType>,
     #[serde(default)]
     pub read_only: bool,
     /// Why the device is `failed`, or why the last unlock did not succeed.
@@ -303,6 +303,26 @@ pub struct DeviceInfo {
     /// (`leave_bitlocker_to_desktop`): the login agent does not ask for this one.
     #[serde(default)]
     pub left_to_desktop: bool,
+}
+
+/// A filesystem the daemon mounts: `"ntfs"`, `"exfat"`, `"vfat"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsType {
+    Ntfs,
+    Exfat,
+    Vfat,
+}
+
+impl FsType {
+    /// The name used on the wire, in config keys and in kernel filesystem lists.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ntfs => "ntfs",
+            Self::Exfat => "exfat",
+            Self::Vfat => "vfat",
+        }
+    }
 }
 
 /// A key protector of a BitLocker volume: what it can be opened with.

@@ -67,7 +67,7 @@ fn round_trip(engine: Engine, name: &str, source: &str, fs: &str, label: &str, t
     assert_eq!(info.engine, Some(engine));
     assert_eq!(info.owner.as_deref(), Some(TEST_USER));
     assert_eq!(info.label.as_deref(), Some(label));
-    assert_eq!(info.fs_type.as_deref(), Some(fs));
+    assert_eq!(info.fs_type.map(|f| f.as_str()), Some(fs));
     let mountpoint = PathBuf::from(info.mountpoint.clone().unwrap());
     assert_eq!(mountpoint, daemon.media.join(TEST_USER).join(label));
     assert!(is_mounted(&mountpoint));

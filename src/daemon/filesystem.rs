@@ -7,23 +7,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsType {
-    Ntfs,
-    Exfat,
-    Vfat,
-}
-
-impl FsType {
-    /// The name used in config keys, `status` and kernel filesystem lists.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ntfs => "ntfs",
-            Self::Exfat => "exfat",
-            Self::Vfat => "vfat",
-        }
-    }
-}
+pub use crate::protocol::FsType;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsInfo {

@@ -111,9 +111,7 @@ impl Device {
             label: s.and_then(|s| s.fs.as_ref()).and_then(|f| f.label.clone()),
             size_bytes: self.appearance.partition.size_bytes(),
             owner: s.map(|s| s.owner.name.clone()),
-            fs_type: s
-                .and_then(|s| s.fs.as_ref())
-                .map(|f| f.fs_type.as_str().to_owned()),
+            fs_type: s.and_then(|s| s.fs.as_ref()).map(|f| f.fs_type),
             read_only: s.is_some_and(|s| s.read_only),
             error: self.error.clone(),
             vendor: self.vendor.clone(),
