@@ -9,7 +9,7 @@ use futures_lite::StreamExt;
 use std::time::Duration;
 use thiserror::Error;
 use zbus::OwnedObjectPath;
-use zbus_systemd::login1::{ManagerProxy, SessionProxy};
+use zbus_systemd::login1::{ManagerProxy, SessionProxy, UserProxy};
 
 const DESTINATION: &str = "org.freedesktop.login1";
 /// A call to logind that takes longer than this is a failure, not a wait.
@@ -19,6 +19,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub id: String,
+    /// Whose session it is.
+    pub uid: u32,
     /// In the foreground of its seat (a session without a seat counts as active).
     pub active: bool,
     /// Logged in over the network (SSH).
@@ -41,7 +43,8 @@ pub enum LogindError {
     Query { pid: u32, cause: zbus::Error },
 }
 
-/// A connection to logind.
+/// A connection to logind (cheap to clone: the connection is shared).
+#[derive(Clone)]
 pub struct Logind {
     connection: zbus::Connection,
 }
@@ -73,29 +76,34 @@ impl Logind {
         })
     }
 
-    /// The session of process `pid`; `None` when it is in no session (a system service, a
-    /// process started by cron or `systemd-run`).
-    pub fn session_of(&self, pid: u32) -> Result<Option<Session>, LogindError> {
+    /// The login session of process `pid`, which runs as `uid`. A process that systemd
+    /// started outside the session (on GNOME and Plasma: XDG autostart programs, terminals)
+    /// stands, as polkit has it, for the user's display session. `None`: in no session of
+    /// `uid` (a system service, a cron job, a process of someone else).
+    pub fn session_of(&self, pid: u32, uid: u32) -> Result<Option<Session>, LogindError> {
         let query = |cause| LogindError::Query { pid, cause };
         zbus::block_on(async {
-            let Some(session) = self.session_proxy(pid, false).await.map_err(query)? else {
+            let Some(session) = self.session_proxy(pid, uid, false).await.map_err(query)? else {
                 return Ok(None);
             };
-            read(&session).await.map(Some).map_err(query)
+            let session = read(&session).await.map_err(query)?;
+            // A pid can be reused: the session must be the caller's own.
+            Ok((session.uid == uid).then_some(session))
         })
     }
 
-    /// Calls `changed` with the session of process `pid` now and after every change of its
-    /// `Active` property, until `changed` returns false or the connection ends. Returns
-    /// `Ok(false)` at once if the process is in no session.
+    /// Calls `changed` with the session of process `pid` (see [`Logind::session_of`]) now and
+    /// after every change of its `Active` property, until `changed` returns false or the
+    /// connection ends. Returns `Ok(false)` at once if there is no such session.
     pub fn follow(
         &self,
         pid: u32,
+        uid: u32,
         mut changed: impl FnMut(&Session) -> bool,
     ) -> Result<bool, LogindError> {
         let query = |cause| LogindError::Query { pid, cause };
         zbus::block_on(async {
-            let Some(session) = self.session_proxy(pid, true).await.map_err(query)? else {
+            let Some(session) = self.session_proxy(pid, uid, true).await.map_err(query)? else {
                 return Ok(false);
             };
             let now = read(&session).await.map_err(query)?;
@@ -114,22 +122,21 @@ impl Logind {
         })
     }
 
-    /// The proxy of `pid`'s session; `follow`: kept up to date by logind's signals, which
-    /// `receive_active_changed` needs.
+    /// The proxy of `pid`'s session, else of `uid`'s display session; `follow`: kept up to
+    /// date by logind's signals, which `receive_active_changed` needs.
     async fn session_proxy(
         &self,
         pid: u32,
+        uid: u32,
         follow: bool,
     ) -> zbus::Result<Option<SessionProxy<'static>>> {
         let manager = ManagerProxy::new(&self.connection).await?;
-        let path: OwnedObjectPath = match manager.get_session_by_pid(pid).await {
-            Ok(path) => path,
-            Err(zbus::Error::MethodError(name, _, _))
-                if name.as_str() == "org.freedesktop.login1.NoSessionForPID" =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
+        let path = match absent(manager.get_session_by_pid(pid).await, "NoSessionForPID")? {
+            Some(path) => path,
+            None => match self.display_session(&manager, uid).await? {
+                Some(path) => path,
+                None => return Ok(None),
+            },
         };
         SessionProxy::builder(&self.connection)
             .path(path)
@@ -142,11 +149,43 @@ impl Logind {
             .await
             .map(Some)
     }
+
+    /// The session logind names the user's display (graphical, else the first), if any.
+    async fn display_session(
+        &self,
+        manager: &ManagerProxy<'_>,
+        uid: u32,
+    ) -> zbus::Result<Option<OwnedObjectPath>> {
+        let Some(user) = absent(manager.get_user(uid).await, "NoSuchUser")? else {
+            return Ok(None);
+        };
+        let user = UserProxy::builder(&self.connection)
+            .path(user)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await?;
+        let (id, path) = user.display().await?;
+        Ok((!id.is_empty()).then_some(path))
+    }
+}
+
+/// `Ok(None)` for logind's "no such …" error `name`.
+fn absent<T>(result: zbus::Result<T>, name: &str) -> zbus::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(zbus::Error::MethodError(error, _, _))
+            if error.as_str().strip_prefix("org.freedesktop.login1.") == Some(name) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn read(session: &SessionProxy<'_>) -> zbus::Result<Session> {
     Ok(Session {
         id: session.id().await?,
+        uid: session.user().await?.0,
         active: session.active().await?,
         remote: session.remote().await?,
     })

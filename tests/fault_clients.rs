@@ -14,6 +14,9 @@ use std::time::Duration;
 
 /// Connections open at once in the storm.
 const STORM: usize = 1000;
+/// Plugs and unplugs of a plain disk: two events each, enough to fill a subscriber's queue
+/// and socket buffer several times.
+const CYCLES: usize = 600;
 /// The daemon's peak resident memory may not pass this, whatever its clients do.
 const RSS_LIMIT_KB: u64 = 256 * 1024;
 
@@ -64,11 +67,21 @@ fn bad_clients_never_starve_the_good_ones() {
     if !prerequisites(&["losetup"]) {
         return;
     }
-    // The storm needs more than the usual 1024 descriptors here too.
+    // The daemon starts with systemd's default soft limit of 1024 open files, which the
+    // storm passes: it must lift the limit itself. This test needs more, too.
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, 1024.min(hard), hard).unwrap();
     let daemon = TestDaemon::start("fault-clients");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(open_files[3], open_files[4], "soft = hard: {limits}");
     let before = peak_rss_kb(daemon.pid());
 
     // The bad ones, all at once and all kept open.
@@ -122,10 +135,9 @@ fn bad_clients_never_starve_the_good_ones() {
     let loris = connect(&daemon);
     (&loris).write_all(b"{\"type\":\"sta").unwrap();
     bad.push(loris);
-    // A subscriber that never reads its events.
+    // A subscriber that never reads its events (until the end).
     let stuck = connect(&daemon);
     (&stuck).write_all(b"{\"type\":\"subscribe\"}\n").unwrap();
-    bad.push(stuck);
 
     // The storm: STORM connections open together, each asking for the status.
     let mut storm: Vec<UnixStream> = (0..STORM).map(|_| connect(&daemon)).collect();
@@ -143,22 +155,65 @@ fn bad_clients_never_starve_the_good_ones() {
     assert_eq!(answered, STORM);
 
     // Events still flow, numbered in order, to a subscriber that reads, while the stuck one
-    // does not: a plain disk plugged and unplugged.
-    let mut events = daemon.events();
+    // does not: a plain disk plugged and unplugged, until far more events than the stuck
+    // one's queue and socket buffer hold.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = connect(&daemon);
+    (&reader).write_all(b"{\"type\":\"subscribe\"}\n").unwrap();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(reader).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if tx
+                .send(serde_json::from_str::<Response>(&line).unwrap())
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    assert!(matches!(rx.recv_timeout(WAIT), Ok(Response::Subscribed)));
+    let mut seqs = Vec::new();
+    let mut wait = |what: &str, pred: &dyn Fn(EventKind, &str, DeviceState) -> bool| loop {
+        match rx.recv_timeout(WAIT) {
+            Ok(Response::Event { event, device, seq }) => {
+                seqs.push(seq);
+                if pred(event, &device.device, device.state) {
+                    return;
+                }
+            }
+            other => panic!("waiting for {what}: {other:?}"),
+        }
+    };
     let image = plain_image();
-    let mut seen = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..CYCLES {
         let mut stick = Stick::plug(&image, false);
         let dev = stick.loop_dev.clone();
-        wait_event(&mut events, "the plain disk", |k, d| {
-            k != EventKind::Removed && d.device == dev && d.state == DeviceState::Plain
+        wait("the plain disk", &|k, d, s| {
+            k != EventKind::Removed && d == dev && s == DeviceState::Plain
         });
         stick.unplug();
-        wait_event(&mut events, "the plain disk to go", |k, d| {
-            k == EventKind::Removed && d.device == dev
+        wait("the plain disk to go", &|k, d, _| {
+            k == EventKind::Removed && d == dev
         });
-        seen.push(dev);
     }
+    let first = seqs[0];
+    assert!(
+        seqs.iter().copied().eq(first..first + seqs.len() as u64),
+        "events out of order or missing: {seqs:?}"
+    );
+    // The stuck subscriber was let go: what it can still read ends, short of the rest.
+    let mut stuck_lines = 0;
+    let mut stuck_reader = BufReader::new(&stuck);
+    let mut line = String::new();
+    while stuck_reader.read_line(&mut line).unwrap_or(0) > 0 {
+        stuck_lines += 1;
+        line.clear();
+    }
+    println!(
+        "{} events to the reading subscriber; the stuck one was dropped after {stuck_lines} lines",
+        seqs.len()
+    );
+    assert!(stuck_lines < seqs.len(), "{stuck_lines}");
     status_ok(&daemon);
     drop(storm);
     drop(bad);

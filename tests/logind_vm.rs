@@ -241,7 +241,11 @@ mod in_vm {
         let bek = foreign_bek();
         let bek = bek.to_str().unwrap();
 
-        // A service: no session at all.
+        // A service: no session at all, and the user has none either (the previous test's
+        // end only now).
+        poll("no session of the test user", || {
+            sessions_of(TEST_USER).is_empty().then_some(())
+        });
         let (code, err) = unit(&daemon, &[], &["unlock", &dev, "--bek", bek], None);
         println!("refused: {}", err.trim());
         assert_eq!(code, 1, "{err}");
@@ -333,6 +337,41 @@ mod in_vm {
             !log.iter().any(|l| l.contains("logind is not available")),
             "{log:#?}"
         );
+
+        // A program systemd starts outside the session (GNOME and Plasma start autostart
+        // programs and terminals so) stands for the user's display session, as in polkit:
+        // with an active local one, the check passes, and only the key is wrong.
+        let display = "guilocker-display";
+        run_ok(Command::new("systemd-run").args([
+            "--quiet",
+            &format!("--unit={display}"),
+            "--uid",
+            TEST_USER,
+            "-p",
+            "PAMName=login",
+            "--setenv=XDG_SESSION_CLASS=user",
+            "--setenv=XDG_SESSION_TYPE=tty",
+            "sleep",
+            "infinity",
+        ]));
+        poll("the user's display session", || {
+            let user = run_ok(Command::new("loginctl").args([
+                "show-user",
+                TEST_USER,
+                "-p",
+                "Display",
+                "--value",
+            ]));
+            (!user.trim().is_empty()).then_some(())
+        });
+        let (code, err) = unit(&daemon, &[], &["unlock", &dev, "--bek", bek], None);
+        let _ = Command::new("systemctl").args(["stop", display]).output();
+        println!(
+            "outside the session, display session active: {}",
+            err.trim()
+        );
+        assert_eq!(code, 3, "{err}");
+        assert!(!err.contains("not allowed"), "{err}");
     }
 
     /// The agent follows its own session on seat0: in the background it asks nothing; back
@@ -394,9 +433,14 @@ mod in_vm {
                 Command::new("systemctl").args(["show", agent_unit, "-p", "MainPID", "--value"]),
             );
             let pid: u32 = pid.trim().parse().unwrap();
+            let uid = nix::unistd::User::from_name(TEST_USER)
+                .unwrap()
+                .unwrap()
+                .uid
+                .as_raw();
             Logind::connect()
                 .unwrap()
-                .session_of(pid)
+                .session_of(pid, uid)
                 .unwrap()
                 .expect("the agent in a session")
         };

@@ -131,10 +131,13 @@ pub fn start(agent: Arc<Agent>, device: DeviceInfo, id: u64) -> std::io::Result<
                         let answer =
                             Client::connect(&agent.socket).and_then(|mut c| c.request(&request));
                         drop(request);
-                        unlocking.store(false, Ordering::Relaxed);
                         let reply = reply_for(&device.device, &answer);
                         let mut pipe = stdin.lock().unwrap_or_else(|e| e.into_inner());
                         let _ = write_frame(&mut *pipe, &reply);
+                        // Only now: the "mounted" event may already be here, and a close
+                        // for "unlocked elsewhere" must come after this answer, or the
+                        // dialog would end without storing what the person asked to keep.
+                        unlocking.store(false, Ordering::Relaxed);
                         drop(pipe);
                         if let Ok(Response::Unlocked { device: info }) = answer {
                             settle = true;

@@ -223,17 +223,24 @@ impl Agent {
     /// withdrawn, not cancelled: back in the foreground, the agent asks again about every
     /// drive still locked.
     fn set_active(self: &Arc<Self>, active: bool, session: &str) {
+        // Under the memory lock, as `offer` reads it: no dialog starts after the withdrawal.
+        let mut memory = self.memory();
         if self.active.swap(active, Ordering::SeqCst) == active {
             return;
         }
         if !active {
             log::info!("session {session} is in the background: withdrawing dialogs");
-            let mut memory = self.memory();
-            for (_, dialog) in memory.dialogs.drain() {
-                dialog.close("The session went to the background.");
-            }
+            // One whose unlock is under way finishes: its answer is on its way.
+            memory.dialogs.retain(|_, dialog| {
+                let finishing = dialog.is_unlocking();
+                if !finishing {
+                    dialog.close("The session went to the background.");
+                }
+                finishing
+            });
             return;
         }
+        drop(memory);
         log::info!("session {session} is in the foreground again");
         match Client::connect(&self.socket).and_then(|mut c| c.status()) {
             Ok(devices) => devices.into_iter().for_each(|d| self.offer(d)),
@@ -248,6 +255,7 @@ impl Agent {
         if !device.bitlocker || device.state != DeviceState::Locked || device.left_to_desktop {
             return;
         }
+        let mut memory = self.memory();
         if !self.active.load(Ordering::SeqCst) {
             log::debug!(
                 "{}: not asking while the session is in the background",
@@ -255,7 +263,6 @@ impl Agent {
             );
             return;
         }
-        let mut memory = self.memory();
         if memory.dialogs.contains_key(&device.device)
             || memory.settled.contains(&appearance(&device))
         {

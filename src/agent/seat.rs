@@ -30,7 +30,8 @@ fn follow(agent: &Arc<Agent>) {
             return;
         }
     };
-    let followed = logind.follow(std::process::id(), |session| {
+    let uid = nix::unistd::getuid().as_raw();
+    let followed = logind.follow(std::process::id(), uid, |session| {
         agent.set_active(session.active, &session.id);
         true
     });

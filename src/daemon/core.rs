@@ -132,7 +132,9 @@ impl Daemon {
             for name in diff.removed {
                 if let Some(mut dev) = table.devices.remove(&name) {
                     let session = dev.session.take();
-                    removed.push((dev.info(), session));
+                    let info = dev.info();
+                    self.emit(EventKind::Removed, info.clone());
+                    removed.push((info, session));
                 }
             }
             for appearance in diff.added {
@@ -158,7 +160,6 @@ impl Daemon {
                 log::warn!("{}: removed while unlocked; cleaning up", info.device);
                 self.teardown(&info.device, session, true);
             }
-            self.emit(EventKind::Removed, info);
         }
         to_probe.dedup();
         for name in to_probe {
@@ -240,6 +241,8 @@ impl Daemon {
             }
         }
         let info = dev.info();
+        // Under the table's lock, so events go out in the order the states changed.
+        self.emit(EventKind::Added, info.clone());
         drop(table);
         if info.bitlocker {
             log::info!(
@@ -248,7 +251,6 @@ impl Daemon {
                 info.size_bytes
             );
         }
-        self.emit(EventKind::Added, info);
     }
 
     /// What the BitLocker metadata of a device says (no secrets in it), and its device path.
@@ -341,8 +343,8 @@ impl Daemon {
             owner,
         };
         let info = dev.info();
-        drop(table);
         self.emit(EventKind::Changed, info);
+        drop(table);
         log::info!(
             "{path}: unlocking with {} for {} (asked by {})",
             secret.method(),
@@ -399,9 +401,9 @@ impl Daemon {
             }
         };
         let info = dev.info();
+        self.emit(EventKind::Changed, info.clone());
         drop(table);
         self.settled.notify_all();
-        self.emit(EventKind::Changed, info);
         match &outcome {
             Ok(i) => log::info!(
                 "{}: unlocked{}",
@@ -507,7 +509,6 @@ impl Daemon {
         power_off: bool,
     ) -> Result<Vec<String>, DaemonError> {
         let mut jobs = Vec::new();
-        let mut locking = Vec::new();
         {
             let mut table = self.lock();
             let names: Vec<String> = if all {
@@ -566,12 +567,9 @@ impl Daemon {
                 dev.state = DeviceState::Locking;
                 let session = dev.session.take().expect("checked above");
                 jobs.push((name, dev.generation, dev.path.clone(), session, was));
-                locking.push(dev.info());
+                // Said before the slow part: unmounting may wait for the driver to write.
+                self.emit(EventKind::Changed, dev.info());
             }
-        }
-        // Said before the slow part: unmounting may wait for the driver to write back.
-        for info in locking {
-            self.emit(EventKind::Changed, info);
         }
         let mut done = Vec::new();
         let mut first_error = None;
@@ -593,8 +591,8 @@ impl Daemon {
                     let last = !table.devices.values().any(|d| {
                         (d.busy || d.session.is_some()) && super::eject::disk_of(&d.name) == disk
                     });
-                    drop(table);
                     self.emit(EventKind::Changed, info);
+                    drop(table);
                     log::info!("{path}: put away");
                     if last {
                         match super::eject::safe_to_remove(&self.paths.dev, &disk, power_off) {
@@ -611,8 +609,8 @@ impl Daemon {
                     dev.session = Some(session);
                     dev.state = was;
                     let info = dev.info();
-                    drop(table);
                     self.emit(EventKind::Changed, info);
+                    drop(table);
                     log::warn!("{e}");
                     first_error.get_or_insert(e);
                 }
@@ -687,8 +685,8 @@ impl Daemon {
                 "{path}: the unlocked volume went away (the {engine} engine {status})"
             ));
             let info = dev.info();
-            drop(table);
             self.emit(EventKind::Changed, info);
+            drop(table);
         }
         self.settled.notify_all();
     }
@@ -754,8 +752,8 @@ impl Daemon {
             dev.state = DeviceState::Locked;
             dev.error = None;
             let info = dev.info();
-            drop(table);
             self.emit(EventKind::Changed, info);
+            drop(table);
             log::info!("{path}: put away");
         }
         self.settled.notify_all();

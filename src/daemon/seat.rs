@@ -3,7 +3,7 @@
 
 use super::auth::Caller;
 use super::error::DaemonError;
-use crate::logind::{Logind, LogindError};
+use crate::logind::{Logind, LogindError, Session};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -11,7 +11,10 @@ use std::sync::Mutex;
 /// restarted, the bus came up after the daemon).
 #[derive(Default)]
 pub struct Seat {
+    /// Held only to take or replace the connection, never across a call to logind.
     logind: Mutex<Option<Logind>>,
+    /// logind has answered once: from then on, not reaching it refuses (fails closed).
+    seen: AtomicBool,
     absent_said: AtomicBool,
 }
 
@@ -26,9 +29,19 @@ impl Seat {
             device: device.into(),
             why: format!("you are not in the active local session ({why})"),
         };
-        let session = match self.session_of(caller) {
+        let Ok(pid) = u32::try_from(caller.pid) else {
+            return Err(denied(
+                "the kernel did not say which process is asking".into(),
+            ));
+        };
+        if pid == 0 {
+            return Err(denied(
+                "the kernel did not say which process is asking".into(),
+            ));
+        }
+        let session = match self.session_of(pid, caller.uid) {
             Ok(session) => session,
-            Err(LogindError::Unavailable(cause)) => {
+            Err(LogindError::Unavailable(cause)) if !self.seen.load(Ordering::Relaxed) => {
                 if !self.absent_said.swap(true, Ordering::Relaxed) {
                     log::warn!(
                         "logind is not available ({cause}): any member of allowed_group may \
@@ -48,26 +61,27 @@ impl Seat {
             Some(s) if s.is_active_local() => Ok(()),
             Some(s) if s.remote => Err(denied(format!("session {} is remote", s.id))),
             Some(s) => Err(denied(format!("session {} is in the background", s.id))),
-            None => Err(denied(format!(
-                "process {} is in no login session",
-                caller.pid
-            ))),
+            None => Err(denied(format!("process {pid} is in no login session"))),
         }
     }
 
-    fn session_of(&self, caller: &Caller) -> Result<Option<crate::logind::Session>, LogindError> {
-        let mut logind = self.logind.lock().unwrap_or_else(|e| e.into_inner());
-        if logind.is_none() {
-            *logind = Some(Logind::connect()?);
-        }
-        let pid = u32::try_from(caller.pid).unwrap_or(0);
-        let answer = logind
-            .as_ref()
-            .map(|l| l.session_of(pid))
-            .expect("connected above");
-        if answer.is_err() {
+    fn session_of(&self, pid: u32, uid: u32) -> Result<Option<Session>, LogindError> {
+        let logind = {
+            let mut held = self.logind.lock().unwrap_or_else(|e| e.into_inner());
+            match held.as_ref() {
+                Some(logind) => logind.clone(),
+                None => {
+                    let logind = Logind::connect()?;
+                    *held = Some(logind.clone());
+                    logind
+                }
+            }
+        };
+        let answer = logind.session_of(pid, uid);
+        match &answer {
+            Ok(_) => self.seen.store(true, Ordering::Relaxed),
             // A fresh connection next time.
-            *logind = None;
+            Err(_) => *self.logind.lock().unwrap_or_else(|e| e.into_inner()) = None,
         }
         answer
     }

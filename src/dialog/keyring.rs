@@ -93,15 +93,32 @@ pub fn store(
         Remember::Forever => None,
     };
     let guid = normalize_guid(guid);
-    libsecret::password_store_sync(
+    libsecret::password_store_binary_sync(
         Some(&schema()),
         HashMap::from([(UUID, guid.as_str())]),
         collection,
         label,
-        secret.expose(),
+        &secret_value(secret),
         gio::Cancellable::NONE,
     )
     .map_err(|cause| KeyringError::Store { guid, cause })
+}
+
+/// The secret as libsecret holds it: copied once, straight into its own memory, which it
+/// wipes when freeing. (`password_store_sync` would first copy it into an unwiped C string.)
+fn secret_value(secret: &SecretString) -> libsecret::Value {
+    let text = secret.expose();
+    let length = isize::try_from(text.len()).expect("a secret shorter than isize::MAX");
+    // SAFETY: `text` is valid for `length` bytes for the call, which copies them (the length
+    // is given, so no NUL is needed); the content type is a NUL-terminated constant; the new
+    // SecretValue is returned with a reference we own.
+    unsafe {
+        glib::translate::from_glib_full(libsecret::ffi::secret_value_new(
+            text.as_ptr().cast(),
+            length,
+            c"text/plain".as_ptr(),
+        ))
+    }
 }
 
 /// Removes every remembered secret for volume `guid`; returns how many there were.
