@@ -236,6 +236,9 @@ pub enum DeviceState {
     Failed,
     /// Not a BitLocker volume; listed so people can see the daemon saw it.
     Plain,
+    /// Seen, not yet read: its first sector is being looked at, or its device node is
+    /// not there yet.
+    Probing,
 }
 
 impl DeviceState {
@@ -246,6 +249,7 @@ impl DeviceState {
             Self::Unlocked => "unlocked",
             Self::Mounted => "mounted",
             Self::Locking => "locking",
+            Self::Probing => "probing",
             Self::Failed => "failed",
             Self::Plain => "plain",
         }

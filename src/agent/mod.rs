@@ -214,7 +214,10 @@ impl Agent {
                         notifications::problem(&format!("‘{label}’ stopped working"), error);
                     }
                 }
-                DeviceState::Unlocking | DeviceState::Locking | DeviceState::Plain => {}
+                DeviceState::Unlocking
+                | DeviceState::Locking
+                | DeviceState::Plain
+                | DeviceState::Probing => {}
             },
         }
     }

@@ -176,7 +176,7 @@ impl Daemon {
             appearance,
             generation,
             bitlocker: None,
-            state: DeviceState::Plain,
+            state: DeviceState::Probing,
             error: None,
             vendor,
             model,
