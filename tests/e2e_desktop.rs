@@ -515,25 +515,7 @@ impl Desktop {
 
     /// A program run as the test user in this session; (exit code, stdout, stderr).
     fn run_as_user(&self, program: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
-        let mut cmd = self.as_user(&[]);
-        cmd.arg(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("runuser");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        output_of(self.as_user(&[]).arg(program).args(args), stdin)
     }
 
     /// `secret-tool lookup gvfs-luks-uuid GUID`: where GNOME looks for a drive's
@@ -1283,6 +1265,20 @@ fn stick_guid(scene: &Scene) -> String {
     volume["guid"].as_str().expect("a GUID").to_owned()
 }
 
+/// After "Remember": the dialog stores once the agent says the drive opened, then ends; the
+/// password is where GNOME looks, and `guilocker remembered` lists it as `kept`.
+fn assert_remembered(scene: &Scene, pid: u32, guid: &str, kept: &str) {
+    poll("the dialog to end", || (!alive(pid)).then_some(()));
+    assert_eq!(
+        scene.desktop.keyring_lookup(guid).as_deref(),
+        Some(PASSWORD)
+    );
+    let (code, listed, err) = scene.desktop.guilocker(&["remembered"]);
+    assert_eq!(code, 0, "remembered: {err}");
+    let line = format!("{guid}  {kept:<12}  BitLocker password for ‘{LABEL}’");
+    assert!(listed.contains(&line), "{listed}");
+}
+
 /// Waits for the dialog process `pid` to end, and checks it never showed a window.
 fn assert_ends_without_a_window(desktop: &Desktop, pid: u32) {
     poll(&format!("dialog {pid} to end"), || {
@@ -1321,20 +1317,7 @@ fn remembered_password_opens_the_next_plug_without_asking() {
     scene.desktop.key(&window, "alt+u");
     scene.wait_mounted(&dev);
     scene.desktop.wait_window_gone(&window);
-    // It stores once the agent says the drive opened, then ends.
-    poll("the dialog to end", || (!alive(pid)).then_some(()));
-    assert_eq!(
-        scene.desktop.keyring_lookup(&guid).as_deref(),
-        Some(PASSWORD)
-    );
-    let (code, listed, err) = scene.desktop.guilocker(&["remembered"]);
-    assert_eq!(code, 0, "remembered: {err}");
-    assert!(
-        listed.contains(&format!(
-            "{guid}  forever       BitLocker password for ‘{LABEL}’"
-        )),
-        "{listed}"
-    );
+    assert_remembered(&scene, pid, &guid, "forever");
 
     // Put away, out and in again: the remembered password opens it.
     let (code, _, err) = scene.daemon.cli(None, &["unmount", &dev], "");
@@ -1430,19 +1413,7 @@ fn a_remembered_password_that_fails_is_forgotten_and_the_dialog_asks() {
         });
     scene.desktop.key(&window, "alt+u");
     scene.wait_mounted(&dev);
-    poll("the dialog to end", || (!alive(pid)).then_some(()));
-    assert_eq!(
-        scene.desktop.keyring_lookup(&guid).as_deref(),
-        Some(PASSWORD)
-    );
-    let (code, listed, err) = scene.desktop.guilocker(&["remembered"]);
-    assert_eq!(code, 0, "remembered: {err}");
-    assert!(
-        listed.contains(&format!(
-            "{guid}  until logout  BitLocker password for ‘{LABEL}’"
-        )),
-        "{listed}"
-    );
+    assert_remembered(&scene, pid, &guid, "until logout");
 }
 
 /// The parser against dbus-monitor's real layout.

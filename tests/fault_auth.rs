@@ -121,25 +121,21 @@ fn every_caller_and_action_gets_its_answer() {
         assert_eq!(info.mountpoint, None, "{info:?}");
     }
 
-    // Root, for the member: it is the member's.
-    m.allowed(None, &for_member);
-    assert_eq!(m.owner().as_deref(), Some(TEST_USER));
-    m.refused(
-        outsider,
-        &unmount,
-        &format!("it was unlocked by {TEST_USER}, not by {OTHER_USER}"),
-    );
-    m.allowed(member, &unmount);
-
-    // Root, for itself: root's; a member may not put it away, root may.
-    m.allowed(None, &unlock);
-    assert_eq!(m.owner().as_deref(), Some("root"));
-    m.refused(
-        member,
-        &unmount,
-        &format!("it was unlocked by root, not by {TEST_USER}"),
-    );
-    m.allowed(None, &unmount);
+    // Root, for the member: it is the member's. Root, for itself: root's, and a member may
+    // not put it away.
+    for (args, owner, other, who) in [
+        (&for_member[..], TEST_USER, outsider, OTHER_USER),
+        (&unlock[..], "root", member, TEST_USER),
+    ] {
+        m.allowed(None, args);
+        assert_eq!(m.owner().as_deref(), Some(owner));
+        m.refused(
+            other,
+            &unmount,
+            &format!("it was unlocked by {owner}, not by {who}"),
+        );
+        m.allowed(if owner == "root" { None } else { member }, &unmount);
+    }
 
     // Root may also put away what a member unlocked.
     m.allowed(member, &unlock);

@@ -346,25 +346,8 @@ impl TestDaemon {
             }
             None => Command::new(bin()),
         };
-        cmd.args(args)
-            .env("GUILOCKER_SOCKET", &self.socket)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        cmd.args(args).env("GUILOCKER_SOCKET", &self.socket);
+        output_of(&mut cmd, stdin)
     }
 
     /// `guilocker unlock DEV --password-stdin`, as `user` (root when `None`).
@@ -419,6 +402,29 @@ impl Drop for TestDaemon {
 }
 
 /// Waits for a std child with a deadline (polling its pidfd).
+/// Runs `cmd` to its end with `stdin` as its input; (exit code, stdout, stderr).
+pub fn output_of(cmd: &mut Command, stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Whether this machine runs logind on a system bus (Debian's CI machine does not).
 pub fn logind_present() -> bool {
     static PRESENT: OnceLock<bool> = OnceLock::new();
