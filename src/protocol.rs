@@ -239,6 +239,9 @@ pub enum DeviceState {
     /// Seen, not yet read: its first sector is being looked at, or its device node is
     /// not there yet.
     Probing,
+    /// A state this build does not know (a newer daemon's): clients carry on.
+    #[serde(other)]
+    Unknown,
 }
 
 impl DeviceState {
@@ -250,6 +253,7 @@ impl DeviceState {
             Self::Mounted => "mounted",
             Self::Locking => "locking",
             Self::Probing => "probing",
+            Self::Unknown => "unknown",
             Self::Failed => "failed",
             Self::Plain => "plain",
         }
@@ -479,6 +483,16 @@ pub fn write_frame<T: Serialize, W: Write>(writer: &mut W, value: &T) -> Result<
 mod tests {
     use super::*;
     use std::io::Cursor;
+
+    #[test]
+    fn states_a_newer_daemon_adds_are_unknown_here() {
+        let state: DeviceState = serde_json::from_str(r#""hibernating""#).unwrap();
+        assert_eq!(state, DeviceState::Unknown);
+        assert_eq!(
+            serde_json::to_string(&DeviceState::Locking).unwrap(),
+            r#""locking""#
+        );
+    }
 
     #[test]
     fn protectors_by_name_and_unknown_ones_kept() {

@@ -217,7 +217,8 @@ impl Agent {
                 DeviceState::Unlocking
                 | DeviceState::Locking
                 | DeviceState::Plain
-                | DeviceState::Probing => {}
+                | DeviceState::Probing
+                | DeviceState::Unknown => {}
             },
         }
     }

@@ -540,7 +540,17 @@ impl Drop for Stick {
 /// a fresh copy of it in `dir`. Each kind of stick is built once into [`stick_cache`]; the
 /// kernel-path VM gets its sticks from there, made on the host beforehand.
 pub fn make_stick(dir: &Path, source: &str, fs: &str, label: &str, table: &str) -> PathBuf {
-    let cached = stick_cache().join(format!("{source}-{fs}-{table}-{label}.img"));
+    // Labels may hold anything (tests/fault_labels.rs): the file name keeps what is safe,
+    // and a hash of the rest tells them apart.
+    let safe: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(40)
+        .collect();
+    let hash = label.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let cached = stick_cache().join(format!("{source}-{fs}-{table}-{safe}-{hash:016x}.img"));
     if !cached.exists() {
         build_stick(&cached, source, fs, label, table);
     }
