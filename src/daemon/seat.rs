@@ -57,12 +57,7 @@ impl Seat {
                 })
             }
         };
-        match session {
-            Some(s) if s.is_active_local() => Ok(()),
-            Some(s) if s.remote => Err(denied(format!("session {} is remote", s.id))),
-            Some(s) => Err(denied(format!("session {} is in the background", s.id))),
-            None => Err(denied(format!("process {pid} is in no login session"))),
-        }
+        judge(session.as_ref(), pid).map_err(denied)
     }
 
     fn session_of(&self, pid: u32, uid: u32) -> Result<Option<Session>, LogindError> {
@@ -84,5 +79,73 @@ impl Seat {
             Err(_) => *self.logind.lock().unwrap_or_else(|e| e.into_inner()) = None,
         }
         answer
+    }
+}
+
+/// The verdict on the session logind named for process `pid`: why not, if not.
+fn judge(session: Option<&Session>, pid: u32) -> Result<(), String> {
+    match session {
+        Some(s) if s.is_active_local() => Ok(()),
+        Some(s) if s.remote => Err(format!("session {} is remote", s.id)),
+        Some(s) => Err(format!("session {} is in the background", s.id)),
+        None => Err(format!("process {pid} is in no login session")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(active: bool, remote: bool) -> Session {
+        Session {
+            id: "4".into(),
+            uid: 1000,
+            active,
+            remote,
+        }
+    }
+
+    #[test]
+    fn only_the_active_local_session_may() {
+        assert_eq!(judge(Some(&session(true, false)), 7), Ok(()));
+        assert_eq!(
+            judge(Some(&session(true, true)), 7),
+            Err("session 4 is remote".into())
+        );
+        // Remote wins over background: it is the reason that will not change.
+        assert_eq!(
+            judge(Some(&session(false, true)), 7),
+            Err("session 4 is remote".into())
+        );
+        assert_eq!(
+            judge(Some(&session(false, false)), 7),
+            Err("session 4 is in the background".into())
+        );
+        assert_eq!(
+            judge(None, 7),
+            Err("process 7 is in no login session".into())
+        );
+    }
+
+    #[test]
+    fn root_needs_no_session_and_pid_0_is_refused() {
+        let seat = Seat::default();
+        let root = Caller {
+            uid: 0,
+            gid: 0,
+            pid: 0,
+        };
+        assert!(seat.authorize(&root, "/dev/sdb1").is_ok());
+        let user = Caller {
+            uid: 1000,
+            gid: 1000,
+            pid: 0,
+        };
+        let refused = seat.authorize(&user, "/dev/sdb1").unwrap_err().to_string();
+        assert_eq!(
+            refused,
+            "/dev/sdb1: not allowed: you are not in the active local session (the kernel did \
+             not say which process is asking)"
+        );
     }
 }
