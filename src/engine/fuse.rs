@@ -7,7 +7,7 @@ use super::volume::{with_scratch, ScratchCell, Volume};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, WriteFlags,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -191,6 +191,23 @@ impl Filesystem for ViewFs {
                 reply.error(errno(&e))
             }
         }
+    }
+
+    // The view has no extended attributes. ENOSYS makes the kernel stop asking for this
+    // mount; fuser's default says the same but logs a warning each time (umount asks).
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn flush(
