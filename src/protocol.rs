@@ -136,7 +136,7 @@ pub enum Response {
     /// `{"type":"inspected","device":"/dev/sdb1","volume":{…}}`
     Inspected {
         device: String,
-        volume: serde_json::Value,
+        volume: crate::bitlocker::VolumeInfo,
     },
     /// `{"type":"subscribed"}`: events follow.
     Subscribed,

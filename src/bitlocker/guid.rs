@@ -1,6 +1,6 @@
 //! GUIDs as Windows stores them (first three fields little-endian), printed as 8-4-4-4-12.
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 /// A GUID in its on-disk byte order.
@@ -58,9 +58,50 @@ impl Serialize for Guid {
     }
 }
 
+impl Guid {
+    /// The GUID a text form (see [`normalize`]) names, in on-disk byte order.
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex: Vec<u8> = normalize(text)?.bytes().filter(|b| *b != b'-').collect();
+        let mut shown = [0u8; 16];
+        for (byte, pair) in shown.iter_mut().zip(hex.chunks_exact(2)) {
+            *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        let s = shown;
+        // The first three fields are little-endian on disk (see Display).
+        let mut out = [
+            s[3], s[2], s[1], s[0], s[5], s[4], s[7], s[6], 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        out[8..].copy_from_slice(&s[8..]);
+        Some(Self(out))
+    }
+}
+
+impl<'de> Deserialize<'de> for Guid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("not a GUID: {text:?}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_round_trips_to_disk_order() {
+        let guid = Guid([
+            0x5f, 0x2d, 0x1d, 0x2e, 0x8b, 0x3d, 0x6a, 0x4e, 0x9c, 0x1e, 0x0a, 0x1b, 0x2c, 0x3d,
+            0x4e, 0x5f,
+        ]);
+        let text = guid.to_string();
+        assert_eq!(text, "2e1d2d5f-3d8b-4e6a-9c1e-0a1b2c3d4e5f");
+        assert_eq!(Guid::parse(&text), Some(guid));
+        assert_eq!(
+            Guid::parse("{2E1D2D5F-3D8B-4E6A-9C1E-0A1B2C3D4E5F}"),
+            Some(guid)
+        );
+        assert_eq!(Guid::parse("nope"), None);
+    }
 
     #[test]
     fn text_guids_are_normalized() {

@@ -1,11 +1,11 @@
 //! What `inspect` shows about a volume: public facts only, never key material.
 
 use super::guid::Guid;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 /// Public description of a BitLocker volume, printed by `guilocker inspect --json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeInfo {
     /// Volume GUID from the FVE metadata header.
     pub guid: Guid,
@@ -28,13 +28,13 @@ pub struct VolumeInfo {
 }
 
 /// One key protector: how the volume master key is wrapped, and its id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Protector {
     pub kind: ProtectorKind,
     pub guid: Guid,
     /// A recovery key's Key ID, as Windows shows it beside the key (and the Microsoft
     /// account lists it): the first eight hex digits of the protector's GUID, upper case.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<KeyId>,
 }
 
@@ -63,6 +63,33 @@ impl Serialize for KeyId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
+}
+
+impl<'de> Deserialize<'de> for KeyId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let value = (text.len() == 8)
+            .then(|| u32::from_str_radix(&text, 16).ok())
+            .flatten()
+            .ok_or_else(|| serde::de::Error::custom(format!("not a Key ID: {text:?}")))?;
+        Ok(Self(value.to_be_bytes()))
+    }
+}
+
+/// Reads back a name that `id()` wrote: the variant of `known` with that name, else
+/// `unknown` (a newer build's, or a raw value the name did not carry).
+fn by_id<'de, D: Deserializer<'de>, T: Copy>(
+    d: D,
+    known: &[T],
+    id: fn(T) -> &'static str,
+    unknown: T,
+) -> Result<T, D::Error> {
+    let name = String::deserialize(d)?;
+    Ok(known
+        .iter()
+        .copied()
+        .find(|v| id(*v) == name)
+        .unwrap_or(unknown))
 }
 
 impl Protector {
@@ -155,6 +182,17 @@ impl Serialize for Cipher {
     }
 }
 
+impl<'de> Deserialize<'de> for Cipher {
+    /// An unknown cipher reads back without its method: `VolumeInfo::encryption_method`
+    /// keeps it.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let known = (0x8000..=0x8005)
+            .map(Cipher::from_method)
+            .collect::<Vec<_>>();
+        by_id(d, &known, Cipher::id, Cipher::Unknown(0))
+    }
+}
+
 /// How a key protector wraps the volume master key (the VMK entry's protection type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProtectorKind {
@@ -226,8 +264,16 @@ impl Serialize for ProtectorKind {
     }
 }
 
+impl<'de> Deserialize<'de> for ProtectorKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let known = [0x0000, 0x0100, 0x0200, 0x0500, 0x0800, 0x1000, 0x2000]
+            .map(ProtectorKind::from_protection);
+        by_id(d, &known, ProtectorKind::id, ProtectorKind::Unknown(0))
+    }
+}
+
 /// Whether the whole volume is encrypted, from the volume header GUID and the block's state fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EncryptionState {
     Complete,
@@ -235,6 +281,7 @@ pub enum EncryptionState {
     Decrypting,
     Paused,
     Decrypted,
+    #[serde(other)]
     Unknown,
 }
 
@@ -316,6 +363,40 @@ mod tests {
         );
         assert_eq!(Cipher::from_method(0x8004).method(), 0x8004);
         assert_eq!(Cipher::from_method(0x1234), Cipher::Unknown(0x1234));
+    }
+
+    /// What `inspect` sends reads back as it was (the client prints from the typed value).
+    #[test]
+    fn volume_info_round_trips_through_json() {
+        let guid = |n: u8| Guid([n; 16]);
+        let info = VolumeInfo {
+            guid: guid(1),
+            to_go: true,
+            description: "PC D: 1/2/2024".into(),
+            creation_time: Some(1_700_000_000),
+            cipher: Cipher::AesCbc128Elephant,
+            encryption_method: 0x8000,
+            volume_size: 1 << 30,
+            sector_size: 512,
+            state: EncryptionState::Paused,
+            metadata_block: 2,
+            protectors: vec![
+                Protector::new(ProtectorKind::Password, guid(2)),
+                Protector::new(ProtectorKind::RecoveryPassword, guid(3)),
+                Protector::new(ProtectorKind::TpmAndPin, guid(4)),
+            ],
+        };
+        let json = serde_json::to_string(&info).unwrap();
+        assert_eq!(serde_json::from_str::<VolumeInfo>(&json).unwrap(), info);
+        // A newer daemon's names read as unknown, not as an error.
+        let newer = json
+            .replace("aes_cbc_128_elephant", "aes_gcm_512")
+            .replace("tpm_and_pin", "passkey")
+            .replace("\"paused\"", "\"rewinding\"");
+        let read: VolumeInfo = serde_json::from_str(&newer).unwrap();
+        assert_eq!(read.cipher, Cipher::Unknown(0));
+        assert_eq!(read.protectors[2].kind, ProtectorKind::Unknown(0));
+        assert_eq!(read.state, EncryptionState::Unknown);
     }
 
     #[test]

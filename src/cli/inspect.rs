@@ -1,11 +1,11 @@
 //! `guilocker inspect`: what a volume's BitLocker metadata says. No secret is needed or shown.
 
 use super::{exit, Failure, SocketArg};
+use crate::bitlocker::{Cipher, EncryptionState, VolumeInfo};
 use crate::client::Client;
 use crate::protocol::{Request, Response};
 use crate::units::human_size;
 use clap::Args;
-use serde_json::Value;
 use std::io::Write;
 
 #[derive(Debug, Args)]
@@ -26,9 +26,7 @@ pub fn run(args: InspectArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::new(exit::FAILED, format!("{}: {e}", args.device)))?;
         let meta = crate::bitlocker::read_metadata(&file)
             .map_err(|e| Failure::new(exit::FAILED, format!("{}: {e}", args.device)))?;
-        let value = serde_json::to_value(&meta.info)
-            .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
-        (args.device.clone(), value)
+        (args.device.clone(), meta.info)
     } else {
         match Client::connect(&args.socket.socket)?.request(&Request::Inspect {
             device: args.device.clone(),
@@ -47,19 +45,13 @@ pub fn run(args: InspectArgs) -> Result<(), Failure> {
     };
     let mut out = std::io::stdout().lock();
     if args.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&volume).unwrap_or_default()
-        )?;
+        let json = serde_json::to_string_pretty(&volume)
+            .map_err(|e| Failure::new(exit::FAILED, format!("{device}: {e}")))?;
+        writeln!(out, "{json}")?;
     } else {
         write!(out, "{}", describe(&device, &volume))?;
     }
     Ok(())
-}
-
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("-")
 }
 
 /// Days since 1970-01-01 to a civil date (proleptic Gregorian), for the creation time.
@@ -82,49 +74,47 @@ fn date(unix: i64) -> String {
     )
 }
 
-fn describe(device: &str, v: &Value) -> String {
-    let kind = if v.get("to_go").and_then(Value::as_bool) == Some(true) {
+fn state(state: EncryptionState) -> &'static str {
+    match state {
+        EncryptionState::Complete => "complete",
+        EncryptionState::InProgress => "in progress",
+        EncryptionState::Decrypting => "decrypting",
+        EncryptionState::Paused => "paused",
+        EncryptionState::Decrypted => "decrypted",
+        EncryptionState::Unknown => "unknown",
+    }
+}
+
+fn describe(device: &str, v: &VolumeInfo) -> String {
+    let kind = if v.to_go {
         "BitLocker To Go volume"
     } else {
         "BitLocker volume"
     };
     let mut s = format!("{device}: {kind}\n");
     let mut row = |k: &str, val: String| s.push_str(&format!("  {k:<12} {val}\n"));
-    row("GUID", text(v, "guid").to_owned());
-    if let Some(d) = v
-        .get("description")
-        .and_then(Value::as_str)
-        .filter(|d| !d.is_empty())
-    {
+    row("GUID", v.guid.to_string());
+    if !v.description.is_empty() {
         row(
             "Description",
-            d.chars().filter(|c| !c.is_control()).collect(),
+            v.description.chars().filter(|c| !c.is_control()).collect(),
         );
     }
-    if let Some(t) = v.get("creation_time").and_then(Value::as_i64) {
+    if let Some(t) = v.creation_time {
         row("Created", date(t));
     }
-    row("Cipher", text(v, "cipher").replace('_', "-"));
-    row("Encryption", text(v, "state").replace('_', " "));
-    if let Some(size) = v.get("volume_size").and_then(Value::as_u64) {
-        row("Size", human_size(size));
-    }
-    let protectors = v
-        .get("protectors")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    for (i, p) in protectors.iter().enumerate() {
+    // From the raw method: it names even a cipher this build does not know.
+    let cipher = Cipher::from_method(v.encryption_method);
+    row("Cipher", cipher.id().replace('_', "-"));
+    row("Encryption", state(v.state).to_owned());
+    row("Size", human_size(v.volume_size));
+    for (i, p) in v.protectors.iter().enumerate() {
         let label = if i == 0 { "Protectors" } else { "" };
         let key_id = p
-            .get("key_id")
-            .and_then(Value::as_str)
+            .key_id
             .map(|id| format!("  Key ID {id}"))
             .unwrap_or_default();
-        row(
-            label,
-            format!("{:<18} {}{key_id}", text(p, "kind"), text(p, "guid")),
-        );
+        row(label, format!("{:<18} {}{key_id}", p.kind.id(), p.guid));
     }
     s
 }

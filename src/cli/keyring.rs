@@ -36,11 +36,7 @@ fn guid_of(args: &ForgetArgs) -> Result<String, Failure> {
     };
     let failure = |cause: String| Failure::new(exit::FAILED, format!("{}: {cause}", args.target));
     match Client::connect(&args.socket.socket)?.request(&request)? {
-        Response::Inspected { volume, .. } => volume
-            .get("guid")
-            .and_then(|g| g.as_str())
-            .and_then(guid::normalize)
-            .ok_or_else(|| failure("the daemon did not say the volume's GUID".into())),
+        Response::Inspected { volume, .. } => Ok(volume.guid.to_string()),
         other => Err(failure(format!(
             "unexpected reply from the daemon: {other:?}"
         ))),

@@ -254,7 +254,10 @@ impl Daemon {
     }
 
     /// What the BitLocker metadata of a device says (no secrets in it), and its device path.
-    pub fn inspect(&self, target: &str) -> Result<(String, serde_json::Value), DaemonError> {
+    pub fn inspect(
+        &self,
+        target: &str,
+    ) -> Result<(String, crate::bitlocker::VolumeInfo), DaemonError> {
         let table = self.lock();
         let dev = table
             .find(target)
@@ -265,11 +268,7 @@ impl Daemon {
             (Some(false), _) => Err(DaemonError::NotBitLocker {
                 device: dev.path.clone(),
             }),
-            (_, Some(meta)) => serde_json::to_value(&meta.info)
-                .map(|v| (dev.path.clone(), v))
-                .map_err(|e| {
-                    DaemonError::failed(&dev.path, format!("cannot describe the metadata: {e}"))
-                }),
+            (_, Some(meta)) => Ok((dev.path.clone(), meta.info.clone())),
             (_, None) => Err(DaemonError::failed(
                 &dev.path,
                 "the BitLocker metadata could not be read",
