@@ -333,32 +333,9 @@ impl FsType {
     }
 }
 
-/// A key protector of a BitLocker volume: what it can be opened with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Protector {
-    /// Protection is suspended: the key is stored in the clear.
-    ClearKey,
-    Tpm,
-    StartupKey,
-    TpmAndPin,
-    RecoveryPassword,
-    SmartCard,
-    Password,
-    /// One this build does not know (a newer daemon's, or an unknown type on the disk).
-    #[serde(other)]
-    Unknown,
-}
-
-impl Protector {
-    /// Kinds this tool can use without the Windows PC's hardware.
-    pub fn usable_here(self) -> bool {
-        matches!(
-            self,
-            Self::ClearKey | Self::StartupKey | Self::RecoveryPassword | Self::Password
-        )
-    }
-}
+/// A key protector of a BitLocker volume, by the name `inspect` gives it too
+/// (`"password"`, `"recovery_password"`, …); one this build does not know reads as unknown.
+pub use crate::bitlocker::ProtectorKind as Protector;
 
 /// Agent → dialog, on the dialog's stdin.
 // `Show` is sent once per dialog; boxing it would only complicate the dialog's code.
@@ -503,7 +480,7 @@ mod tests {
             [
                 Protector::Password,
                 Protector::RecoveryPassword,
-                Protector::Unknown
+                Protector::Unknown(0)
             ]
         );
         assert_eq!(

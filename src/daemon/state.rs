@@ -5,7 +5,6 @@ use super::mount::{MountedFs, Owner};
 use super::view::View;
 use super::watch::{Appearance, Snapshot};
 use crate::bitlocker::Metadata;
-use crate::bitlocker::ProtectorKind;
 use crate::protocol::{DeviceInfo, DeviceState, Protector};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -23,7 +22,7 @@ pub struct VolumeFacts {
 impl VolumeFacts {
     pub fn from_metadata(meta: &Metadata) -> Self {
         let info = &meta.info;
-        let mut protectors: Vec<Protector> = info.protectors.iter().map(|p| wire(p.kind)).collect();
+        let mut protectors: Vec<Protector> = info.protectors.iter().map(|p| p.kind).collect();
         protectors.dedup();
         Self {
             guid: Some(info.guid.to_string()),
@@ -43,20 +42,6 @@ impl VolumeFacts {
                 .filter_map(|p| p.key_id.map(|id| id.to_string()))
                 .collect(),
         }
-    }
-}
-
-/// A protector as the protocol names it.
-fn wire(kind: ProtectorKind) -> Protector {
-    match kind {
-        ProtectorKind::ClearKey => Protector::ClearKey,
-        ProtectorKind::Tpm => Protector::Tpm,
-        ProtectorKind::StartupKey => Protector::StartupKey,
-        ProtectorKind::TpmAndPin => Protector::TpmAndPin,
-        ProtectorKind::RecoveryPassword => Protector::RecoveryPassword,
-        ProtectorKind::SmartCard => Protector::SmartCard,
-        ProtectorKind::Password => Protector::Password,
-        ProtectorKind::Unknown(_) => Protector::Unknown,
     }
 }
 
