@@ -41,5 +41,5 @@ fn follow(agent: &Arc<Agent>) {
         Err(e) => log::warn!("{e}; asking in any case"),
     }
     // Never leave the agent mute because the watch ended.
-    agent.set_active(true, "?");
+    agent.set_active(true, "(no longer followed)");
 }

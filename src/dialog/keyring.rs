@@ -211,6 +211,12 @@ fn print_list() -> i32 {
 }
 
 fn forget_one(guid: &str) -> i32 {
+    if guid::normalize(guid).is_none() {
+        eprintln!(
+            "guilocker: {guid:?} is not a volume GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
+        );
+        return 2;
+    }
     match forget(guid) {
         Ok(0) => {
             eprintln!(

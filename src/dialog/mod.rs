@@ -74,7 +74,10 @@ pub fn run() -> i32 {
 
     // Checked here, because GtkApplication's own start-up would exit(1) without a display.
     if gtk::init().is_err() {
-        eprintln!("guilocker dialog: cannot open a display (is DISPLAY or WAYLAND_DISPLAY set?)");
+        eprintln!(
+            "guilocker dialog: {}: cannot open a display to ask (is DISPLAY or WAYLAND_DISPLAY set?)",
+            device.device
+        );
         return DIALOG_EXIT_NO_DISPLAY;
     }
     // The bundle is compiled into this binary by build.rs, so failing here is a build bug.
@@ -216,7 +219,8 @@ impl Conversation {
                     remembered: false,
                 };
                 if let Err(e) = write_frame(&mut std::io::stdout().lock(), &frame) {
-                    eprintln!("guilocker dialog: cannot write to the agent: {e}");
+                    let device = &self.device.device;
+                    eprintln!("guilocker dialog: {device}: cannot write to the agent: {e}");
                     return Some(DIALOG_EXIT_CLOSED);
                 }
                 None
@@ -238,14 +242,15 @@ impl Conversation {
                 None
             }
             Event::Input(Ok(Some(DialogInput::Show { .. }))) => {
-                eprintln!("guilocker dialog: ignoring a second show frame");
+                let device = &self.device.device;
+                eprintln!("guilocker dialog: {device}: ignoring a second show frame");
                 None
             }
             Event::Input(Ok(Some(DialogInput::Close { .. })) | Ok(None)) => {
                 Some(DIALOG_EXIT_CLOSED)
             }
             Event::Input(Err(e)) => {
-                eprintln!("guilocker dialog: {e}");
+                eprintln!("guilocker dialog: {}: {e}", self.device.device);
                 Some(DIALOG_EXIT_CLOSED)
             }
         }

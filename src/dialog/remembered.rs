@@ -44,7 +44,10 @@ pub async fn try_unlock(input: &mut InputReader, device: &DeviceInfo) -> Outcome
         remembered: true,
     };
     if let Err(e) = write_frame(&mut std::io::stdout().lock(), &frame) {
-        eprintln!("guilocker dialog: cannot write to the agent: {e}");
+        eprintln!(
+            "guilocker dialog: {}: cannot write to the agent: {e}",
+            device.device
+        );
         return Outcome::Closed;
     }
     drop(frame);
@@ -65,12 +68,15 @@ pub async fn try_unlock(input: &mut InputReader, device: &DeviceInfo) -> Outcome
             ask(true, Some((kind, message)))
         }
         Ok(Some(DialogInput::Show { .. })) => {
-            eprintln!("guilocker dialog: ignoring a second show frame");
+            eprintln!(
+                "guilocker dialog: {}: ignoring a second show frame",
+                device.device
+            );
             ask(true, None)
         }
         Ok(Some(DialogInput::Close { .. })) | Ok(None) => Outcome::Closed,
         Err(e) => {
-            eprintln!("guilocker dialog: {e}");
+            eprintln!("guilocker dialog: {}: {e}", device.device);
             Outcome::Closed
         }
     }
