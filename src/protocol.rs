@@ -239,6 +239,9 @@ pub enum DeviceState {
     /// Seen, not yet read: its first sector is being looked at, or its device node is
     /// not there yet.
     Probing,
+    /// Its first sector could not be read (an I/O error, or no answer in time); `error`
+    /// says why.
+    Unreadable,
     /// A state this build does not know (a newer daemon's): clients carry on.
     #[serde(other)]
     Unknown,
@@ -253,6 +256,7 @@ impl DeviceState {
             Self::Mounted => "mounted",
             Self::Locking => "locking",
             Self::Probing => "probing",
+            Self::Unreadable => "unreadable",
             Self::Unknown => "unknown",
             Self::Failed => "failed",
             Self::Plain => "plain",

@@ -477,6 +477,8 @@ fn surprise_removal_while_mounted(engine: Engine) {
         k == EventKind::Removed && d.device == dev
     });
     assert!(daemon.device(&dev).is_none(), "status still lists {dev}");
+    // Told at once; the clean-up follows on a worker.
+    daemon.wait_log(&format!("{dev}: cleaned up after its removal"));
     assert!(!is_mounted(&mountpoint));
     assert!(!mountpoint.exists());
     // A deferred close: the kernel removes the mapping once the detached filesystem lets go.

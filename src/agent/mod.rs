@@ -218,6 +218,7 @@ impl Agent {
                 | DeviceState::Locking
                 | DeviceState::Plain
                 | DeviceState::Probing
+                | DeviceState::Unreadable
                 | DeviceState::Unknown => {}
             },
         }

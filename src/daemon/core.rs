@@ -1,33 +1,38 @@
-//! The daemon's operations on devices: appear, probe, unlock, mount, unmount, vanish.
+//! The daemon's core: one owner of the device table.
 //!
-//! The table lock is never held while a child runs: an operation marks its device busy,
-//! takes what it needs, works unlocked, then re-locks and checks the device is still the
-//! same appearance (its generation) before recording the result.
+//! [`Core`] lives on the event loop's thread and is the only code that reads or changes a
+//! device. Connection threads hold a [`Shared`] and send it [`Ask`]s with a reply channel;
+//! everything slow (probing a first sector, starting an engine, mounting, unmounting, tearing
+//! down after an unplug, ejecting) runs as a job on a worker thread, which posts a [`Done`]
+//! back. So the loop never waits on a device or a child, a device changes state in one
+//! thread in one order, and events are numbered in that order.
 
 use super::auth::{self, Caller};
 use super::bus::Bus;
+use super::device::{AfterClose, Device, Probed};
 use super::error::DaemonError;
-use super::filesystem;
-use super::mount::{self, Owner};
-use super::mountpoint;
+use super::mailbox::{Inbox, Mailbox};
+use super::mountpoint::Reservations;
 use super::probe::{self, Probe, ProbeError};
 use super::seat::Seat;
-use super::state::{Device, Session, Table, VolumeFacts};
-use super::view::{self, View};
-use super::watch::{self, Appearance};
+use super::session::{CloseMode, Session};
+use super::table::Table;
+use super::{eject, jobs, watch};
+use crate::bitlocker::{Metadata, VolumeInfo};
 use crate::config::Config;
 use crate::process::ExitStatus;
-use crate::protocol::{DeviceInfo, DeviceState, EventKind, UnlockSecret};
+use crate::protocol::{DeviceInfo, EventKind, UnlockSecret};
 use nix::unistd::Pid;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// Under the runtime dir: one FUSE mountpoint per unlocked volume.
 pub const VIEWS_DIR: &str = "views";
 
-/// Attempts to open a device node that is not there yet, before giving up on it.
-const MAX_PROBE_ATTEMPTS: u8 = 5;
+/// How long shutdown waits for running jobs, then for the closes it starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 
 /// Where the daemon looks and writes; tests point these elsewhere.
 #[derive(Debug, Clone)]
@@ -49,50 +54,93 @@ impl Paths {
     }
 
     /// Where the engine of device `name` serves its decrypted view.
-    fn view_dir(&self, name: &str) -> PathBuf {
+    pub fn view_dir(&self, name: &str) -> PathBuf {
         self.runtime_dir.join(VIEWS_DIR).join(name)
     }
 }
 
-pub struct Daemon {
+/// The answer to an [`Ask`].
+pub type Reply<T> = Sender<Result<T, DaemonError>>;
+
+/// What a connection thread asks the loop.
+pub enum Ask {
+    Status(Reply<Vec<DeviceInfo>>),
+    Inspect {
+        target: String,
+        reply: Reply<(String, VolumeInfo)>,
+    },
+    Unlock(Box<UnlockAsk>),
+    Unmount {
+        caller: Caller,
+        target: Option<String>,
+        all: bool,
+        force: bool,
+        power_off: bool,
+        reply: Reply<Vec<String>>,
+    },
+}
+
+pub struct UnlockAsk {
+    pub caller: Caller,
+    pub target: String,
+    pub secret: UnlockSecret,
+    pub read_only: bool,
+    pub mount: bool,
+    pub owner: Option<String>,
+    pub reply: Reply<DeviceInfo>,
+}
+
+/// What a job reports when it ends. (Each is moved once, through the mailbox: boxing the
+/// large variants would buy nothing.)
+#[allow(clippy::large_enum_variant)]
+pub enum Done {
+    Probed {
+        name: String,
+        generation: u64,
+        result: Result<Probe, ProbeError>,
+    },
+    Unlocked {
+        name: String,
+        generation: u64,
+        path: String,
+        result: Result<Session, DaemonError>,
+        reply: Reply<DeviceInfo>,
+    },
+    Closed {
+        closes: Vec<Closing>,
+        /// For an unmount request: who to answer, and whether to power the stick off.
+        reply: Option<(Reply<Vec<String>>, bool)>,
+    },
+    /// A job that changes no device: the close of a vanished device, an eject.
+    Finished,
+}
+
+/// One session's close, as a close job reports it.
+pub struct Closing {
+    pub name: String,
+    pub generation: u64,
+    pub path: String,
+    pub result: Result<(), Box<(DaemonError, Session)>>,
+}
+
+#[allow(clippy::large_enum_variant)]
+pub enum Msg {
+    Ask(Ask),
+    Done(Done),
+}
+
+/// What connection threads and jobs share with the loop: nothing of the device table.
+pub struct Shared {
     pub config: RwLock<Config>,
-    table: Mutex<Table>,
-    /// Signalled whenever an operation finishes (for shutdown to wait on).
-    settled: Condvar,
     pub bus: Bus,
     pub paths: Paths,
+    pub reservations: Reservations,
     /// Whether a caller is the person at the seat (logind).
     seat: Seat,
+    mailbox: Mailbox<Msg>,
 }
 
-/// What an unlock needs, taken from the table under the lock.
-struct UnlockJob<'a> {
-    name: String,
-    path: String,
-    generation: u64,
-    secret: &'a UnlockSecret,
-    metadata: Option<Arc<crate::bitlocker::Metadata>>,
-    read_only: bool,
-    mount: bool,
-    owner: Owner,
-}
-
-impl Daemon {
-    pub fn new(config: Config, paths: Paths) -> Self {
-        Self {
-            config: RwLock::new(config),
-            table: Mutex::new(Table::default()),
-            settled: Condvar::new(),
-            bus: Bus::default(),
-            paths,
-            seat: Seat::default(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
+impl Shared {
     pub fn config(&self) -> Config {
         self.config
             .read()
@@ -100,180 +148,26 @@ impl Daemon {
             .clone()
     }
 
-    fn emit(&self, kind: EventKind, info: DeviceInfo) {
-        log::debug!("{} {} {}", kind.as_str(), info.device, info.state.as_str());
-        self.bus.emit(kind, info);
+    /// Sends an ask to the loop and waits for its answer.
+    fn ask<T>(&self, about: &str, make: impl FnOnce(Reply<T>) -> Ask) -> Result<T, DaemonError> {
+        let (reply, answer) = channel();
+        let stopping = || DaemonError::failed(about, "the daemon is shutting down");
+        if !self.mailbox.post(Msg::Ask(make(reply))) {
+            return Err(stopping());
+        }
+        answer.recv().unwrap_or_else(|_| Err(stopping()))
     }
 
-    pub fn status(&self) -> Vec<DeviceInfo> {
-        self.lock().devices.values().map(Device::info).collect()
-    }
-
-    /// Re-reads /proc/partitions and acts on the difference.
-    pub fn rescan(&self) {
-        let config = self.config();
-        let snap = match watch::snapshot(
-            &self.paths.proc_partitions,
-            &self.paths.sys_block,
-            config.include_loop_devices,
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("cannot read {}: {e}", self.paths.proc_partitions.display());
-                return;
-            }
-        };
-        let mut to_probe = Vec::new();
-        let mut removed = Vec::new();
-        {
-            let mut table = self.lock();
-            let diff = watch::diff(&table.snapshot, &snap);
-            table.snapshot = snap;
-            for name in diff.removed {
-                if let Some(mut dev) = table.devices.remove(&name) {
-                    let session = dev.session.take();
-                    let info = dev.info();
-                    self.emit(EventKind::Removed, info.clone());
-                    removed.push((info, session));
-                }
-            }
-            for appearance in diff.added {
-                let generation = table.next_generation;
-                table.next_generation += 1;
-                let name = appearance.partition.name.clone();
-                table
-                    .devices
-                    .insert(name.clone(), self.new_device(appearance, generation));
-                to_probe.push(name);
-            }
-            // Devices whose node was not there last time.
-            to_probe.extend(
-                table
-                    .devices
-                    .values()
-                    .filter(|d| d.bitlocker.is_none() && d.probe_attempts > 0)
-                    .map(|d| d.name.clone()),
-            );
-        }
-        for (info, session) in removed {
-            if let Some(session) = session {
-                log::warn!("{}: removed while unlocked; cleaning up", info.device);
-                self.teardown(&info.device, session, true);
-            }
-        }
-        to_probe.dedup();
-        for name in to_probe {
-            self.probe(&name);
-        }
-    }
-
-    fn new_device(&self, appearance: Appearance, generation: u64) -> Device {
-        let name = appearance.partition.name.clone();
-        let (vendor, model) = probe::vendor_model(&self.paths.sys_block, &name);
-        Device {
-            path: self.paths.dev.join(&name).display().to_string(),
-            name,
-            appearance,
-            generation,
-            bitlocker: None,
-            state: DeviceState::Probing,
-            error: None,
-            vendor,
-            model,
-            volume: VolumeFacts::default(),
-            metadata: None,
-            session: None,
-            busy: false,
-            probe_attempts: 0,
-            left_to_desktop: self.config().leave_bitlocker_to_desktop,
-        }
-    }
-
-    /// Reads a new device's first sector, once per appearance.
-    fn probe(&self, name: &str) {
-        let Some((path, generation)) = self
-            .lock()
-            .devices
-            .get(name)
-            .map(|d| (d.path.clone(), d.generation))
-        else {
-            return;
-        };
-        let result = probe::probe(Path::new(&path));
-        let mut table = self.lock();
-        let Some(dev) = table
-            .devices
-            .get_mut(name)
-            .filter(|d| d.generation == generation)
-        else {
-            return;
-        };
-        let first = dev.probe_attempts == 0;
-        match result {
-            Ok(Probe::Other) => {
-                dev.bitlocker = Some(false);
-                dev.state = DeviceState::Plain;
-            }
-            Ok(Probe::BitLocker(meta)) => {
-                dev.bitlocker = Some(true);
-                dev.state = DeviceState::Locked;
-                match *meta {
-                    Ok(meta) => {
-                        dev.volume = VolumeFacts::from_metadata(&meta);
-                        dev.metadata = Some(Arc::new(meta));
-                    }
-                    // dislocker may still manage; the unlock falls back to it.
-                    Err(e) => log::warn!("{path}: cannot read the BitLocker metadata: {e}"),
-                }
-            }
-            Err(ProbeError::NoNode { .. }) if dev.probe_attempts < MAX_PROBE_ATTEMPTS => {
-                dev.probe_attempts += 1;
-                if first {
-                    log::debug!("{path}: no device node yet; will look again");
-                }
-                return;
-            }
-            Err(e) => {
-                log::warn!("{e}");
-                dev.bitlocker = Some(false);
-                dev.state = DeviceState::Failed;
-                dev.error = Some(e.to_string());
-            }
-        }
-        let info = dev.info();
-        // Under the table's lock, so events go out in the order the states changed.
-        self.emit(EventKind::Added, info.clone());
-        drop(table);
-        if info.bitlocker {
-            log::info!(
-                "{}: BitLocker volume ({} bytes)",
-                info.device,
-                info.size_bytes
-            );
-        }
+    pub fn status(&self) -> Result<Vec<DeviceInfo>, DaemonError> {
+        self.ask("status", Ask::Status)
     }
 
     /// What the BitLocker metadata of a device says (no secrets in it), and its device path.
-    pub fn inspect(
-        &self,
-        target: &str,
-    ) -> Result<(String, crate::bitlocker::VolumeInfo), DaemonError> {
-        let table = self.lock();
-        let dev = table
-            .find(target)
-            .ok_or_else(|| DaemonError::NoSuchDevice {
-                device: target.into(),
-            })?;
-        match (dev.bitlocker, &dev.metadata) {
-            (Some(false), _) => Err(DaemonError::NotBitLocker {
-                device: dev.path.clone(),
-            }),
-            (_, Some(meta)) => Ok((dev.path.clone(), meta.info.clone())),
-            (_, None) => Err(DaemonError::failed(
-                &dev.path,
-                "the BitLocker metadata could not be read",
-            )),
-        }
+    pub fn inspect(&self, target: &str) -> Result<(String, VolumeInfo), DaemonError> {
+        self.ask(target, |reply| Ask::Inspect {
+            target: target.into(),
+            reply,
+        })
     }
 
     /// Unlocks (and by default mounts) a BitLocker device for the caller.
@@ -281,221 +175,28 @@ impl Daemon {
         &self,
         caller: &Caller,
         target: &str,
-        secret: &UnlockSecret,
+        secret: UnlockSecret,
         read_only: bool,
         mount: bool,
-        owner: Option<&str>,
+        owner: Option<String>,
     ) -> Result<DeviceInfo, DaemonError> {
         let config = self.config();
-        // Before the table's lock: this may wait on logind. Callers outside the group are
-        // refused for that, below.
+        // Here, not on the loop: this may wait on logind. Callers outside the group are
+        // refused for that by the loop.
         if config.require_active_session && auth::in_allowed_group(caller, &config.allowed_group) {
             self.seat.authorize(caller, target)?;
         }
-        let mut table = self.lock();
-        if table.shutting_down {
-            return Err(DaemonError::failed(target, "the daemon is shutting down"));
-        }
-        let name = table
-            .find_name(target)
-            .ok_or_else(|| DaemonError::NoSuchDevice {
-                device: target.into(),
-            })?;
-        let dev = table
-            .devices
-            .get_mut(&name)
-            .ok_or_else(|| DaemonError::NoSuchDevice {
-                device: target.into(),
-            })?;
-        let path = dev.path.clone();
-        let owner = auth::authorize_unlock(caller, &path, &config.allowed_group, owner)?;
-        let state_err = |what: &str| DaemonError::InvalidState {
-            device: path.clone(),
-            what: what.into(),
-        };
-        match dev.bitlocker {
-            None => return Err(state_err("still being examined; try again in a moment")),
-            Some(false) => return Err(DaemonError::NotBitLocker { device: path }),
-            Some(true) => {}
-        }
-        if dev.busy {
-            return Err(state_err("another unlock or unmount is under way"));
-        }
-        if let Some(s) = &dev.session {
-            let at = s.mounted.as_ref().map_or_else(
-                || format!("its decrypted view is {}", s.view.decrypted.display()),
-                |m| format!("mounted at {}", m.mountpoint.display()),
-            );
-            return Err(state_err(&format!("already unlocked ({at})")));
-        }
-        dev.busy = true;
-        dev.state = DeviceState::Unlocking;
-        dev.error = None;
-        let job = UnlockJob {
-            name: name.clone(),
-            path: path.clone(),
-            generation: dev.generation,
-            secret,
-            metadata: dev.metadata.clone(),
-            read_only: read_only || config.read_only,
-            mount,
-            owner,
-        };
-        let info = dev.info();
-        self.emit(EventKind::Changed, info);
-        drop(table);
-        log::info!(
-            "{path}: unlocking with {} for {} (asked by {})",
-            secret.method(),
-            job.owner.name,
-            caller.describe()
-        );
-
-        let result = self.run_unlock(&job, &config);
-
-        let mut table = self.lock();
-        let still_here = table
-            .devices
-            .get(&name)
-            .is_some_and(|d| d.generation == job.generation);
-        if !still_here {
-            drop(table);
-            if let Ok(session) = result {
-                self.teardown(&path, session, true);
-            }
-            self.settled.notify_all();
-            return Err(DaemonError::failed(
-                &path,
-                "the drive was removed while unlocking",
-            ));
-        }
-        let reserved: Vec<PathBuf> = match &result {
-            Ok(s) => s.mounted.iter().map(|m| m.mountpoint.clone()).collect(),
-            Err(_) => Vec::new(),
-        };
-        for p in reserved {
-            table.reserved.remove(&p);
-        }
-        let dev = table.devices.get_mut(&name).expect("checked above");
-        dev.busy = false;
-        let outcome = match result {
-            Ok(session) => {
-                dev.state = if session.mounted.is_some() {
-                    DeviceState::Mounted
-                } else {
-                    DeviceState::Unlocked
-                };
-                dev.session = Some(session);
-                Ok(dev.info())
-            }
-            Err(e) => {
-                dev.state = match e {
-                    DaemonError::WrongSecret { .. } | DaemonError::CannotOpen { .. } => {
-                        DeviceState::Locked
-                    }
-                    _ => DeviceState::Failed,
-                };
-                dev.error = Some(e.to_string());
-                Err(e)
-            }
-        };
-        let info = dev.info();
-        self.emit(EventKind::Changed, info.clone());
-        drop(table);
-        self.settled.notify_all();
-        match &outcome {
-            Ok(i) => log::info!(
-                "{}: unlocked{}",
-                i.device,
-                i.mountpoint
-                    .as_ref()
-                    .map(|m| format!(", mounted at {m}"))
-                    .unwrap_or_default()
-            ),
-            Err(e) => log::warn!("{e}"),
-        }
-        outcome
-    }
-
-    fn run_unlock(&self, job: &UnlockJob, config: &Config) -> Result<Session, DaemonError> {
-        let dir = self.paths.view_dir(&job.name);
-        prepare_dir(&job.path, &dir)?;
-        let started = View::start(&view::Request {
-            device: &job.path,
-            name: &job.name,
-            secret: job.secret,
-            metadata: job.metadata.as_deref(),
-            dir: &dir,
-            read_only: job.read_only,
-            choice: config.engine,
-        });
-        let view = match started {
-            Ok(v) => v,
-            Err(e) => {
-                mount::remove_dirs(&[dir]);
-                return Err(e);
-            }
-        };
-        log::info!(
-            "{}: decrypted by the {} engine",
-            job.path,
-            view.engine.as_str()
-        );
-        let mut session = Session {
-            view,
-            owner: job.owner.clone(),
-            fs: None,
-            mounted: None,
-            read_only: job.read_only,
-        };
-        let fs = match filesystem::identify(&session.view.decrypted) {
-            Ok(fs) => fs,
-            Err(e) => {
-                log::warn!("{}: cannot read the decrypted view: {e}", job.path);
-                None
-            }
-        };
-        session.fs = fs.clone();
-        if !job.mount {
-            return Ok(session);
-        }
-        let Some(fs) = fs else {
-            session.view.stop(&job.path, false);
-            return Err(DaemonError::CannotOpen {
-                device: job.path.clone(),
-                cause: "no NTFS, exFAT or FAT filesystem inside; use --no-mount to get the decrypted view".into(),
-            });
-        };
-        let parent = config.mount_root.join(&job.owner.name);
-        let mountpoint = {
-            let mut table = self.lock();
-            let chosen =
-                mountpoint::choose(&parent, fs.label.as_deref(), fs.uuid.as_deref(), |p| {
-                    p.exists() || table.reserved.contains(p)
-                });
-            table.reserved.insert(chosen.clone());
-            chosen
-        };
-        let result = mount::mount(
-            &job.path,
-            &session.view.decrypted,
-            &fs,
-            &mountpoint,
-            &job.owner,
-            job.read_only,
-            config,
-        );
-        match result {
-            Ok(m) => {
-                session.mounted = Some(m);
-                Ok(session)
-            }
-            Err(e) => {
-                self.lock().reserved.remove(&mountpoint);
-                session.view.stop(&job.path, false);
-                Err(e)
-            }
-        }
+        self.ask(target, |reply| {
+            Ask::Unlock(Box::new(UnlockAsk {
+                caller: *caller,
+                target: target.into(),
+                secret,
+                read_only,
+                mount,
+                owner,
+                reply,
+            }))
+        })
     }
 
     /// Puts away what the caller may: one target, or everything of theirs with `all`.
@@ -507,318 +208,685 @@ impl Daemon {
         force: bool,
         power_off: bool,
     ) -> Result<Vec<String>, DaemonError> {
-        let mut jobs = Vec::new();
-        {
-            let mut table = self.lock();
-            let names: Vec<String> = if all {
-                table
-                    .devices
-                    .values()
-                    .filter(|d| {
-                        !d.busy
-                            && d.session
-                                .as_ref()
-                                .is_some_and(|s| auth::may_unmount(caller, &s.owner))
-                    })
-                    .map(|d| d.name.clone())
-                    .collect()
-            } else {
-                let target = target.ok_or_else(|| {
-                    DaemonError::BadRequest("unmount needs a device, a mountpoint or --all".into())
-                })?;
-                let name = table
-                    .find_name(target)
-                    .ok_or_else(|| DaemonError::NoSuchDevice {
-                        device: target.into(),
-                    })?;
-                vec![name]
-            };
-            for name in &names {
-                let dev = table
-                    .devices
-                    .get_mut(name)
-                    .expect("names come from the table");
-                let state_err = |what: &str| DaemonError::InvalidState {
-                    device: dev.path.clone(),
-                    what: what.into(),
-                };
-                if dev.busy {
-                    return Err(state_err("another unlock or unmount is under way"));
+        self.ask(target.unwrap_or("unmount"), |reply| Ask::Unmount {
+            caller: *caller,
+            target: target.map(str::to_owned),
+            all,
+            force,
+            power_off,
+            reply,
+        })
+    }
+
+    /// Numbers an event and queues it for the subscribers. Called by the loop only, so
+    /// events are numbered in the order devices changed.
+    fn emit(&self, kind: EventKind, info: DeviceInfo) {
+        log::debug!("{} {} {}", kind.as_str(), info.device, info.state.as_str());
+        self.bus.emit(kind, info);
+    }
+}
+
+/// The loop's side: the device table and the jobs running for it.
+pub struct Core {
+    pub shared: Arc<Shared>,
+    table: Table,
+    inbox: Inbox<Msg>,
+    /// Jobs that hold or make a session, or answer someone (not probes: they hold
+    /// nothing, and one may hang for as long as a dying stick makes it).
+    jobs: usize,
+    shutting_down: bool,
+}
+
+/// What an unlock job needs, taken from the table.
+pub struct UnlockJob {
+    pub name: String,
+    pub path: String,
+    pub secret: UnlockSecret,
+    pub metadata: Option<Arc<Metadata>>,
+    pub read_only: bool,
+    pub mount: bool,
+    pub owner: super::mount::Owner,
+    pub config: Config,
+}
+
+impl Core {
+    pub fn new(config: Config, paths: Paths) -> nix::Result<Self> {
+        let (mailbox, inbox) = super::mailbox::mailbox()?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config: RwLock::new(config),
+                bus: Bus::default(),
+                paths,
+                reservations: Reservations::default(),
+                seat: Seat::default(),
+                mailbox,
+            }),
+            table: Table::default(),
+            inbox,
+            jobs: 0,
+            shutting_down: false,
+        })
+    }
+
+    /// Readable when asks or job results are waiting.
+    pub fn inbox_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.inbox.fd()
+    }
+
+    /// Handles every message waiting.
+    pub fn deliver(&mut self) {
+        for msg in self.inbox.take() {
+            self.handle(msg);
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Ask(ask) => self.answer(ask),
+            Msg::Done(done) => {
+                if !matches!(done, Done::Probed { .. }) {
+                    self.jobs -= 1;
                 }
-                let Some(session) = &dev.session else {
-                    return Err(state_err("is not unlocked"));
-                };
-                if !auth::may_unmount(caller, &session.owner) {
-                    return Err(DaemonError::NotAuthorized {
-                        device: dev.path.clone(),
-                        why: format!(
-                            "it was unlocked by {}, not by {}",
-                            session.owner.name,
-                            caller.describe()
-                        ),
-                    });
-                }
-            }
-            for name in names {
-                let dev = table.devices.get_mut(&name).expect("checked above");
-                dev.busy = true;
-                let was = dev.state;
-                dev.state = DeviceState::Locking;
-                let session = dev.session.take().expect("checked above");
-                jobs.push((name, dev.generation, dev.path.clone(), session, was));
-                // Said before the slow part: unmounting may wait for the driver to write.
-                self.emit(EventKind::Changed, dev.info());
+                self.finish(done);
             }
         }
+    }
+
+    /// Runs `job` on a worker; what it returns comes back to [`Self::finish`]. `counted`
+    /// jobs are waited for at shutdown.
+    fn spawn<F>(&mut self, what: &str, counted: bool, job: F)
+    where
+        F: FnOnce(&Shared) -> Done + Send + 'static,
+    {
+        if counted {
+            self.jobs += 1;
+        }
+        let shared = Arc::clone(&self.shared);
+        // The job moves to the thread only once the thread exists: if none can be had, it
+        // runs here rather than being lost with whatever it holds.
+        let (hand, take) = channel::<F>();
+        let spawned = std::thread::Builder::new()
+            .name(format!("guilocker-{what}"))
+            .spawn(move || {
+                if let Ok(job) = take.recv() {
+                    let done = job(&shared);
+                    shared.mailbox.post(Msg::Done(done));
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = hand.send(job);
+            }
+            Err(e) => {
+                log::error!("cannot start a thread to {what}: {e}; doing it on the main thread");
+                let done = job(&self.shared);
+                self.handle(Msg::Done(done));
+            }
+        }
+    }
+
+    pub fn status(&self) -> Vec<DeviceInfo> {
+        self.table.devices.values().map(Device::info).collect()
+    }
+
+    /// Re-reads /proc/partitions and acts on the difference.
+    pub fn rescan(&mut self) {
+        let config = self.shared.config();
+        let shared = Arc::clone(&self.shared);
+        let paths = &shared.paths;
+        let snap = match watch::snapshot(
+            &paths.proc_partitions,
+            &paths.sys_block,
+            config.include_loop_devices,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot read {}: {e}", paths.proc_partitions.display());
+                return;
+            }
+        };
+        let diff = watch::diff(&self.table.snapshot, &snap);
+        self.table.snapshot = snap;
+        for name in diff.removed {
+            let Some(dev) = self.table.devices.remove(&name) else {
+                continue;
+            };
+            self.shared.emit(EventKind::Removed, dev.info());
+            if let super::device::Phase::Unlocked(session) = dev.phase {
+                log::warn!("{}: removed while unlocked; cleaning up", dev.path);
+                self.close_orphan(dev.path, *session);
+            }
+        }
+        for appearance in diff.added {
+            let generation = self.table.next_generation;
+            self.table.next_generation += 1;
+            let name = appearance.partition.name.clone();
+            let path = paths.dev.join(&name).display().to_string();
+            let mut dev = Device::new(appearance, generation, path);
+            (dev.vendor, dev.model) = probe::vendor_model(&paths.sys_block, &name);
+            dev.left_to_desktop = config.leave_bitlocker_to_desktop;
+            self.table.devices.insert(name, dev);
+        }
+        // New devices, and those whose node was not there last time.
+        let now = Instant::now();
+        let due: Vec<(String, u64, String)> = self
+            .table
+            .devices
+            .values_mut()
+            .filter_map(|d| {
+                d.start_probe(now)
+                    .then(|| (d.name.clone(), d.generation, d.path.clone()))
+            })
+            .collect();
+        for (name, generation, path) in due {
+            self.spawn("probe", false, move |_| Done::Probed {
+                result: probe::probe(path.as_ref()),
+                name,
+                generation,
+            });
+        }
+    }
+
+    /// When the next probe times out, for the loop's poll.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.table
+            .devices
+            .values()
+            .filter_map(Device::probe_deadline)
+            .min()
+    }
+
+    /// Devices whose probe has hung past its time become unreadable.
+    pub fn check_probes(&mut self, now: Instant) {
+        for dev in self.table.devices.values_mut() {
+            if dev.probe_overdue(now) {
+                log::warn!("{}", dev.error().unwrap_or_default());
+                self.shared.emit(EventKind::Added, dev.info());
+            }
+        }
+    }
+
+    fn answer(&mut self, ask: Ask) {
+        match ask {
+            Ask::Status(reply) => {
+                let _ = reply.send(Ok(self.status()));
+            }
+            Ask::Inspect { target, reply } => {
+                let _ = reply.send(self.inspect(&target));
+            }
+            Ask::Unlock(ask) => self.unlock(*ask),
+            Ask::Unmount {
+                caller,
+                target,
+                all,
+                force,
+                power_off,
+                reply,
+            } => match self.begin_unmount(&caller, target.as_deref(), all) {
+                Ok(closes) => {
+                    let mode = if force {
+                        CloseMode::Forced
+                    } else {
+                        CloseMode::Polite
+                    };
+                    self.spawn("unmount", true, move |_| Done::Closed {
+                        closes: jobs::close_all(closes, mode),
+                        reply: Some((reply, power_off)),
+                    });
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+        }
+    }
+
+    fn inspect(&self, target: &str) -> Result<(String, VolumeInfo), DaemonError> {
+        let dev = self
+            .table
+            .find(target)
+            .ok_or_else(|| DaemonError::NoSuchDevice {
+                device: target.into(),
+            })?;
+        match (&dev.phase, &dev.metadata) {
+            (super::device::Phase::Probing { .. }, _) => Err(DaemonError::InvalidState {
+                device: dev.path.clone(),
+                what: "still being examined; try again in a moment".into(),
+            }),
+            _ if !dev.is_bitlocker() => Err(DaemonError::NotBitLocker {
+                device: dev.path.clone(),
+            }),
+            (_, Some(meta)) => Ok((dev.path.clone(), meta.info.clone())),
+            (_, None) => Err(DaemonError::failed(
+                &dev.path,
+                "the BitLocker metadata could not be read",
+            )),
+        }
+    }
+
+    fn unlock(&mut self, ask: UnlockAsk) {
+        let UnlockAsk {
+            caller,
+            target,
+            secret,
+            read_only,
+            mount,
+            owner,
+            reply,
+        } = ask;
+        let config = self.shared.config();
+        let (name, owner) = match self.begin_unlock(&caller, &target, owner.as_deref(), &config) {
+            Ok(begun) => begun,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let dev = &self.table.devices[&name];
+        log::info!(
+            "{}: unlocking with {} for {} (asked by {})",
+            dev.path,
+            secret.method(),
+            owner.name,
+            caller.describe()
+        );
+        self.shared.emit(EventKind::Changed, dev.info());
+        let job = UnlockJob {
+            name: dev.name.clone(),
+            path: dev.path.clone(),
+            secret,
+            metadata: dev.metadata.clone(),
+            read_only: read_only || config.read_only,
+            mount,
+            owner,
+            config,
+        };
+        let generation = dev.generation;
+        self.spawn("unlock", true, move |shared| Done::Unlocked {
+            result: jobs::unlock(shared, &job),
+            name: job.name,
+            path: job.path,
+            generation,
+            reply,
+        });
+    }
+
+    fn begin_unlock(
+        &mut self,
+        caller: &Caller,
+        target: &str,
+        owner: Option<&str>,
+        config: &Config,
+    ) -> Result<(String, super::mount::Owner), DaemonError> {
+        if self.shutting_down {
+            return Err(DaemonError::failed(target, "the daemon is shutting down"));
+        }
+        let dev = self
+            .table
+            .find_mut(target)
+            .ok_or_else(|| DaemonError::NoSuchDevice {
+                device: target.into(),
+            })?;
+        let owner = auth::authorize_unlock(caller, &dev.path, &config.allowed_group, owner)?;
+        dev.begin_unlock()?;
+        Ok((dev.name.clone(), owner))
+    }
+
+    /// Checks an unmount request and moves every device it names to Locking; returns the
+    /// sessions to close. All or nothing: one refusal refuses the request.
+    fn begin_unmount(
+        &mut self,
+        caller: &Caller,
+        target: Option<&str>,
+        all: bool,
+    ) -> Result<Vec<(String, u64, String, Session)>, DaemonError> {
+        if self.shutting_down {
+            return Err(DaemonError::failed(
+                target.unwrap_or("unmount"),
+                "the daemon is shutting down and puts every volume away itself",
+            ));
+        }
+        let names: Vec<String> = if all {
+            self.table
+                .devices
+                .values()
+                .filter(|d| {
+                    d.session()
+                        .is_some_and(|s| auth::may_unmount(caller, &s.owner))
+                })
+                .map(|d| d.name.clone())
+                .collect()
+        } else {
+            let target = target.ok_or_else(|| {
+                DaemonError::BadRequest("unmount needs a device, a mountpoint or --all".into())
+            })?;
+            let dev = self
+                .table
+                .find(target)
+                .ok_or_else(|| DaemonError::NoSuchDevice {
+                    device: target.into(),
+                })?;
+            vec![dev.name.clone()]
+        };
+        for name in &names {
+            let dev = &self.table.devices[name];
+            let owner = &dev.closable()?.owner;
+            if !auth::may_unmount(caller, owner) {
+                return Err(DaemonError::NotAuthorized {
+                    device: dev.path.clone(),
+                    why: format!(
+                        "it was unlocked by {}, not by {}",
+                        owner.name,
+                        caller.describe()
+                    ),
+                });
+            }
+        }
+        let mut closes = Vec::new();
+        for name in names {
+            let dev = self.table.devices.get_mut(&name).expect("checked above");
+            let session = dev.begin_close(AfterClose::Locked)?;
+            // Said before the slow part: unmounting may wait for the driver to write.
+            self.shared.emit(EventKind::Changed, dev.info());
+            closes.push((name, dev.generation, dev.path.clone(), session));
+        }
+        Ok(closes)
+    }
+
+    /// Closes the session of a device no longer in the table (or no longer that device).
+    fn close_orphan(&mut self, path: String, session: Session) {
+        self.spawn("clean-up", true, move |_| {
+            let _ = session.close(&path, CloseMode::Vanished);
+            log::info!("{path}: cleaned up after its removal");
+            Done::Finished
+        });
+    }
+
+    /// A job ended: record its result on its device, if that device is still the one it
+    /// started on; otherwise undo what it made.
+    fn finish(&mut self, done: Done) {
+        match done {
+            Done::Probed {
+                name,
+                generation,
+                result,
+            } => {
+                let Some(dev) = self.table.current(&name, generation) else {
+                    return;
+                };
+                if dev.probed(result) == Probed::Settled {
+                    if dev.is_bitlocker() {
+                        log::info!(
+                            "{}: BitLocker volume ({} bytes)",
+                            dev.path,
+                            dev.appearance.partition.size_bytes()
+                        );
+                    } else if let Some(why) = dev.error() {
+                        log::warn!("{why}");
+                    }
+                    self.shared.emit(EventKind::Added, dev.info());
+                }
+            }
+            Done::Unlocked {
+                name,
+                generation,
+                path,
+                result,
+                reply,
+            } => {
+                let answer = self.unlocked(&name, generation, &path, result);
+                match &answer {
+                    Ok(i) => log::info!(
+                        "{}: unlocked{}",
+                        i.device,
+                        i.mountpoint
+                            .as_ref()
+                            .map(|m| format!(", mounted at {m}"))
+                            .unwrap_or_default()
+                    ),
+                    Err(e) => log::warn!("{e}"),
+                }
+                let _ = reply.send(answer);
+            }
+            Done::Closed { closes, reply } => self.closed(closes, reply),
+            Done::Finished => {}
+        }
+    }
+
+    fn unlocked(
+        &mut self,
+        name: &str,
+        generation: u64,
+        path: &str,
+        result: Result<Session, DaemonError>,
+    ) -> Result<DeviceInfo, DaemonError> {
+        let gone = || DaemonError::failed(path, "the drive was removed while unlocking");
+        let Some(dev) = self.table.current(name, generation) else {
+            if let Ok(session) = result {
+                self.close_orphan(path.to_owned(), session);
+            }
+            return Err(gone());
+        };
+        let (orphan, answer) = match result {
+            Ok(session) => {
+                let orphan = dev.unlocked(Ok(session));
+                (orphan, Ok(dev.info()))
+            }
+            Err(e) => (dev.unlocked(Err(&e)), Err(e)),
+        };
+        self.shared.emit(EventKind::Changed, dev.info());
+        match orphan {
+            Some(session) => {
+                self.close_orphan(path.to_owned(), session);
+                Err(gone())
+            }
+            None => answer,
+        }
+    }
+
+    fn closed(&mut self, closes: Vec<Closing>, reply: Option<(Reply<Vec<String>>, bool)>) {
         let mut done = Vec::new();
         let mut first_error = None;
-        for (name, generation, path, session, was) in jobs {
-            let result = self.put_away(&path, session, force);
-            let mut table = self.lock();
-            let dev = table
-                .devices
-                .get_mut(&name)
-                .filter(|d| d.generation == generation);
-            match (result, dev) {
-                (Ok(()), Some(dev)) => {
-                    dev.busy = false;
-                    dev.state = DeviceState::Locked;
-                    dev.error = None;
-                    let info = dev.info();
-                    let disk = super::eject::disk_of(&name);
-                    // Safe to remove once nothing else on the stick is unlocked.
-                    let last = !table.devices.values().any(|d| {
-                        (d.busy || d.session.is_some()) && super::eject::disk_of(&d.name) == disk
-                    });
-                    self.emit(EventKind::Changed, info);
-                    drop(table);
+        for Closing {
+            name,
+            generation,
+            path,
+            result,
+        } in closes
+        {
+            let outcome = match self.table.current(&name, generation) {
+                Some(dev) => {
+                    let outcome = dev.closed(result);
+                    self.shared.emit(EventKind::Changed, dev.info());
+                    outcome
+                }
+                None => result.map_err(|failed| {
+                    let (e, session) = *failed;
+                    Box::new((e, Some(session)))
+                }),
+            };
+            match outcome {
+                Ok(()) => {
                     log::info!("{path}: put away");
-                    if last {
-                        match super::eject::safe_to_remove(&self.paths.dev, &disk, power_off) {
-                            Ok(done) => log::info!("{path}: {done}; it can be removed"),
-                            Err(e) => log::warn!("{path}: {e}"),
-                        }
-                    }
-                    done.push(path);
+                    done.push((name, path));
                 }
-                (Ok(()), None) => done.push(path),
-                (Err(failed), Some(dev)) => {
-                    let (e, session) = *failed;
-                    dev.busy = false;
-                    dev.session = Some(session);
-                    dev.state = was;
-                    let info = dev.info();
-                    self.emit(EventKind::Changed, info);
-                    drop(table);
+                Err(failed) => {
+                    let (e, orphan) = *failed;
                     log::warn!("{e}");
-                    first_error.get_or_insert(e);
-                }
-                (Err(failed), None) => {
-                    let (e, session) = *failed;
-                    drop(table);
-                    self.teardown(&path, session, true);
+                    if let Some(session) = orphan {
+                        self.close_orphan(path, session);
+                    }
                     first_error.get_or_insert(e);
                 }
             }
-            self.settled.notify_all();
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(done),
-        }
-    }
-
-    /// Unmounts the filesystem then stops the engine. On failure hands the session back.
-    fn put_away(
-        &self,
-        device: &str,
-        mut session: Session,
-        force: bool,
-    ) -> Result<(), Box<(DaemonError, Session)>> {
-        if let Some(m) = session.mounted.take() {
-            if let Err(e) = mount::unmount(device, &session.view.decrypted, &m, force) {
-                session.mounted = Some(m);
-                return Err(Box::new((e, session)));
-            }
-        }
-        session.view.stop(device, force);
-        Ok(())
-    }
-
-    /// Cleans up after a device that vanished or whose engine died: lazy unmounts, stop
-    /// the engine, free loop devices, remove directories.
-    fn teardown(&self, device: &str, session: Session, lazy: bool) {
-        if let Some(m) = &session.mounted {
-            if let Err(e) = mount::unmount(device, &session.view.decrypted, m, lazy) {
-                log::warn!("{e}");
-            }
-            self.lock().reserved.remove(&m.mountpoint);
-        }
-        session.view.stop(device, lazy);
-    }
-
-    /// A child exited (SIGCHLD). If it was an engine we supervise and nobody asked it to
-    /// stop, its volume is gone: clean up and say so.
-    pub fn child_exited(&self, pid: Pid, status: ExitStatus) {
-        let mut table = self.lock();
-        let Some(dev) = table.devices.values_mut().find(|d| {
-            !d.busy
-                && d.session
-                    .as_ref()
-                    .is_some_and(|s| s.view.pid() == Some(pid))
-        }) else {
+        let Some((reply, power_off)) = reply else {
             return;
         };
-        let session = dev.session.take().expect("matched above");
-        let engine = session.view.engine.as_str();
-        let path = dev.path.clone();
-        dev.busy = true;
-        drop(table);
-        log::warn!("{path}: the {engine} engine {status} unexpectedly; cleaning up");
-        self.teardown(&path, session, true);
-        let mut table = self.lock();
-        if let Some(dev) = table.devices.values_mut().find(|d| d.path == path) {
-            dev.busy = false;
-            dev.state = DeviceState::Failed;
-            dev.error = Some(format!(
-                "{path}: the unlocked volume went away (the {engine} engine {status})"
-            ));
-            let info = dev.info();
-            self.emit(EventKind::Changed, info);
-            drop(table);
+        // A stick is safe to remove once nothing on it is unlocked.
+        let mut disks: Vec<(String, String)> = done
+            .iter()
+            .map(|(name, path)| (eject::disk_of(name), path.clone()))
+            .filter(|(disk, _)| {
+                !self.table.devices.values().any(|d| {
+                    (d.is_busy() || d.session().is_some()) && eject::disk_of(&d.name) == *disk
+                })
+            })
+            .collect();
+        disks.dedup_by(|a, b| a.0 == b.0);
+        let answer = match first_error {
+            Some(e) => Err(e),
+            None => Ok(done.into_iter().map(|(_, path)| path).collect()),
+        };
+        if disks.is_empty() {
+            let _ = reply.send(answer);
+            return;
         }
-        self.settled.notify_all();
+        self.spawn("eject", true, move |shared| {
+            for (disk, path) in disks {
+                match eject::safe_to_remove(&shared.paths.dev, &disk, power_off) {
+                    Ok(done) => log::info!("{path}: {done}; it can be removed"),
+                    Err(e) => log::warn!("{path}: {e}"),
+                }
+            }
+            let _ = reply.send(answer);
+            Done::Finished
+        });
+    }
+
+    /// A child exited (SIGCHLD). If it was an engine serving a volume and nobody asked it
+    /// to stop, the volume is gone: close what is left and say so.
+    pub fn child_exited(&mut self, pid: Pid, status: ExitStatus) {
+        let Some(dev) = self
+            .table
+            .devices
+            .values_mut()
+            .find(|d| d.session().is_some_and(|s| s.view.pid() == Some(pid)))
+        else {
+            return;
+        };
+        let engine = dev.session().map_or("", |s| s.view.engine.as_str());
+        let why = format!(
+            "{}: the unlocked volume went away (the {engine} engine {status})",
+            dev.path
+        );
+        log::warn!(
+            "{}: the {engine} engine {status} unexpectedly; cleaning up",
+            dev.path
+        );
+        let Ok(session) = dev.begin_close(AfterClose::Failed(why)) else {
+            return;
+        };
+        self.shared.emit(EventKind::Changed, dev.info());
+        let closing = (dev.name.clone(), dev.generation, dev.path.clone(), session);
+        self.spawn("clean-up", true, move |_| Done::Closed {
+            closes: jobs::close_all(vec![closing], CloseMode::Forced),
+            reply: None,
+        });
     }
 
     /// The mount table changed. A volume whose filesystem someone else unmounted (the file
-    /// manager, `umount`, `umount -l`) is put away on a worker, as if we had unmounted it:
-    /// its FUSE driver waited for, loop device detached, engine stopped, directories removed;
-    /// then it is locked again and says so.
-    pub fn mounts_changed(self: &Arc<Self>) {
+    /// manager, `umount`, `umount -l`) is put away as if we had unmounted it: its FUSE
+    /// driver waited for, loop device detached, engine stopped, directories removed.
+    pub fn mounts_changed(&mut self) {
         let mounted: std::collections::HashSet<PathBuf> = super::mounts::mounts()
             .into_iter()
             .map(|m| m.mountpoint)
             .collect();
-        let mut table = self.lock();
-        let gone: Vec<String> = table
+        let gone: Vec<String> = self
+            .table
             .devices
             .values()
-            .filter(|d| !d.busy)
             .filter(|d| {
-                d.session
-                    .as_ref()
+                d.session()
                     .and_then(|s| s.mounted.as_ref())
                     .is_some_and(|m| !mounted.contains(&m.mountpoint))
             })
             .map(|d| d.name.clone())
             .collect();
         for name in gone {
-            let dev = table.devices.get_mut(&name).expect("listed above");
-            let (path, generation) = (dev.path.clone(), dev.generation);
-            // The session goes to the worker only once it runs: if no thread can be had,
-            // it stays here, mounted as far as we know, for the next change to retry.
-            let (tx, rx) = std::sync::mpsc::channel::<Session>();
-            let daemon = Arc::clone(self);
-            let worker_path = path.clone();
-            let spawned = std::thread::Builder::new()
-                .name("guilocker-put-away".into())
-                .spawn(move || {
-                    if let Ok(session) = rx.recv() {
-                        daemon.put_away_unmounted(&name, generation, &worker_path, session);
-                    }
-                });
-            match spawned {
-                Ok(_) => {
-                    log::info!("{path}: unmounted by another program; putting it away");
-                    dev.busy = true;
-                    let session = dev.session.take().expect("filtered above");
-                    let _ = tx.send(session);
-                }
-                Err(e) => log::error!("{path}: cannot start a thread to put it away: {e}"),
-            }
-        }
-    }
-
-    fn put_away_unmounted(&self, name: &str, generation: u64, path: &str, session: Session) {
-        self.teardown(path, session, false);
-        let mut table = self.lock();
-        if let Some(dev) = table
-            .devices
-            .get_mut(name)
-            .filter(|d| d.generation == generation)
-        {
-            dev.busy = false;
-            dev.state = DeviceState::Locked;
-            dev.error = None;
-            let info = dev.info();
-            self.emit(EventKind::Changed, info);
-            drop(table);
-            log::info!("{path}: put away");
-        }
-        self.settled.notify_all();
-    }
-
-    /// On SIGTERM: refuse new work, let running operations finish, put everything away.
-    pub fn shutdown(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut table = self.lock();
-        table.shutting_down = true;
-        while table.devices.values().any(|d| d.busy) && Instant::now() < deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            table = self
-                .settled
-                .wait_timeout(table, left.min(Duration::from_secs(1)))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        let sessions: Vec<(String, Session)> = table
-            .devices
-            .values_mut()
-            .filter_map(|d| d.session.take().map(|s| (d.path.clone(), s)))
-            .collect();
-        drop(table);
-        for (path, session) in sessions {
-            match self.put_away(&path, session, false) {
-                Ok(()) => log::info!("{path}: put away"),
-                Err(failed) => {
-                    let (e, session) = *failed;
-                    log::warn!("{e}; detaching lazily");
-                    self.teardown(&path, session, true);
-                }
-            }
-        }
-    }
-}
-
-/// Makes the engine's mountpoint (0700, root). A stale FUSE mount left by a crashed daemon is
-/// detached first.
-fn prepare_dir(device: &str, dir: &Path) -> Result<(), DaemonError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if let Some(parent) = dir.parent() {
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .recursive(true)
-            .create(parent)
-            .map_err(|e| DaemonError::io(device, "cannot create", parent, e))?;
-    }
-    if super::mounts::mounted_at(dir).is_some() {
-        if !super::mounts::is_dead(dir) {
-            // An engine we do not know (a previous daemon's) still serves it; detaching
-            // it could pull the disk from under a mounted filesystem.
-            return Err(DaemonError::InvalidState {
-                device: device.into(),
-                what: format!(
-                    "is still unlocked by an earlier guilocker ({} is mounted); unmount it first",
-                    dir.display()
-                ),
+            let dev = self.table.devices.get_mut(&name).expect("listed above");
+            let Ok(session) = dev.begin_close(AfterClose::Locked) else {
+                continue;
+            };
+            log::info!(
+                "{}: unmounted by another program; putting it away",
+                dev.path
+            );
+            self.shared.emit(EventKind::Changed, dev.info());
+            let closing = (name, dev.generation, dev.path.clone(), session);
+            self.spawn("put-away", true, move |_| Done::Closed {
+                closes: jobs::close_all(vec![closing], CloseMode::Polite),
+                reply: None,
             });
         }
-        log::warn!("{device}: dead mount at {}; detaching it", dir.display());
-        let _ = mount::unmount_path(dir, true);
     }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(DaemonError::io(device, "cannot create", dir, e)),
+
+    /// On SIGTERM: refuse new work, let running jobs finish, put everything away.
+    pub fn shutdown(&mut self) {
+        self.shutting_down = true;
+        self.wait_for_jobs();
+        let names: Vec<String> = self
+            .table
+            .devices
+            .values()
+            .filter(|d| d.session().is_some())
+            .map(|d| d.name.clone())
+            .collect();
+        for name in names {
+            let dev = self.table.devices.get_mut(&name).expect("listed above");
+            let Ok(session) = dev.begin_close(AfterClose::Locked) else {
+                continue;
+            };
+            self.shared.emit(EventKind::Changed, dev.info());
+            let (generation, path) = (dev.generation, dev.path.clone());
+            self.spawn("put-away", true, move |_| {
+                session.close_or_force(&path);
+                Done::Closed {
+                    closes: vec![Closing {
+                        name,
+                        generation,
+                        path,
+                        result: Ok(()),
+                    }],
+                    reply: None,
+                }
+            });
+        }
+        self.wait_for_jobs();
+    }
+
+    /// At startup: handles messages until the first probes have answered, for at most
+    /// `limit`, so the first clients see every stick that was already plugged in as what
+    /// it is (a stick that hangs is left probing; the loop times it out).
+    pub fn settle(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self
+            .table
+            .devices
+            .values()
+            .any(|d| d.probe_deadline().is_some())
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.inbox.recv_timeout(left) {
+                Some(msg) => self.handle(msg),
+                None => return,
+            }
+        }
+    }
+
+    /// Handles messages until no counted job runs, for at most [`SHUTDOWN_GRACE`].
+    fn wait_for_jobs(&mut self) {
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while self.jobs > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::warn!("{} job(s) still running; stopping anyway", self.jobs);
+                return;
+            }
+            if let Some(msg) = self.inbox.recv_timeout(left) {
+                self.handle(msg);
+            }
+        }
     }
 }

@@ -11,10 +11,13 @@ pub mod bus;
 pub mod core;
 pub mod daemonize;
 pub mod desktop;
+pub mod device;
 pub mod dmcrypt;
 pub mod eject;
 pub mod error;
 pub mod filesystem;
+pub mod jobs;
+pub mod mailbox;
 pub mod mount;
 pub mod mountpoint;
 pub mod mounts;
@@ -22,7 +25,8 @@ pub mod probe;
 pub mod recover;
 pub mod seat;
 pub mod server;
-pub mod state;
+pub mod session;
+pub mod table;
 pub mod unlock;
 pub mod view;
 pub mod watch;
@@ -36,7 +40,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub const DEFAULT_PIDFILE: &str = "/run/guilocker/guilocker.pid";
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/guilocker";
@@ -100,14 +104,14 @@ pub fn run(opts: Options) -> Result<()> {
         Some(r)
     };
     match start(&opts, config, &mut pidfile) {
-        Ok((daemon, listener, signals, uevents)) => {
+        Ok((mut core, listener, signals, uevents)) => {
             if let Some(r) = readiness {
                 r.ready();
             }
             log::info!("listening on {}", opts.socket.display());
-            event_loop(&opts, &daemon, &listener, &signals, uevents.as_ref());
+            event_loop(&opts, &mut core, &listener, &signals, uevents.as_ref());
             log::info!("shutting down: putting every volume away");
-            daemon.shutdown();
+            core.shutdown();
             desktop::announce(&opts.runtime_dir, false);
             drop(listener);
             drop(pidfile);
@@ -124,7 +128,7 @@ pub fn run(opts: Options) -> Result<()> {
 }
 
 type Started = (
-    Arc<core::Daemon>,
+    core::Core,
     server::Listener,
     SignalFd,
     Option<watch::UeventSocket>,
@@ -172,17 +176,16 @@ fn start(opts: &Options, config: Config, pidfile: &mut crate::pidfile::Pidfile) 
     if cleaned > 0 {
         log::warn!("cleaned up {cleaned} volume(s) an earlier guilocker left behind");
     }
-    let daemon = Arc::new(core::Daemon::new(
-        config,
-        core::Paths::new(opts.runtime_dir.clone()),
-    ));
-    daemon.rescan();
-    Ok((daemon, listener, signals, uevents))
+    let mut core = core::Core::new(config, core::Paths::new(opts.runtime_dir.clone()))
+        .context("cannot create the event loop's mailbox")?;
+    core.rescan();
+    core.settle(Duration::from_secs(2));
+    Ok((core, listener, signals, uevents))
 }
 
 fn event_loop(
     opts: &Options,
-    daemon: &Arc<core::Daemon>,
+    core: &mut core::Core,
     listener: &server::Listener,
     signals: &SignalFd,
     uevents: Option<&watch::UeventSocket>,
@@ -200,11 +203,15 @@ fn event_loop(
     };
     let mut last_scan = Instant::now();
     loop {
-        let interval = daemon.config().poll_interval();
-        let until_scan = interval.saturating_sub(last_scan.elapsed());
+        let interval = core.shared.config().poll_interval();
+        let mut wait = interval.saturating_sub(last_scan.elapsed());
+        if let Some(deadline) = core.next_deadline() {
+            wait = wait.min(deadline.saturating_duration_since(Instant::now()));
+        }
         let mut fds = vec![
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(listener.listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(core.inbox_fd(), PollFlags::POLLIN),
         ];
         let uevent_at = uevents.map(|u| {
             fds.push(PollFd::new(u.fd().as_fd(), PollFlags::POLLIN));
@@ -214,7 +221,7 @@ fn event_loop(
             fds.push(PollFd::new(w.fd(), PollFlags::POLLPRI));
             fds.len() - 1
         });
-        let timeout = PollTimeout::try_from(until_scan.as_millis().min(60_000) as i32 + 1)
+        let timeout = PollTimeout::try_from(wait.as_millis().min(60_000) as i32 + 1)
             .unwrap_or(PollTimeout::MAX);
         if let Err(e) = poll(&mut fds, timeout) {
             if e != nix::errno::Errno::EINTR {
@@ -229,25 +236,29 @@ fn event_loop(
         drop(fds);
         let is_ready = |at: Option<usize>| at.is_some_and(|i| ready[i]);
 
+        if ready[2] {
+            core.deliver();
+        }
         if is_ready(uevent_at) && uevents.is_some_and(|u| u.drain()) {
-            daemon.rescan();
+            core.rescan();
             last_scan = Instant::now();
         }
         if last_scan.elapsed() >= interval {
-            daemon.rescan();
+            core.rescan();
             last_scan = Instant::now();
         }
+        core.check_probes(Instant::now());
         if is_ready(mounts_at) {
-            daemon.mounts_changed();
+            core.mounts_changed();
         }
         if ready[1] {
-            server::accept_all(&listener.listener, daemon, &conns);
+            server::accept_all(&listener.listener, &core.shared, &conns);
         }
         if ready[0] {
             while let Ok(Some(info)) = signals.read_signal() {
                 match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGCHLD) => supervise(daemon),
-                    Ok(Signal::SIGHUP) => reload(opts, daemon),
+                    Ok(Signal::SIGCHLD) => supervise(core),
+                    Ok(Signal::SIGHUP) => reload(opts, core),
                     Ok(Signal::SIGTERM | Signal::SIGINT) => return,
                     _ => {}
                 }
@@ -256,25 +267,25 @@ fn event_loop(
     }
 }
 
-/// Reaps every exited child; an engine that died on its own is cleaned up on a worker
-/// thread so the loop keeps listening.
-fn supervise(daemon: &Arc<core::Daemon>) {
+/// Reaps every exited child; an engine that died on its own is cleaned up by a job.
+fn supervise(core: &mut core::Core) {
     for (pid, status) in reaper().reap_all() {
-        let daemon = Arc::clone(daemon);
-        let _ = std::thread::Builder::new()
-            .name("guilocker-reap".into())
-            .spawn(move || daemon.child_exited(pid, status));
+        core.child_exited(pid, status);
     }
 }
 
 /// SIGHUP: load the config again; a bad file keeps the old config.
-fn reload(opts: &Options, daemon: &core::Daemon) {
+fn reload(opts: &Options, core: &mut core::Core) {
     match load_config(opts) {
         Ok(new) => {
             desktop::announce(&opts.runtime_dir, !new.leave_bitlocker_to_desktop);
-            *daemon.config.write().unwrap_or_else(|e| e.into_inner()) = new;
+            *core
+                .shared
+                .config
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = new;
             log::info!("configuration reloaded");
-            daemon.rescan();
+            core.rescan();
         }
         Err(e) => log::error!("{e}; keeping the previous configuration"),
     }

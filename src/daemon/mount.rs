@@ -324,51 +324,49 @@ fn wait_exit(pids: &[i32], timeout: Duration) -> bool {
     true
 }
 
-/// Unmounts the filesystem, waits for its FUSE driver to finish writing, frees the loop
-/// device and removes the directories made for it. `Busy` lists who holds it.
-pub fn unmount(
-    device: &str,
-    decrypted: &Path,
-    m: &MountedFs,
-    force: bool,
-) -> Result<(), DaemonError> {
-    // The FUSE driver holds the decrypted file (or the loop device) open; it must have exited,
-    // everything flushed, before dislocker may go.
-    let driver_source = m
-        .loop_device
-        .as_deref()
-        .map_or(decrypted.to_owned(), PathBuf::from);
-    let drivers = openers(&driver_source);
-    if mounts::mounted_at(&m.mountpoint).is_some() {
-        if let Err(e) = unmount_path(&m.mountpoint, false) {
-            let busy = holders(&m.mountpoint);
-            if !force {
-                if !busy.is_empty() || e.to_string().contains("busy") {
-                    return Err(DaemonError::Busy {
-                        target: m.mountpoint.display().to_string(),
-                        holders: mounts::describe_holders(&busy),
-                    });
+impl MountedFs {
+    /// Unmounts the filesystem, waits for its FUSE driver to finish writing, frees the loop
+    /// device and removes the directories made for it. `Busy` lists who holds it.
+    pub fn unmount(&self, device: &str, decrypted: &Path, force: bool) -> Result<(), DaemonError> {
+        let m = self;
+        // The FUSE driver holds the decrypted file (or the loop device) open; it must have exited,
+        // everything flushed, before dislocker may go.
+        let driver_source = m
+            .loop_device
+            .as_deref()
+            .map_or(decrypted.to_owned(), PathBuf::from);
+        let drivers = openers(&driver_source);
+        if mounts::mounted_at(&m.mountpoint).is_some() {
+            if let Err(e) = unmount_path(&m.mountpoint, false) {
+                let busy = holders(&m.mountpoint);
+                if !force {
+                    if !busy.is_empty() || e.to_string().contains("busy") {
+                        return Err(DaemonError::Busy {
+                            target: m.mountpoint.display().to_string(),
+                            holders: mounts::describe_holders(&busy),
+                        });
+                    }
+                    return Err(step_err(device, "cannot unmount the filesystem")(e));
                 }
-                return Err(step_err(device, "cannot unmount the filesystem")(e));
+                log::warn!("{device}: {e}; detaching lazily");
+                unmount_path(&m.mountpoint, true)
+                    .map_err(step_err(device, "cannot detach the filesystem"))?;
             }
-            log::warn!("{device}: {e}; detaching lazily");
-            unmount_path(&m.mountpoint, true)
-                .map_err(step_err(device, "cannot detach the filesystem"))?;
         }
+        let grace = if force {
+            Duration::from_secs(5)
+        } else {
+            STEP_TIMEOUT
+        };
+        if !wait_exit(&drivers, grace) {
+            log::warn!("{device}: the filesystem driver is still running after unmount");
+        }
+        if let Some(dev) = &m.loop_device {
+            detach_loop(dev);
+        }
+        remove_dirs(&m.made_dirs);
+        Ok(())
     }
-    let grace = if force {
-        Duration::from_secs(5)
-    } else {
-        STEP_TIMEOUT
-    };
-    if !wait_exit(&drivers, grace) {
-        log::warn!("{device}: the filesystem driver is still running after unmount");
-    }
-    if let Some(dev) = &m.loop_device {
-        detach_loop(dev);
-    }
-    remove_dirs(&m.made_dirs);
-    Ok(())
 }
 
 #[cfg(test)]

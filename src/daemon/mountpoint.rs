@@ -1,6 +1,8 @@
 //! Choosing `/media/<owner>/<label>`: the label comes from a stranger's disk.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Longest label we keep, in bytes (NAME_MAX is 255; leave room for a suffix).
 const MAX_LABEL: usize = 64;
@@ -47,9 +49,58 @@ pub fn choose(
     candidate
 }
 
+/// Mountpoints chosen by unlocks whose mount has not happened yet, shared by the workers so
+/// two unlocks of sticks with the same label never pick the same directory.
+#[derive(Default, Clone)]
+pub struct Reservations(Arc<Mutex<HashSet<PathBuf>>>);
+
+/// A chosen mountpoint, held until the mount made its directory (or failed); released on drop.
+pub struct Reserved {
+    pub path: PathBuf,
+    set: Reservations,
+}
+
+impl Reservations {
+    fn set(&self) -> MutexGuard<'_, HashSet<PathBuf>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`choose`], skipping directories that exist or are reserved, and reserves the result.
+    pub fn choose(&self, parent: &Path, label: Option<&str>, uuid: Option<&str>) -> Reserved {
+        let mut set = self.set();
+        let path = choose(parent, label, uuid, |p| p.exists() || set.contains(p));
+        set.insert(path.clone());
+        Reserved {
+            path,
+            set: self.clone(),
+        }
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.set.set().remove(&self.path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reserved_mountpoint_is_not_chosen_twice_until_released() {
+        let parent = Path::new("/nonexistent/guilocker/alice");
+        let r = Reservations::default();
+        let first = r.choose(parent, Some("STICK"), None);
+        let second = r.choose(parent, Some("STICK"), None);
+        assert_eq!(first.path, parent.join("STICK"));
+        assert_eq!(second.path, parent.join("STICK (2)"));
+        drop(first);
+        assert_eq!(
+            r.choose(parent, Some("STICK"), None).path,
+            parent.join("STICK")
+        );
+    }
 
     #[test]
     fn strips_what_could_escape() {

@@ -1,7 +1,7 @@
 //! The control socket: accept, read bounded frames, authorize by SO_PEERCRED, answer.
 
 use super::auth::Caller;
-use super::core::Daemon;
+use super::core::Shared as Daemon;
 use super::error::DaemonError;
 use crate::protocol::{read_frame, write_frame, ErrorKind, FrameError, Request, Response, VERSION};
 use std::collections::HashMap;
@@ -179,9 +179,7 @@ fn handle(daemon: &Daemon, caller: &Caller, request: Request) -> Response {
                 message: format!("client speaks protocol {version}, this daemon speaks {VERSION}"),
             }
         }
-        Request::Status => Ok(Response::Status {
-            devices: daemon.status(),
-        }),
+        Request::Status => daemon.status().map(|devices| Response::Status { devices }),
         Request::Unlock {
             device,
             secret,
@@ -189,7 +187,7 @@ fn handle(daemon: &Daemon, caller: &Caller, request: Request) -> Response {
             mount,
             owner,
         } => daemon
-            .unlock(caller, &device, &secret, read_only, mount, owner.as_deref())
+            .unlock(caller, &device, secret, read_only, mount, owner)
             .map(|device| Response::Unlocked { device }),
         Request::Unmount {
             target,

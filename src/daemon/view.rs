@@ -133,6 +133,18 @@ impl View {
         }
     }
 
+    /// A view with nothing behind it, for the state machine's tests.
+    #[cfg(test)]
+    pub fn unserved(decrypted: &str) -> Self {
+        Self {
+            backend: Backend::Mapping {
+                name: String::new(),
+            },
+            decrypted: decrypted.into(),
+            engine: Engine::DmCrypt,
+        }
+    }
+
     /// The engine's process, when the view has one (dm-crypt has none).
     pub fn pid(&self) -> Option<Pid> {
         match &self.backend {

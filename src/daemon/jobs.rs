@@ -1,0 +1,134 @@
+//! The slow parts, run on worker threads: starting a volume's view and mounting it, closing
+//! sessions. They see no device table; what they make goes back to the loop in a
+//! [`super::core::Done`].
+
+use super::core::{Closing, Shared, UnlockJob};
+use super::error::DaemonError;
+use super::filesystem;
+use super::mount;
+use super::session::{CloseMode, Session};
+use super::view::{self, View};
+use std::path::Path;
+
+/// Starts the view (the engine, or the dm-crypt mapping), then, when asked, mounts the
+/// filesystem inside for its owner. On failure, what was started is stopped again.
+pub fn unlock(shared: &Shared, job: &UnlockJob) -> Result<Session, DaemonError> {
+    let dir = shared.paths.view_dir(&job.name);
+    prepare_dir(&job.path, &dir)?;
+    let started = View::start(&view::Request {
+        device: &job.path,
+        name: &job.name,
+        secret: &job.secret,
+        metadata: job.metadata.as_deref(),
+        dir: &dir,
+        read_only: job.read_only,
+        choice: job.config.engine,
+    });
+    let view = match started {
+        Ok(v) => v,
+        Err(e) => {
+            mount::remove_dirs(&[dir]);
+            return Err(e);
+        }
+    };
+    log::info!(
+        "{}: decrypted by the {} engine",
+        job.path,
+        view.engine.as_str()
+    );
+    let fs = match filesystem::identify(&view.decrypted) {
+        Ok(fs) => fs,
+        Err(e) => {
+            log::warn!("{}: cannot read the decrypted view: {e}", job.path);
+            None
+        }
+    };
+    let mut session = Session {
+        view,
+        owner: job.owner.clone(),
+        fs: fs.clone(),
+        mounted: None,
+        read_only: job.read_only,
+    };
+    if !job.mount {
+        return Ok(session);
+    }
+    let Some(fs) = fs else {
+        let _ = session.close(&job.path, CloseMode::Polite);
+        return Err(DaemonError::CannotOpen {
+            device: job.path.clone(),
+            cause:
+                "no NTFS, exFAT or FAT filesystem inside; use --no-mount to get the decrypted view"
+                    .into(),
+        });
+    };
+    let parent = job.config.mount_root.join(&job.owner.name);
+    // Held until the mount made the directory, so no other unlock picks it meanwhile.
+    let reserved = shared
+        .reservations
+        .choose(&parent, fs.label.as_deref(), fs.uuid.as_deref());
+    let mounted = mount::mount(
+        &job.path,
+        &session.view.decrypted,
+        &fs,
+        &reserved.path,
+        &job.owner,
+        job.read_only,
+        &job.config,
+    );
+    drop(reserved);
+    match mounted {
+        Ok(m) => {
+            session.mounted = Some(m);
+            Ok(session)
+        }
+        Err(e) => {
+            let _ = session.close(&job.path, CloseMode::Polite);
+            Err(e)
+        }
+    }
+}
+
+/// Closes sessions one after the other, each reporting its own result.
+pub fn close_all(sessions: Vec<(String, u64, String, Session)>, mode: CloseMode) -> Vec<Closing> {
+    sessions
+        .into_iter()
+        .map(|(name, generation, path, session)| Closing {
+            result: session.close(&path, mode),
+            name,
+            generation,
+            path,
+        })
+        .collect()
+}
+
+fn prepare_dir(device: &str, dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(parent)
+            .map_err(|e| DaemonError::io(device, "cannot create", parent, e))?;
+    }
+    if super::mounts::mounted_at(dir).is_some() {
+        if !super::mounts::is_dead(dir) {
+            // An engine we do not know (a previous daemon's) still serves it; detaching
+            // it could pull the disk from under a mounted filesystem.
+            return Err(DaemonError::InvalidState {
+                device: device.into(),
+                what: format!(
+                    "is still unlocked by an earlier guilocker ({} is mounted); unmount it first",
+                    dir.display()
+                ),
+            });
+        }
+        log::warn!("{device}: dead mount at {}; detaching it", dir.display());
+        let _ = mount::unmount_path(dir, true);
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(DaemonError::io(device, "cannot create", dir, e)),
+    }
+}
