@@ -9,7 +9,7 @@
 
 use super::auth::{self, Caller};
 use super::bus::Bus;
-use super::device::{AfterClose, Device, Probed};
+use super::device::{AfterClose, Device, Phase, Probed};
 use super::error::DaemonError;
 use super::mailbox::{Inbox, Mailbox};
 use super::mountpoint::Reservations;
@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::process::ExitStatus;
 use crate::protocol::{DeviceInfo, EventKind, UnlockSecret};
 use nix::unistd::Pid;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, RwLock};
@@ -30,9 +31,6 @@ use std::time::{Duration, Instant};
 
 /// Under the runtime dir: one FUSE mountpoint per unlocked volume.
 pub const VIEWS_DIR: &str = "views";
-
-/// How long shutdown waits for running jobs, then for the closes it starts.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 
 /// Where the daemon looks and writes; tests point these elsewhere.
 #[derive(Debug, Clone)]
@@ -72,6 +70,8 @@ pub enum Ask {
     Unlock(Box<UnlockAsk>),
     Unmount {
         caller: Caller,
+        /// The caller's name, for refusals.
+        caller_name: String,
         target: Option<String>,
         all: bool,
         force: bool,
@@ -81,12 +81,14 @@ pub enum Ask {
 }
 
 pub struct UnlockAsk {
-    pub caller: Caller,
+    /// Who asked, for the log.
+    pub asked_by: String,
+    /// Who it is unlocked for: authorized already, on the connection's thread.
+    pub owner: super::mount::Owner,
     pub target: String,
     pub secret: UnlockSecret,
     pub read_only: bool,
     pub mount: bool,
-    pub owner: Option<String>,
     pub reply: Reply<DeviceInfo>,
 }
 
@@ -123,10 +125,22 @@ pub struct Closing {
     pub result: Result<(), Box<(DaemonError, Session)>>,
 }
 
+/// Which devices a job works for, so its end is accounted for even if it panics.
+#[derive(Clone)]
+pub enum For {
+    /// A probe: it holds nothing, and is not waited for at shutdown (one may hang for as
+    /// long as a dying stick makes it).
+    Probe,
+    /// The devices (name, generation) whose sessions the job holds or makes; none for a
+    /// job that only answers a client (an eject).
+    Devices(Vec<(String, u64)>),
+}
+
 #[allow(clippy::large_enum_variant)]
 pub enum Msg {
     Ask(Ask),
-    Done(Done),
+    /// A job ended: what it reports, or `None` if it panicked.
+    Done(For, Option<Done>),
 }
 
 /// What connection threads and jobs share with the loop: nothing of the device table.
@@ -151,7 +165,7 @@ impl Shared {
     /// Sends an ask to the loop and waits for its answer.
     fn ask<T>(&self, about: &str, make: impl FnOnce(Reply<T>) -> Ask) -> Result<T, DaemonError> {
         let (reply, answer) = channel();
-        let stopping = || DaemonError::failed(about, "the daemon is shutting down");
+        let stopping = || DaemonError::failed(about, "the daemon stopped before it could answer");
         if !self.mailbox.post(Msg::Ask(make(reply))) {
             return Err(stopping());
         }
@@ -181,19 +195,19 @@ impl Shared {
         owner: Option<String>,
     ) -> Result<DeviceInfo, DaemonError> {
         let config = self.config();
-        // Here, not on the loop: this may wait on logind. Callers outside the group are
-        // refused for that by the loop.
-        if config.require_active_session && auth::in_allowed_group(caller, &config.allowed_group) {
+        // Here, not on the loop: the user database and logind may be slow to answer.
+        let owner = auth::authorize_unlock(caller, target, &config.allowed_group, owner.as_deref())?;
+        if config.require_active_session {
             self.seat.authorize(caller, target)?;
         }
         self.ask(target, |reply| {
             Ask::Unlock(Box::new(UnlockAsk {
-                caller: *caller,
+                asked_by: caller.describe(),
+                owner,
                 target: target.into(),
                 secret,
                 read_only,
                 mount,
-                owner,
                 reply,
             }))
         })
@@ -210,6 +224,7 @@ impl Shared {
     ) -> Result<Vec<String>, DaemonError> {
         self.ask(target.unwrap_or("unmount"), |reply| Ask::Unmount {
             caller: *caller,
+            caller_name: caller.describe(),
             target: target.map(str::to_owned),
             all,
             force,
@@ -226,14 +241,22 @@ impl Shared {
     }
 }
 
+/// Runs a job; `None` if it panicked (the panic is logged by the panic hook).
+fn run_job<F: FnOnce(&Shared) -> Done>(job: F, shared: &Shared) -> Option<Done> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(shared))).ok()
+}
+
 /// The loop's side: the device table and the jobs running for it.
 pub struct Core {
     pub shared: Arc<Shared>,
     table: Table,
     inbox: Inbox<Msg>,
-    /// Jobs that hold or make a session, or answer someone (not probes: they hold
-    /// nothing, and one may hang for as long as a dying stick makes it).
+    /// Jobs running, except probes: shutdown waits for them.
     jobs: usize,
+    /// Jobs running per device name, including those for a device since unplugged: a
+    /// re-plugged stick is not unlocked while its predecessor's view is still being closed
+    /// (they share the view directory and the mapping name).
+    held: HashMap<String, usize>,
     shutting_down: bool,
 }
 
@@ -264,6 +287,7 @@ impl Core {
             table: Table::default(),
             inbox,
             jobs: 0,
+            held: HashMap::new(),
             shutting_down: false,
         })
     }
@@ -281,46 +305,92 @@ impl Core {
     }
 
     fn handle(&mut self, msg: Msg) {
-        match msg {
-            Msg::Ask(ask) => self.answer(ask),
-            Msg::Done(done) => {
-                if !matches!(done, Done::Probed { .. }) {
-                    self.jobs -= 1;
-                }
+        let Msg::Done(of, done) = msg else {
+            if let Msg::Ask(ask) = msg {
+                self.answer(ask);
+            }
+            return;
+        };
+        let For::Devices(devices) = of else {
+            if let Some(done) = done {
                 self.finish(done);
             }
+            return;
+        };
+        self.jobs -= 1;
+        for (name, _) in &devices {
+            if let Some(n) = self.held.get_mut(name) {
+                *n -= 1;
+                if *n == 0 {
+                    self.held.remove(name);
+                }
+            }
+        }
+        match done {
+            Some(done) => self.finish(done),
+            None => self.job_panicked(&devices),
+        }
+        // A session may have come back (a refused close) or been made (an unlock) while
+        // its engine died or its filesystem was unmounted: neither is reported twice.
+        self.recheck();
+        if self.shutting_down {
+            self.put_away_all();
         }
     }
 
-    /// Runs `job` on a worker; what it returns comes back to [`Self::finish`]. `counted`
-    /// jobs are waited for at shutdown.
-    fn spawn<F>(&mut self, what: &str, counted: bool, job: F)
+    /// Runs `job` on a worker; what it returns comes back to [`Self::finish`].
+    fn spawn<F>(&mut self, what: &str, of: For, job: F)
     where
         F: FnOnce(&Shared) -> Done + Send + 'static,
     {
-        if counted {
+        if let For::Devices(devices) = &of {
             self.jobs += 1;
+            for (name, _) in devices {
+                *self.held.entry(name.clone()).or_default() += 1;
+            }
         }
         let shared = Arc::clone(&self.shared);
         // The job moves to the thread only once the thread exists: if none can be had, it
-        // runs here rather than being lost with whatever it holds.
+        // runs here rather than being lost with whatever it holds (a probe is not run here:
+        // it could hang the loop; it times out instead).
         let (hand, take) = channel::<F>();
+        let of_thread = of.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("guilocker-{what}"))
             .spawn(move || {
                 if let Ok(job) = take.recv() {
-                    let done = job(&shared);
-                    shared.mailbox.post(Msg::Done(done));
+                    let done = run_job(job, &shared);
+                    shared.mailbox.post(Msg::Done(of_thread, done));
                 }
             });
         match spawned {
             Ok(_) => {
                 let _ = hand.send(job);
             }
+            Err(e) if matches!(of, For::Probe) => {
+                log::error!("cannot start a thread to {what}: {e}");
+            }
             Err(e) => {
                 log::error!("cannot start a thread to {what}: {e}; doing it on the main thread");
-                let done = job(&self.shared);
-                self.handle(Msg::Done(done));
+                let done = run_job(job, &self.shared);
+                self.handle(Msg::Done(of, done));
+            }
+        }
+    }
+
+    /// A job panicked (a bug): its devices cannot be trusted to be in any state, and what it
+    /// held is lost. Say so rather than leave them busy for ever.
+    fn job_panicked(&mut self, devices: &[(String, u64)]) {
+        for (name, generation) in devices {
+            if let Some(dev) = self.table.current(name, *generation) {
+                let why = format!(
+                    "{}: an internal error stopped the operation; unplug the drive and plug it in again",
+                    dev.path
+                );
+                log::error!("{why}");
+                if dev.job_lost(why) {
+                    self.shared.emit(EventKind::Changed, dev.info());
+                }
             }
         }
     }
@@ -352,9 +422,9 @@ impl Core {
                 continue;
             };
             self.shared.emit(EventKind::Removed, dev.info());
-            if let super::device::Phase::Unlocked(session) = dev.phase {
+            if let Phase::Unlocked(session) = dev.phase {
                 log::warn!("{}: removed while unlocked; cleaning up", dev.path);
-                self.close_orphan(dev.path, *session);
+                self.close_orphan(&dev.name, dev.generation, dev.path, *session);
             }
         }
         for appearance in diff.added {
@@ -379,7 +449,7 @@ impl Core {
             })
             .collect();
         for (name, generation, path) in due {
-            self.spawn("probe", false, move |_| Done::Probed {
+            self.spawn("probe", For::Probe, move |_| Done::Probed {
                 result: probe::probe(path.as_ref()),
                 name,
                 generation,
@@ -417,19 +487,21 @@ impl Core {
             Ask::Unlock(ask) => self.unlock(*ask),
             Ask::Unmount {
                 caller,
+                caller_name,
                 target,
                 all,
                 force,
                 power_off,
                 reply,
-            } => match self.begin_unmount(&caller, target.as_deref(), all) {
+            } => match self.begin_unmount(&caller, &caller_name, target.as_deref(), all) {
                 Ok(closes) => {
                     let mode = if force {
                         CloseMode::Forced
                     } else {
                         CloseMode::Polite
                     };
-                    self.spawn("unmount", true, move |_| Done::Closed {
+                    let of = For::Devices(closes.iter().map(|c| (c.0.clone(), c.1)).collect());
+                    self.spawn("unmount", of, move |_| Done::Closed {
                         closes: jobs::close_all(closes, mode),
                         reply: Some((reply, power_off)),
                     });
@@ -449,7 +521,7 @@ impl Core {
                 device: target.into(),
             })?;
         match (&dev.phase, &dev.metadata) {
-            (super::device::Phase::Probing { .. }, _) => Err(DaemonError::InvalidState {
+            (Phase::Probing { .. }, _) => Err(DaemonError::InvalidState {
                 device: dev.path.clone(),
                 what: "still being examined; try again in a moment".into(),
             }),
@@ -466,29 +538,28 @@ impl Core {
 
     fn unlock(&mut self, ask: UnlockAsk) {
         let UnlockAsk {
-            caller,
+            asked_by,
+            owner,
             target,
             secret,
             read_only,
             mount,
-            owner,
             reply,
         } = ask;
-        let config = self.shared.config();
-        let (name, owner) = match self.begin_unlock(&caller, &target, owner.as_deref(), &config) {
-            Ok(begun) => begun,
+        let name = match self.begin_unlock(&target) {
+            Ok(name) => name,
             Err(e) => {
                 let _ = reply.send(Err(e));
                 return;
             }
         };
+        let config = self.shared.config();
         let dev = &self.table.devices[&name];
         log::info!(
-            "{}: unlocking with {} for {} (asked by {})",
+            "{}: unlocking with {} for {} (asked by {asked_by})",
             dev.path,
             secret.method(),
             owner.name,
-            caller.describe()
         );
         self.shared.emit(EventKind::Changed, dev.info());
         let job = UnlockJob {
@@ -502,7 +573,8 @@ impl Core {
             config,
         };
         let generation = dev.generation;
-        self.spawn("unlock", true, move |shared| Done::Unlocked {
+        let of = For::Devices(vec![(name, generation)]);
+        self.spawn("unlock", of, move |shared| Done::Unlocked {
             result: jobs::unlock(shared, &job),
             name: job.name,
             path: job.path,
@@ -511,25 +583,28 @@ impl Core {
         });
     }
 
-    fn begin_unlock(
-        &mut self,
-        caller: &Caller,
-        target: &str,
-        owner: Option<&str>,
-        config: &Config,
-    ) -> Result<(String, super::mount::Owner), DaemonError> {
+    /// Moves the device `target` names to Unlocking; returns its name.
+    fn begin_unlock(&mut self, target: &str) -> Result<String, DaemonError> {
         if self.shutting_down {
             return Err(DaemonError::failed(target, "the daemon is shutting down"));
         }
         let dev = self
             .table
-            .find_mut(target)
+            .find(target)
             .ok_or_else(|| DaemonError::NoSuchDevice {
                 device: target.into(),
             })?;
-        let owner = auth::authorize_unlock(caller, &dev.path, &config.allowed_group, owner)?;
+        let name = dev.name.clone();
+        if self.held.contains_key(&name) && !dev.is_busy() {
+            return Err(DaemonError::InvalidState {
+                device: dev.path.clone(),
+                what: "is still being cleaned up after it was unplugged; try again in a moment"
+                    .into(),
+            });
+        }
+        let dev = self.table.devices.get_mut(&name).expect("found above");
         dev.begin_unlock()?;
-        Ok((dev.name.clone(), owner))
+        Ok(name)
     }
 
     /// Checks an unmount request and moves every device it names to Locking; returns the
@@ -537,6 +612,7 @@ impl Core {
     fn begin_unmount(
         &mut self,
         caller: &Caller,
+        caller_name: &str,
         target: Option<&str>,
         all: bool,
     ) -> Result<Vec<(String, u64, String, Session)>, DaemonError> {
@@ -574,11 +650,7 @@ impl Core {
             if !auth::may_unmount(caller, owner) {
                 return Err(DaemonError::NotAuthorized {
                     device: dev.path.clone(),
-                    why: format!(
-                        "it was unlocked by {}, not by {}",
-                        owner.name,
-                        caller.describe()
-                    ),
+                    why: format!("it was unlocked by {}, not by {caller_name}", owner.name),
                 });
             }
         }
@@ -594,8 +666,9 @@ impl Core {
     }
 
     /// Closes the session of a device no longer in the table (or no longer that device).
-    fn close_orphan(&mut self, path: String, session: Session) {
-        self.spawn("clean-up", true, move |_| {
+    fn close_orphan(&mut self, name: &str, generation: u64, path: String, session: Session) {
+        let of = For::Devices(vec![(name.to_owned(), generation)]);
+        self.spawn("clean-up", of, move |_| {
             let _ = session.close(&path, CloseMode::Vanished);
             log::info!("{path}: cleaned up after its removal");
             Done::Finished
@@ -663,7 +736,7 @@ impl Core {
         let gone = || DaemonError::failed(path, "the drive was removed while unlocking");
         let Some(dev) = self.table.current(name, generation) else {
             if let Ok(session) = result {
-                self.close_orphan(path.to_owned(), session);
+                self.close_orphan(name, generation, path.to_owned(), session);
             }
             return Err(gone());
         };
@@ -677,7 +750,7 @@ impl Core {
         self.shared.emit(EventKind::Changed, dev.info());
         match orphan {
             Some(session) => {
-                self.close_orphan(path.to_owned(), session);
+                self.close_orphan(name, generation, path.to_owned(), session);
                 Err(gone())
             }
             None => answer,
@@ -686,6 +759,8 @@ impl Core {
 
     fn closed(&mut self, closes: Vec<Closing>, reply: Option<(Reply<Vec<String>>, bool)>) {
         let mut done = Vec::new();
+        // Devices put away that are still the ones unmounted: only their sticks are ejected.
+        let mut present = Vec::new();
         let mut first_error = None;
         for Closing {
             name,
@@ -698,6 +773,9 @@ impl Core {
                 Some(dev) => {
                     let outcome = dev.closed(result);
                     self.shared.emit(EventKind::Changed, dev.info());
+                    if outcome.is_ok() {
+                        present.push((name.clone(), path.clone()));
+                    }
                     outcome
                 }
                 None => result.map_err(|failed| {
@@ -708,13 +786,13 @@ impl Core {
             match outcome {
                 Ok(()) => {
                     log::info!("{path}: put away");
-                    done.push((name, path));
+                    done.push(path);
                 }
                 Err(failed) => {
                     let (e, orphan) = *failed;
                     log::warn!("{e}");
                     if let Some(session) = orphan {
-                        self.close_orphan(path, session);
+                        self.close_orphan(&name, generation, path, session);
                     }
                     first_error.get_or_insert(e);
                 }
@@ -724,7 +802,7 @@ impl Core {
             return;
         };
         // A stick is safe to remove once nothing on it is unlocked.
-        let mut disks: Vec<(String, String)> = done
+        let mut disks: Vec<(String, String)> = present
             .iter()
             .map(|(name, path)| (eject::disk_of(name), path.clone()))
             .filter(|(disk, _)| {
@@ -736,13 +814,13 @@ impl Core {
         disks.dedup_by(|a, b| a.0 == b.0);
         let answer = match first_error {
             Some(e) => Err(e),
-            None => Ok(done.into_iter().map(|(_, path)| path).collect()),
+            None => Ok(done),
         };
         if disks.is_empty() {
             let _ = reply.send(answer);
             return;
         }
-        self.spawn("eject", true, move |shared| {
+        self.spawn("eject", For::Devices(Vec::new()), move |shared| {
             for (disk, path) in disks {
                 match eject::safe_to_remove(&shared.paths.dev, &disk, power_off) {
                     Ok(done) => log::info!("{path}: {done}; it can be removed"),
@@ -757,12 +835,19 @@ impl Core {
     /// A child exited (SIGCHLD). If it was an engine serving a volume and nobody asked it
     /// to stop, the volume is gone: close what is left and say so.
     pub fn child_exited(&mut self, pid: Pid, status: ExitStatus) {
-        let Some(dev) = self
+        let name = self
             .table
             .devices
-            .values_mut()
+            .values()
             .find(|d| d.session().is_some_and(|s| s.view.pid() == Some(pid)))
-        else {
+            .map(|d| d.name.clone());
+        if let Some(name) = name {
+            self.engine_died(&name, status);
+        }
+    }
+
+    fn engine_died(&mut self, name: &str, status: ExitStatus) {
+        let Some(dev) = self.table.devices.get_mut(name) else {
             return;
         };
         let engine = dev.session().map_or("", |s| s.view.engine.as_str());
@@ -779,20 +864,44 @@ impl Core {
         };
         self.shared.emit(EventKind::Changed, dev.info());
         let closing = (dev.name.clone(), dev.generation, dev.path.clone(), session);
-        self.spawn("clean-up", true, move |_| Done::Closed {
-            closes: jobs::close_all(vec![closing], CloseMode::Forced),
+        let of = For::Devices(vec![(closing.0.clone(), closing.1)]);
+        // Nothing is left to write to: the volume's engine is gone.
+        self.spawn("clean-up", of, move |_| Done::Closed {
+            closes: jobs::close_all(vec![closing], CloseMode::Vanished),
             reply: None,
         });
+    }
+
+    /// Looks again at every unlocked volume: one whose engine exited, or whose filesystem
+    /// was unmounted, while a job held it was not noticed then.
+    fn recheck(&mut self) {
+        let dead: Vec<(String, ExitStatus)> = self
+            .table
+            .devices
+            .values()
+            .filter_map(|d| {
+                let status = d.session()?.view.exited()?;
+                Some((d.name.clone(), status))
+            })
+            .collect();
+        for (name, status) in dead {
+            self.engine_died(&name, status);
+        }
+        self.mounts_changed();
     }
 
     /// The mount table changed. A volume whose filesystem someone else unmounted (the file
     /// manager, `umount`, `umount -l`) is put away as if we had unmounted it: its FUSE
     /// driver waited for, loop device detached, engine stopped, directories removed.
     pub fn mounts_changed(&mut self) {
-        let mounted: std::collections::HashSet<PathBuf> = super::mounts::mounts()
-            .into_iter()
-            .map(|m| m.mountpoint)
-            .collect();
+        let mounted: std::collections::HashSet<PathBuf> = match super::mounts::try_mounts() {
+            Ok(mounts) => mounts.into_iter().map(|m| m.mountpoint).collect(),
+            // Not "nothing is mounted": that would put every volume away.
+            Err(e) => {
+                log::warn!("cannot read the mount table: {e}");
+                return;
+            }
+        };
         let gone: Vec<String> = self
             .table
             .devices
@@ -815,17 +924,16 @@ impl Core {
             );
             self.shared.emit(EventKind::Changed, dev.info());
             let closing = (name, dev.generation, dev.path.clone(), session);
-            self.spawn("put-away", true, move |_| Done::Closed {
+            let of = For::Devices(vec![(closing.0.clone(), closing.1)]);
+            self.spawn("put-away", of, move |_| Done::Closed {
                 closes: jobs::close_all(vec![closing], CloseMode::Polite),
                 reply: None,
             });
         }
     }
 
-    /// On SIGTERM: refuse new work, let running jobs finish, put everything away.
-    pub fn shutdown(&mut self) {
-        self.shutting_down = true;
-        self.wait_for_jobs();
+    /// Starts closing every unlocked volume (politely, then whatever it takes).
+    fn put_away_all(&mut self) {
         let names: Vec<String> = self
             .table
             .devices
@@ -840,7 +948,8 @@ impl Core {
             };
             self.shared.emit(EventKind::Changed, dev.info());
             let (generation, path) = (dev.generation, dev.path.clone());
-            self.spawn("put-away", true, move |_| {
+            let of = For::Devices(vec![(name.clone(), generation)]);
+            self.spawn("put-away", of, move |_| {
                 session.close_or_force(&path);
                 Done::Closed {
                     closes: vec![Closing {
@@ -853,7 +962,6 @@ impl Core {
                 }
             });
         }
-        self.wait_for_jobs();
     }
 
     /// At startup: handles messages until the first probes have answered, for at most
@@ -875,17 +983,16 @@ impl Core {
         }
     }
 
-    /// Handles messages until no counted job runs, for at most [`SHUTDOWN_GRACE`].
-    fn wait_for_jobs(&mut self) {
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
+    /// On SIGTERM: refuse new work, put every volume away, including those a running job
+    /// hands back, and wait until every job has ended. Each step of a job has its own
+    /// timeout; the service manager's stop timeout bounds the whole.
+    pub fn shutdown(&mut self) {
+        self.shutting_down = true;
+        self.put_away_all();
         while self.jobs > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                log::warn!("{} job(s) still running; stopping anyway", self.jobs);
-                return;
-            }
-            if let Some(msg) = self.inbox.recv_timeout(left) {
-                self.handle(msg);
+            match self.inbox.recv_timeout(Duration::from_secs(10)) {
+                Some(msg) => self.handle(msg),
+                None => log::info!("waiting for {} operation(s) to finish", self.jobs),
             }
         }
     }

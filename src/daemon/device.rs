@@ -7,14 +7,21 @@
 //!
 //! ```text
 //!  Probing ──probed──▶ Plain | Unreadable(why) | Locked
-//!  Probing ──no node yet──▶ Probing (again at the next scan, up to 5 times) ──▶ Unreadable
-//!  Probing ──no answer within PROBE_TIMEOUT──▶ Unreadable
+//!  Probing ──no node yet──▶ Probing (probed again at the next scan; 5 probes in all,
+//!                                    then Unreadable)
+//!  Probing ──no answer within PROBE_TIMEOUT──▶ Unreadable (final until re-plugged: a late
+//!                                              answer is ignored)
 //!  Locked | Failed ──begin_unlock──▶ Unlocking ──unlocked──▶ Unlocked(session)
-//!                                              ──refused──▶ Locked(why) | Failed(why)
+//!                                  ──refused (wrong key, cannot open)──▶ Locked(why)
+//!                                  ──failed otherwise──▶ Failed(why)
 //!  Unlocked ──begin_close──▶ Locking ──closed──▶ Locked | Failed(why)   (the engine died)
-//!                                    ──refused (busy)──▶ Unlocked(session)
-//!  any ──unplugged──▶ removed from the table; its session, if any, closed as vanished
+//!                                    ──refused (a polite close failed)──▶ Unlocked(session)
+//!  Unlocking | Locking ──its job panicked──▶ Failed(why)
+//!  any ──unplugged──▶ removed from the table. An Unlocked session is closed as vanished; a
+//!        job under way finishes, and what it hands back for the gone device is closed so.
 //! ```
+//! A result for a phase that does not expect it (`unlocked` when not Unlocking, `closed`
+//! when not Locking) changes nothing and hands its session back to be closed.
 
 use super::error::DaemonError;
 use super::probe::{Probe, ProbeError};
@@ -321,6 +328,16 @@ impl Device {
                 Err(Box::new((e, None)))
             }
         }
+    }
+
+    /// The job working on this device ended without a result (it panicked): Unlocking or
+    /// Locking become Failed. True if the device changed.
+    pub fn job_lost(&mut self, why: String) -> bool {
+        if !self.is_busy() {
+            return false;
+        }
+        self.phase = Phase::Failed(why);
+        true
     }
 
     pub fn session(&self) -> Option<&Session> {
@@ -664,6 +681,17 @@ mod tests {
         let (_, orphan) = *d.closed(Err(failed)).unwrap_err();
         assert!(orphan.is_some());
         assert_eq!(d.wire_state(), DeviceState::Locked);
+    }
+
+    #[test]
+    fn a_lost_job_fails_a_busy_device_only() {
+        let mut d = locked();
+        assert!(!d.job_lost("x".into()));
+        assert_eq!(d.wire_state(), DeviceState::Locked);
+        d.begin_unlock().unwrap();
+        assert!(d.job_lost("/dev/loop0p1: an internal error".into()));
+        assert_eq!(d.wire_state(), DeviceState::Failed);
+        assert!(d.begin_unlock().is_ok(), "and it may be tried again");
     }
 
     #[test]

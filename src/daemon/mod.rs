@@ -79,6 +79,9 @@ fn raise_fd_limit() {
 
 pub fn run(opts: Options) -> Result<()> {
     crate::logging::init();
+    // A panic in a job is caught and reported on the device; its cause goes to the log
+    // (stderr is /dev/null once detached).
+    std::panic::set_hook(Box::new(|info| log::error!("internal error: {info}")));
     raise_fd_limit();
     let config = load_config(&opts)?;
     if !auth::group_exists(&config.allowed_group) {

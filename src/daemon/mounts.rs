@@ -59,10 +59,13 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
         .collect()
 }
 
+pub fn try_mounts() -> std::io::Result<Vec<Mount>> {
+    std::fs::read_to_string(MOUNTINFO).map(|t| parse_mountinfo(&t))
+}
+
+/// The mount table, or nothing if it cannot be read (for questions about one path).
 pub fn mounts() -> Vec<Mount> {
-    std::fs::read_to_string(MOUNTINFO)
-        .map(|t| parse_mountinfo(&t))
-        .unwrap_or_default()
+    try_mounts().unwrap_or_default()
 }
 
 /// The filesystem type mounted at `path`, if any.

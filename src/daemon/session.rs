@@ -37,42 +37,38 @@ pub enum CloseMode {
     /// On request: unmount and wait for the driver to write everything; if the filesystem
     /// is in use, refuse and hand the session back untouched.
     Polite,
-    /// `--force`, a dead engine, or shutdown after a polite close was refused: what cannot
-    /// be unmounted now is detached lazily and goes once its last user lets go.
+    /// `--force`: what cannot be unmounted now is detached lazily and goes once its last
+    /// user lets go; only if even that fails is the session handed back.
     Forced,
-    /// The device is gone: nothing can be written any more; detach everything.
+    /// The device or its engine is gone: nothing can be written any more; detach
+    /// everything, whatever fails.
     Vanished,
-}
-
-impl CloseMode {
-    fn lazy(self) -> bool {
-        self != Self::Polite
-    }
 }
 
 impl Session {
     /// Unmounts the filesystem (driver waited for, loop device freed, directories removed),
-    /// then stops the engine. Only a polite close can fail, and then nothing was undone.
+    /// then stops the engine. A refused close has undone nothing.
     pub fn close(mut self, device: &str, mode: CloseMode) -> Result<(), Box<(DaemonError, Self)>> {
+        let lazy = mode != CloseMode::Polite;
         if let Some(m) = self.mounted.take() {
-            if let Err(e) = m.unmount(device, &self.view.decrypted, mode.lazy()) {
-                if !mode.lazy() {
+            if let Err(e) = m.unmount(device, &self.view.decrypted, lazy) {
+                if mode != CloseMode::Vanished {
                     self.mounted = Some(m);
                     return Err(Box::new((e, self)));
                 }
                 log::warn!("{e}");
             }
         }
-        self.view.stop(device, mode.lazy());
+        self.view.stop(device, lazy);
         Ok(())
     }
 
-    /// A polite close; if refused, a forced one (for shutdown: nothing may be left behind).
+    /// A polite close; if refused, one that leaves nothing behind (for shutdown).
     pub fn close_or_force(self, device: &str) {
         if let Err(failed) = self.close(device, CloseMode::Polite) {
             let (e, session) = *failed;
             log::warn!("{e}; detaching lazily");
-            let _ = session.close(device, CloseMode::Forced);
+            let _ = session.close(device, CloseMode::Vanished);
         }
     }
 }

@@ -153,6 +153,14 @@ impl View {
         }
     }
 
+    /// How the engine's process ended, if it has (dm-crypt has none).
+    pub fn exited(&self) -> Option<crate::process::ExitStatus> {
+        match &self.backend {
+            Backend::Fuse { child, .. } => child.try_status(),
+            Backend::Mapping { .. } => None,
+        }
+    }
+
     /// Is `path` this view: its decrypted file or device, or the engine's mountpoint?
     pub fn is_at(&self, path: &str) -> bool {
         let dir = match &self.backend {
