@@ -1,6 +1,7 @@
-//! Fault injection, devices (issue 10, cases 1–5): a stick pulled out in the middle of a
+//! Fault injection, devices (issue 10, cases 1–6): a stick pulled out in the middle of a
 //! write, its engine killed with files open, the daemon killed or stopped under a mounted
-//! volume, the volume or the engine's view unmounted behind the daemon's back.
+//! volume, the volume or the engine's view unmounted behind the daemon's back, and a stick
+//! whose reads fail or hang.
 //!
 //! Each case runs a daemon of its own on real loop devices, engines and mounts, and ends with
 //! the same check ([`assert_clean`]): the daemon alive and answering, nothing of the volume
@@ -24,8 +25,12 @@ use std::time::{Duration, Instant};
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(6);
 /// A dead engine is noticed within this (the goal: at once, on SIGCHLD).
 const NOTICED_DEADLINE: Duration = Duration::from_secs(2);
+/// How long the daemon gives a device's first read before it calls it unreadable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A volume whose view another program unmounted is put away within this.
 const PUT_AWAY_DEADLINE: Duration = Duration::from_secs(15);
+/// A client's `status` is answered within this, whatever a device does.
+const STATUS_DEADLINE: Duration = Duration::from_secs(1);
 
 on_engines!(
     kernel_too: [
@@ -513,4 +518,479 @@ fn view_unmounted_by_another_program(engine: Engine) {
         unmounted.elapsed()
     );
     assert_clean(daemon, &dev, &mountpoint, &view);
+}
+
+/// Case 6: sticks that cannot be read, served by a FUSE filesystem of the test's own.
+mod faulty {
+    use super::common::*;
+    use fuser::{
+        Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+        LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyEntry, ReplyOpen, Request,
+    };
+    use std::ffi::OsStr;
+    use std::ops::Range;
+    use std::os::unix::fs::FileExt;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::{Duration, Instant, SystemTime};
+
+    /// What a read of the bad range gets.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub enum Fault {
+        /// EIO, as a failing flash chip gives.
+        Eio,
+        /// No answer until the gate is released, as a stick whose controller hangs.
+        Hang,
+    }
+
+    /// Holds hung reads until released; counts them.
+    #[derive(Default)]
+    pub struct Gate {
+        state: Mutex<(bool, usize)>,
+        changed: Condvar,
+    }
+
+    impl Gate {
+        fn hold(&self) {
+            let mut state = self.state.lock().unwrap();
+            state.1 += 1;
+            self.changed.notify_all();
+            while !state.0 {
+                state = self.changed.wait(state).unwrap();
+            }
+        }
+
+        pub fn release(&self) {
+            self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = true;
+            self.changed.notify_all();
+        }
+
+        /// Waits until a read is held; false at the deadline.
+        pub fn wait_held(&self, timeout: Duration) -> bool {
+            let deadline = Instant::now() + timeout;
+            let mut state = self.state.lock().unwrap();
+            while state.1 == 0 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                state = self.changed.wait_timeout(state, left).unwrap().0;
+            }
+            true
+        }
+
+        /// Reads held and not yet released.
+        pub fn holding(&self) -> bool {
+            let state = self.state.lock().unwrap();
+            state.1 > 0 && !state.0
+        }
+    }
+
+    const FILE_INO: INodeNo = INodeNo(2);
+    pub const FILE_NAME: &str = "stick.img";
+    const TTL: Duration = Duration::from_secs(1);
+
+    /// One read-only file, a copy of `image`, whose reads overlapping `bad` fail or hang.
+    struct FaultyFs {
+        image: Arc<std::fs::File>,
+        size: u64,
+        bad: Range<u64>,
+        fault: Fault,
+        gate: Arc<Gate>,
+    }
+
+    impl FaultyFs {
+        fn attr(&self, ino: INodeNo) -> Option<FileAttr> {
+            let (kind, perm, size, nlink) = match ino {
+                INodeNo::ROOT => (FileType::Directory, 0o500, 0, 2),
+                FILE_INO => (FileType::RegularFile, 0o400, self.size, 1),
+                _ => return None,
+            };
+            let now = SystemTime::now();
+            Some(FileAttr {
+                ino,
+                size,
+                blocks: size.div_ceil(512),
+                atime: now,
+                mtime: now,
+                ctime: now,
+                crtime: now,
+                kind,
+                perm,
+                nlink,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                flags: 0,
+                blksize: 4096,
+            })
+        }
+    }
+
+    fn read_reply(image: &std::fs::File, offset: u64, size: u32, reply: ReplyData) {
+        let mut buf = vec![0u8; size as usize];
+        match image.read_at(&mut buf, offset) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(_) => reply.error(Errno::EIO),
+        }
+    }
+
+    impl Filesystem for FaultyFs {
+        fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+            match self.attr(FILE_INO) {
+                Some(attr) if parent == INodeNo::ROOT && name == FILE_NAME => {
+                    reply.entry(&TTL, &attr, Generation(0))
+                }
+                _ => reply.error(Errno::ENOENT),
+            }
+        }
+
+        fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+            match self.attr(ino) {
+                Some(attr) => reply.attr(&TTL, &attr),
+                None => reply.error(Errno::ENOENT),
+            }
+        }
+
+        fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+            if ino != FILE_INO {
+                return reply.error(Errno::EISDIR);
+            }
+            // No page cache: every read of the loop device comes here.
+            reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
+        }
+
+        fn read(
+            &self,
+            _req: &Request,
+            _ino: INodeNo,
+            _fh: FileHandle,
+            offset: u64,
+            size: u32,
+            _flags: OpenFlags,
+            _lock_owner: Option<LockOwner>,
+            reply: ReplyData,
+        ) {
+            let hits = offset < self.bad.end && offset + u64::from(size) > self.bad.start;
+            match (hits, self.fault) {
+                (false, _) => read_reply(&self.image, offset, size, reply),
+                (true, Fault::Eio) => reply.error(Errno::EIO),
+                // Answered from a thread of its own once released: the session goes on
+                // serving everything else (and the unmount).
+                (true, Fault::Hang) => {
+                    let (gate, image) = (self.gate.clone(), self.image.clone());
+                    std::thread::spawn(move || {
+                        gate.hold();
+                        read_reply(&image, offset, size, reply);
+                    });
+                }
+            }
+        }
+    }
+
+    /// The faulty stick: the FUSE filesystem, and a loop device over its file. Dropped (also
+    /// when a test fails), it releases every held read first, so a hung read can never wedge
+    /// the machine, then detaches the loop device and unmounts.
+    pub struct FaultyStick {
+        pub loop_dev: String,
+        pub gate: Arc<Gate>,
+        pub dir: PathBuf,
+        session: Option<fuser::BackgroundSession>,
+    }
+
+    impl FaultyStick {
+        /// Serves a copy of `image` in `dir` whose bytes in `bad` fail as `fault` says, and
+        /// attaches it (read-only) as a loop device.
+        pub fn plug(dir: &Path, image: &Path, fault: Fault, bad: Range<u64>) -> Self {
+            let file = std::fs::File::open(image).unwrap();
+            let size = file.metadata().unwrap().len();
+            let gate = Arc::new(Gate::default());
+            let fs = FaultyFs {
+                image: Arc::new(file),
+                size,
+                bad,
+                fault,
+                gate: gate.clone(),
+            };
+            let dir = dir.join("faulty");
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut config = fuser::Config::default();
+            config.mount_options = vec![
+                fuser::MountOption::FSName("guilocker-test-faulty".into()),
+                fuser::MountOption::RO,
+            ];
+            let session = fuser::Session::new(fs, &dir, &config)
+                .and_then(fuser::Session::spawn)
+                .unwrap_or_else(|e| panic!("cannot serve the faulty stick: {e}"));
+            let mut stick = Self {
+                loop_dev: String::new(),
+                gate,
+                dir,
+                session: Some(session),
+            };
+            let out = run_ok(
+                Command::new("losetup")
+                    .args(["--find", "--show", "--read-only"])
+                    .arg(stick.file()),
+            );
+            stick.loop_dev = out.trim().to_owned();
+            stick
+        }
+
+        pub fn file(&self) -> PathBuf {
+            self.dir.join(FILE_NAME)
+        }
+
+        /// Releases every held read, detaches the loop device, unmounts the filesystem and
+        /// waits until its session has ended (the kernel let go of the file).
+        pub fn remove(mut self) {
+            self.gate.release();
+            run_ok(Command::new("losetup").args(["-d", &self.loop_dev]));
+            let file = self.file().display().to_string();
+            wait_for_block_change("the faulty stick's loop device to go", || {
+                loop_devices().iter().all(|(_, backing)| *backing != file)
+            });
+            self.loop_dev.clear();
+            // The loop device drops its hold on the file a moment after it is gone: detach
+            // now, and the session ends at that last close.
+            run_ok(Command::new("umount").arg("--lazy").arg(&self.dir));
+            let session = self.session.take().expect("served until removed");
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(session.join());
+            });
+            rx.recv_timeout(WAIT)
+                .expect("the faulty stick's session did not end")
+                .expect("the faulty stick's session");
+            assert!(!is_mounted(&self.dir), "the faulty stick is still mounted");
+        }
+    }
+
+    impl Drop for FaultyStick {
+        fn drop(&mut self) {
+            self.gate.release();
+            if !self.loop_dev.is_empty() {
+                let _ = Command::new("losetup")
+                    .args(["-d", &self.loop_dev])
+                    .output();
+            }
+            if self.session.take().is_some() && is_mounted(&self.dir) {
+                // Whoever still has the file open keeps the connection; nothing waits on it.
+                let _ = Command::new("umount").arg("--lazy").arg(&self.dir).output();
+            }
+        }
+    }
+}
+
+use faulty::{Fault, FaultyStick};
+
+/// Expectations checked one after another, each reported, failed together at the end: a run
+/// against a daemon that lacks one still shows how it does on the others.
+#[derive(Default)]
+struct Findings(Vec<String>);
+
+impl Findings {
+    fn expect(&mut self, ok: bool, what: String) {
+        eprintln!("{} {what}", if ok { "ok:" } else { "FAILED:" });
+        if !ok {
+            self.0.push(what);
+        }
+    }
+
+    fn assert_all(self) {
+        assert!(self.0.is_empty(), "failed expectations: {:#?}", self.0);
+    }
+}
+
+/// How long case 6 waits for an answer it expects within [`STATUS_DEADLINE`].
+const STATUS_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The device as `status` lists it, in the daemon's own words: (state, error); `None` (and a
+/// failed expectation) when `status` is not answered in time.
+fn listed(daemon: &TestDaemon, dev: &str, findings: &mut Findings) -> Option<(String, String)> {
+    let devices = match try_status_json(daemon, STATUS_PATIENCE) {
+        Ok((_, devices)) => devices,
+        Err(e) => {
+            findings.expect(false, format!("status lists {dev}: {e}"));
+            return None;
+        }
+    };
+    let device = devices
+        .iter()
+        .find(|d| d["device"] == dev)
+        .unwrap_or_else(|| panic!("status does not list {dev}: {devices:#?}"));
+    let field = |name: &str| device[name].as_str().unwrap_or_default().to_owned();
+    Some((field("state"), field("error")))
+}
+
+/// `status` answers within [`STATUS_DEADLINE`].
+fn status_is_quick(daemon: &TestDaemon, findings: &mut Findings, when: &str) {
+    match try_status_json(daemon, STATUS_PATIENCE) {
+        Ok((took, _)) => findings.expect(
+            took < STATUS_DEADLINE,
+            format!("status answered in {took:?} {when}"),
+        ),
+        Err(e) => findings.expect(false, format!("status answered {when}: {e}")),
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    images()
+        .into_iter()
+        .find(|i| i.name == name)
+        .unwrap_or_else(|| panic!("no fixture {name}"))
+        .path()
+}
+
+/// Detaches the faulty stick and checks that the daemon forgot it and nothing is left.
+fn remove_faulty(daemon: &TestDaemon, events: &mut guilocker::client::Events, stick: FaultyStick) {
+    let dev = stick.loop_dev.clone();
+    stick.remove();
+    wait_event(events, "the faulty stick to go", |k, d| {
+        k == EventKind::Removed && d.device == dev
+    });
+    // No volume was mounted: the user's media folder stands for the mountpoint.
+    assert_clean(daemon, &dev, &daemon.media.join(TEST_USER), &None);
+}
+
+/// Case 6, mode A. A stick whose first sector reads fail with EIO: listed `unreadable`, with
+/// an error that names the device and the cause.
+#[test]
+fn stick_whose_reads_fail() {
+    let _serial = serial();
+    if !prerequisites(&["losetup"]) {
+        return;
+    }
+    let daemon = TestDaemon::start("stick_whose_reads_fail");
+    let mut events = daemon.events();
+    let plugged = Instant::now();
+    let stick = FaultyStick::plug(
+        &daemon.dir,
+        &fixture("bitlk-aes-xts-128"),
+        Fault::Eio,
+        0..4096,
+    );
+    let dev = stick.loop_dev.clone();
+    wait_event(&mut events, "the probe's verdict", |k, d| {
+        k == EventKind::Added && d.device == dev
+    });
+    let mut findings = Findings::default();
+    let (state, error) = listed(&daemon, &dev, &mut findings).unwrap_or_default();
+    eprintln!(
+        "case 6 (EIO): {dev} listed after {:?}: {state}, {error:?}",
+        plugged.elapsed()
+    );
+    findings.expect(
+        state == "unreadable",
+        format!("{dev} is listed {state:?}, expected \"unreadable\""),
+    );
+    findings.expect(
+        error.contains(&dev) && error.contains("Input/output error"),
+        format!("the error {error:?} names {dev} and \"Input/output error\""),
+    );
+    status_is_quick(&daemon, &mut findings, "with the unreadable stick listed");
+    remove_faulty(&daemon, &mut events, stick);
+    findings.assert_all();
+}
+
+/// Case 6, mode B. A stick whose first sector reads never answer: clients are answered all
+/// along, a stick plugged meanwhile is seen and unlocks, and after the probe timeout the
+/// hanging one is listed `unreadable` with an error that says it did not answer.
+#[test]
+fn stick_whose_reads_hang() {
+    let _serial = serial();
+    if !prerequisites(STICK_TOOLS) {
+        return;
+    }
+    ensure_user(TEST_USER, true);
+    let daemon = TestDaemon::start("stick_whose_reads_hang");
+    // Built before the hang starts: the time it takes is not the hang's.
+    let image = make_stick(&daemon.dir, "bitlk-aes-xts-128", "ntfs", "MEANWHILE", "mbr");
+    let mut events = daemon.events();
+    let mut findings = Findings::default();
+
+    // Declared after the daemon, so dropped before it: held reads are released first.
+    let plugged = Instant::now();
+    let faulty = FaultyStick::plug(
+        &daemon.dir,
+        &fixture("bitlk-aes-xts-128"),
+        Fault::Hang,
+        0..4096,
+    );
+    let dev = faulty.loop_dev.clone();
+    assert!(
+        faulty.gate.wait_held(WAIT),
+        "nobody read the first sector of {dev}"
+    );
+    eprintln!(
+        "case 6 (hang): {dev}'s first read held after {:?}",
+        plugged.elapsed()
+    );
+    status_is_quick(&daemon, &mut findings, "while a probe hangs");
+
+    // Another stick, plugged while the first hangs, well before its probe times out.
+    let mut other = Stick::plug(&image, true);
+    let other_dev = other.volume();
+    let seen = event_within(&mut events, "the other stick", PROBE_TIMEOUT / 2, |k, d| {
+        k == EventKind::Added && d.device == other_dev
+    });
+    findings.expect(
+        seen.is_some(),
+        format!(
+            "{other_dev}, plugged while {dev} hangs, is seen within {:?}",
+            PROBE_TIMEOUT / 2
+        ),
+    );
+    if seen.is_some() {
+        let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &other_dev, "anaconda");
+        findings.expect(
+            code == 0,
+            format!("{other_dev} unlocks while {dev} hangs: {err}"),
+        );
+        findings.expect(
+            faulty.gate.holding(),
+            format!("{dev} was still hanging meanwhile"),
+        );
+        if code == 0 {
+            let (code, _, err) = daemon.cli(Some(TEST_USER), &["unmount", &other_dev], "");
+            assert_eq!(code, 0, "{err}");
+        }
+    }
+
+    // The hung probe gives up at its timeout.
+    let left = (PROBE_TIMEOUT * 2).saturating_sub(plugged.elapsed());
+    let verdict = event_within(&mut events, "the hung probe's verdict", left, |k, d| {
+        k != EventKind::Removed && d.device == dev && d.state != DeviceState::Probing
+    });
+    let (state, error) = listed(&daemon, &dev, &mut findings).unwrap_or_default();
+    eprintln!(
+        "case 6 (hang): {dev} after {:?}: {} ({state}, {error:?})",
+        plugged.elapsed(),
+        if verdict.is_some() {
+            "a verdict"
+        } else {
+            "no verdict"
+        }
+    );
+    findings.expect(
+        state == "unreadable",
+        format!("{dev} is listed {state:?} after {PROBE_TIMEOUT:?}, expected \"unreadable\""),
+    );
+    findings.expect(
+        error.contains(&dev) && error.contains("did not answer within"),
+        format!("the error {error:?} names {dev} and says it \"did not answer within\""),
+    );
+    status_is_quick(&daemon, &mut findings, "after the probe gave up");
+
+    remove_faulty(&daemon, &mut events, faulty);
+    if daemon.device(&other_dev).is_some() {
+        other.unplug();
+        wait_event(&mut events, "the other stick to go", |k, d| {
+            k == EventKind::Removed && d.device == other_dev
+        });
+    }
+    drop(other);
+    assert_clean(&daemon, &dev, &daemon.media.join(TEST_USER), &None);
+    findings.assert_all();
 }
