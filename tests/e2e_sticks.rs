@@ -7,16 +7,6 @@ use guilocker::protocol::{DeviceState, Engine, EventKind};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-const STICK_TOOLS: &[&str] = &[
-    "dislocker",
-    "losetup",
-    "partx",
-    "sfdisk",
-    "runuser",
-    "ntfs-3g",
-    "mkntfs",
-];
-
 /// Plug → locked → unlock as a plugdev user → files are theirs and writable → unmount →
 /// nothing left → plug again → unlock → the written file is there.
 fn round_trip(engine: Engine, name: &str, source: &str, fs: &str, label: &str, table: &str) {
@@ -97,16 +87,7 @@ fn round_trip(engine: Engine, name: &str, source: &str, fs: &str, label: &str, t
         );
     }
 
-    let hello = std::fs::read_dir(&mountpoint)
-        .unwrap()
-        .flatten()
-        .find(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .eq_ignore_ascii_case("hello.txt")
-        })
-        .map(|e| e.path())
-        .expect("hello.txt on the stick");
+    let hello = find_file(&mountpoint, "hello.txt").expect("hello.txt on the stick");
     assert_eq!(
         std::fs::read_to_string(&hello).unwrap(),
         "hello from windows\n"
@@ -149,16 +130,7 @@ fn round_trip(engine: Engine, name: &str, source: &str, fs: &str, label: &str, t
     assert_eq!(code, 0, "second unlock failed: {out}{err}");
     let info = daemon.device(&dev).unwrap();
     let mountpoint = PathBuf::from(info.mountpoint.unwrap());
-    let back = std::fs::read_dir(&mountpoint)
-        .unwrap()
-        .flatten()
-        .find(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .eq_ignore_ascii_case("written.txt")
-        })
-        .map(|e| e.path())
-        .expect("written.txt survived");
+    let back = find_file(&mountpoint, "written.txt").expect("written.txt survived");
     assert_eq!(
         std::fs::read_to_string(&back).unwrap(),
         "written on linux\n"
@@ -178,145 +150,26 @@ fn round_trip(engine: Engine, name: &str, source: &str, fs: &str, label: &str, t
 /// Writes one file of pseudo-random bytes over most of the free space (BitLocker's reserved
 /// areas must be kept out of the filesystem for this to work); returns it and its SHA-256.
 fn fill_most_free_space(mountpoint: &Path) -> (PathBuf, String) {
-    use sha2::{Digest, Sha256};
-    use std::io::Write;
     let st = nix::sys::statvfs::statvfs(mountpoint).unwrap();
     let free = st.blocks_available() as u64 * st.fragment_size() as u64;
     let mib = 1u64 << 20;
     let size = (free * 9 / 10 / mib).min(256) * mib;
     assert!(size >= 16 * mib, "only {free} bytes free on the stick");
     let path = mountpoint.join("large.bin");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let mut hash = Sha256::new();
-    let mut state = 0x243f_6a88_85a3_08d3u64;
-    let mut chunk = vec![0u8; mib as usize];
-    for _ in 0..size / mib {
-        for word in chunk.chunks_exact_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes());
-        }
-        file.write_all(&chunk).unwrap();
-        hash.update(&chunk);
-    }
-    file.sync_all().unwrap();
-    let sum: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let sum = write_pseudo_random(&path, size, 0);
     eprintln!("wrote {} MiB of {} MiB free", size / mib, free / mib);
     (path, sum)
 }
 
-fn assert_clean(
-    daemon: &TestDaemon,
-    dev: &str,
-    mountpoint: &Path,
-    decrypted_dir: &Option<PathBuf>,
-) {
-    assert!(
-        !is_mounted(mountpoint),
-        "{} still mounted",
-        mountpoint.display()
-    );
-    assert!(!mountpoint.exists(), "{} left behind", mountpoint.display());
-    if let Some(dir) = decrypted_dir {
-        assert!(!is_mounted(dir), "engine's view still mounted");
-        assert!(!dir.exists(), "{} left behind", dir.display());
-    }
-    assert_no_mapping();
-    assert_eq!(engines_for(dev), Vec::<i32>::new(), "engine still running");
-    let owner_dir = daemon.media.join(TEST_USER);
-    assert!(!owner_dir.exists(), "{} left behind", owner_dir.display());
-}
-
-/// A daemon of its own with one NTFS stick made from `source`, plugged in and seen.
-/// Fields drop in order: the daemon (it puts the volume away), then the stick.
-struct Plugged {
-    daemon: TestDaemon,
-    events: guilocker::client::Events,
-    stick: Stick,
-    dev: String,
-}
-
-/// `None` when a prerequisite is missing (and not under CI, where that fails).
-fn plugged(engine: Engine, name: &str, source: &str, label: &str, table: &str) -> Option<Plugged> {
-    if !prerequisites(STICK_TOOLS) {
-        return None;
-    }
-    ensure_user(TEST_USER, true);
-    let daemon = TestDaemon::start_with(
-        &format!("{name}-{}", engine.as_str()),
-        &engine_config(engine),
-    );
-    let image = make_stick(&daemon.dir, source, "ntfs", label, table);
-    let mut events = daemon.events();
-    let stick = Stick::plug(&image, table != "none");
-    let dev = stick.volume();
-    wait_event(&mut events, "the volume", |k, d| {
-        k == EventKind::Added && d.device == dev
-    });
-    Some(Plugged {
-        daemon,
-        events,
-        stick,
-        dev,
-    })
-}
-
-/// Unlocks and mounts `dev` for the test user; returns the mountpoint and the engine's view
-/// directory (none under dm-crypt).
-fn unlock_for_user(daemon: &TestDaemon, dev: &str) -> (PathBuf, Option<PathBuf>) {
-    let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), dev, "anaconda");
-    assert_eq!(code, 0, "{err}");
-    let info = daemon.device(dev).unwrap();
-    (
-        PathBuf::from(info.mountpoint.clone().unwrap()),
-        view_dir(&info),
-    )
-}
-
-/// Nothing of the view is left: no FUSE mount and directory, no mapping.
-fn assert_view_gone(view: &Option<PathBuf>) {
-    if let Some(view) = view {
-        assert!(!is_mounted(view));
-        assert!(!view.exists());
-    }
-    assert_no_mapping();
-}
-
-/// Each stick test once on our engine and once on dislocker, forced by the config; those in
-/// `kernel_too` also on dm-crypt, which needs device-mapper: inside the VM
-/// (tests/kernel_vm.rs), `#[ignore]`d here.
-macro_rules! on_engines {
-    (kernel_too: [$($both:ident),* $(,)?], fuse_only: [$($fuse:ident),* $(,)?] $(,)?) => {
-        mod native {
-            $(#[test] fn $both() { super::$both(guilocker::protocol::Engine::Native) })*
-            $(#[test] fn $fuse() { super::$fuse(guilocker::protocol::Engine::Native) })*
-        }
-        mod dislocker {
-            $(#[test] fn $both() { super::$both(guilocker::protocol::Engine::Dislocker) })*
-            $(#[test] fn $fuse() { super::$fuse(guilocker::protocol::Engine::Dislocker) })*
-        }
-        mod dm_crypt {
-            $(#[test] #[ignore = "kernel path: runs inside a VM with Debian's kernel (tests/kernel_vm.rs)"]
-              fn $both() { super::$both(guilocker::protocol::Engine::DmCrypt) })*
-        }
-    };
-}
-
 on_engines!(
     kernel_too: [
-        unmounted_by_another_program,
         ntfs_stick_with_mbr,
         exfat_stick_with_gpt,
         fat_to_go_stick_without_partition_table,
-        surprise_removal_while_mounted,
-        sigterm_puts_everything_away,
     ],
-    // A flush counted on the loop device; an engine process to kill.
+    // A flush counted on the loop device.
     fuse_only: [
         unmount_flushes_the_stick,
-        dead_engine_is_noticed_and_cleaned_up,
-        restart_after_a_crash_cleans_up,
     ],
 );
 
@@ -452,47 +305,6 @@ fn wrong_password_and_other_users() {
     assert!(engines_for(&dev).is_empty());
 }
 
-/// Unplugged while mounted: the daemon notices, detaches everything, and forgets the device.
-fn surprise_removal_while_mounted(engine: Engine) {
-    let _serial = serial();
-    let Some(Plugged {
-        daemon,
-        mut events,
-        mut stick,
-        dev,
-    }) = plugged(
-        engine,
-        "surprise_removal_while_mounted",
-        "bitlk-aes-cbc-128",
-        "YANKED",
-        "mbr",
-    )
-    else {
-        return;
-    };
-    let (mountpoint, view) = unlock_for_user(&daemon, &dev);
-
-    stick.unplug();
-    wait_event(&mut events, "the removal", |k, d| {
-        k == EventKind::Removed && d.device == dev
-    });
-    assert!(daemon.device(&dev).is_none(), "status still lists {dev}");
-    // Told at once; the clean-up follows on a worker.
-    daemon.wait_log(&format!("{dev}: cleaned up after its removal"));
-    assert!(!is_mounted(&mountpoint));
-    assert!(!mountpoint.exists());
-    // A deferred close: the kernel removes the mapping once the detached filesystem lets go.
-    if engine == Engine::DmCrypt {
-        wait_for_block_change("the mapping to close", || {
-            guilocker::daemon::dmcrypt::mappings().is_empty()
-        });
-    }
-    assert_view_gone(&view);
-    assert!(engines_for(&dev).is_empty());
-    // And the daemon still answers.
-    assert!(daemon.status().iter().all(|d| d.device != dev));
-}
-
 /// Flush requests the kernel has completed on a whole disk (`/sys/block/DISK/stat`, field 16).
 fn flushes(disk: &str) -> u64 {
     let name = disk.trim_start_matches("/dev/");
@@ -543,185 +355,4 @@ fn unmount_flushes_the_stick(engine: Engine) {
         _ => &[],
     };
     unmount_flush_the_stick_with(engine, extra);
-}
-
-/// The file manager (here: `umount`, then `umount -l`) unmounts the volume behind the
-/// daemon's back: it notices, puts the rest away and says the drive is locked again.
-fn unmounted_by_another_program(engine: Engine) {
-    let _serial = serial();
-    let name = "unmounted_by_another_program";
-    let Some(mut p) = plugged(engine, name, "bitlk-aes-xts-128", "OTHERS", "mbr") else {
-        return;
-    };
-    let (daemon, events, dev) = (&p.daemon, &mut p.events, p.dev.clone());
-    for umount in [&["umount"][..], &["umount", "--lazy"][..]] {
-        let (mountpoint, view) = unlock_for_user(daemon, &dev);
-        run_ok(
-            std::process::Command::new(umount[0])
-                .args(&umount[1..])
-                .arg(&mountpoint),
-        );
-        let locked = wait_event(events, "the daemon to put it away", |k, d| {
-            k == EventKind::Changed && d.device == dev && d.state == DeviceState::Locked
-        });
-        assert_eq!(locked.mountpoint, None, "{umount:?}");
-        assert!(
-            !mountpoint.exists(),
-            "{umount:?}: {} left",
-            mountpoint.display()
-        );
-        if engine == Engine::DmCrypt {
-            wait_for_block_change("the mapping to close", || {
-                guilocker::daemon::dmcrypt::mappings().is_empty()
-            });
-        }
-        assert_view_gone(&view);
-        assert!(engines_for(&dev).is_empty(), "{umount:?}: engine left");
-        assert!(!daemon.media.join(TEST_USER).exists());
-    }
-}
-
-/// SIGTERM with a mounted volume unmounts it and exits 0.
-fn sigterm_puts_everything_away(engine: Engine) {
-    let _serial = serial();
-    let Some(Plugged {
-        mut daemon,
-        events: _events,
-        stick: _stick,
-        dev,
-    }) = plugged(
-        engine,
-        "sigterm_puts_everything_away",
-        "bitlk-aes-xts-128",
-        "TERM",
-        "none",
-    )
-    else {
-        return;
-    };
-    let (code, _, err) = daemon.cli(
-        None,
-        &["unlock", &dev, "--password-stdin", "--owner", TEST_USER],
-        "anaconda\n",
-    );
-    assert_eq!(code, 0, "{err}");
-    let mountpoint = PathBuf::from(daemon.device(&dev).unwrap().mountpoint.unwrap());
-    assert!(mountpoint.starts_with(daemon.media.join(TEST_USER)));
-    assert_eq!(daemon.stop(), Some(0));
-    assert!(!is_mounted(&mountpoint));
-    assert!(!mountpoint.exists());
-    assert!(engines_for(&dev).is_empty());
-    assert_no_mapping();
-    assert!(!daemon.socket.exists(), "socket file left behind");
-    assert!(!daemon.pidfile.exists(), "pidfile left behind");
-}
-
-/// The engine killed under a mounted volume: the daemon notices at once (SIGCHLD), detaches
-/// the filesystem, removes its directories, says so, and the drive can be unlocked again.
-fn dead_engine_is_noticed_and_cleaned_up(engine: Engine) {
-    let _serial = serial();
-    let Some(Plugged {
-        daemon,
-        mut events,
-        stick: _stick,
-        dev,
-    }) = plugged(
-        engine,
-        "dead_engine_is_noticed_and_cleaned_up",
-        "bitlk-aes-xts-128",
-        "KILLED",
-        "mbr",
-    )
-    else {
-        return;
-    };
-    let (mountpoint, view) = unlock_for_user(&daemon, &dev);
-
-    let pids = engines_for(&dev);
-    assert_eq!(pids.len(), 1);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pids[0]),
-        nix::sys::signal::SIGKILL,
-    )
-    .unwrap();
-    let failed = wait_event(&mut events, "the daemon to notice", |k, d| {
-        k == EventKind::Changed && d.device == dev && d.state == DeviceState::Failed
-    });
-    assert!(failed.error.unwrap().contains("went away"));
-    assert!(!is_mounted(&mountpoint));
-    assert!(!mountpoint.exists());
-    assert_view_gone(&view);
-
-    let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
-    assert_eq!(code, 0, "unlock after the failure: {err}");
-    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unmount", &dev], "");
-    assert_eq!(code, 0, "{err}");
-}
-
-/// After a crash under systemd (the daemon killed, then its engine and FUSE driver): the
-/// next daemon detaches the dead mounts, removes their directories, and the drive unlocks.
-fn restart_after_a_crash_cleans_up(engine: Engine) {
-    let _serial = serial();
-    let Some(Plugged {
-        mut daemon,
-        events,
-        stick: _stick,
-        dev,
-    }) = plugged(
-        engine,
-        "restart_after_a_crash_cleans_up",
-        "bitlk-aes-xts-128",
-        "CRASHED",
-        "mbr",
-    )
-    else {
-        return;
-    };
-    let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
-    assert_eq!(code, 0, "{err}");
-    let info = daemon.device(&dev).unwrap();
-    let mountpoint = PathBuf::from(info.mountpoint.unwrap());
-    let decrypted = info.decrypted.unwrap();
-    let view = PathBuf::from(&decrypted).parent().unwrap().to_owned();
-    drop(events);
-
-    daemon.crash();
-    // What systemd's KillMode does to the rest of the unit after a crash.
-    let mut victims = engines_for(&dev);
-    victims.extend(guilocker::daemon::mounts::openers(std::path::Path::new(
-        &decrypted,
-    )));
-    // The filesystem driver holds the loop device over the view.
-    for entry in std::fs::read_dir("/sys/block").unwrap().flatten() {
-        let backing = std::fs::read_to_string(entry.path().join("loop/backing_file"));
-        if backing.is_ok_and(|b| b.trim_end() == decrypted) {
-            let node = format!("/dev/{}", entry.file_name().to_string_lossy());
-            victims.extend(guilocker::daemon::mounts::openers(Path::new(&node)));
-        }
-    }
-    assert!(victims.len() >= 2, "engine and ntfs-3g: {victims:?}");
-    kill_and_wait(&victims);
-    assert!(
-        is_mounted(&mountpoint) && is_mounted(&view),
-        "dead mounts are still in the table"
-    );
-
-    let startup = daemon.respawn();
-    assert!(
-        startup.iter().any(|l| l.contains("cleaned up 1 volume")),
-        "{startup:#?}"
-    );
-    assert!(
-        !is_mounted(&mountpoint),
-        "{} still mounted",
-        mountpoint.display()
-    );
-    assert!(!mountpoint.exists());
-    assert!(!is_mounted(&view));
-    assert!(!view.exists());
-    assert_eq!(daemon.device(&dev).unwrap().state, DeviceState::Locked);
-    let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
-    assert_eq!(code, 0, "unlock after the restart: {err}");
-    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unmount", &dev], "");
-    assert_eq!(code, 0, "{err}");
 }

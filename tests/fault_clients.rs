@@ -43,16 +43,6 @@ fn status_ok(daemon: &TestDaemon) {
     }
 }
 
-/// `VmHWM`, the peak resident set, of `pid`, in kB.
-fn peak_rss_kb(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 /// A plain (not BitLocker) image the daemon sees come and go: events without a stick.
 fn plain_image() -> std::path::PathBuf {
     let path = scratch("fault-clients-image").join("plain.img");

@@ -21,19 +21,22 @@ use std::time::Duration;
 const VM_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 
 /// The test binaries (cargo's names) and the filter of what each runs in the VM.
-const GROUPS: [(&str, &str); 3] = [
+const GROUPS: [(&str, &str); 4] = [
     ("kernel_vm", "in_vm"),
     ("e2e_fixtures", "every_fixture_and_protector_on_dm_crypt"),
     ("e2e_sticks", "dm_crypt::"),
+    ("fault_devices", "dm_crypt::"),
 ];
 
-/// The sticks the VM's tests use (tests/e2e_sticks.rs): source, filesystem, label, table.
-const VM_STICKS: [(&str, &str, &str, &str); 5] = [
+/// The sticks the VM's tests use (tests/e2e_sticks.rs, tests/fault_devices.rs): source,
+/// filesystem, label, table.
+const VM_STICKS: [(&str, &str, &str, &str); 6] = [
     ("bitlk-aes-xts-128", "ntfs", "My Stick", "mbr"),
     ("bitlk-aes-xts-256", "exfat", "EXSTICK", "gpt"),
     ("bitlk-togo-aes-xts-128", "vfat", "TOGO", "none"),
     ("bitlk-aes-cbc-128", "ntfs", "YANKED", "mbr"),
     ("bitlk-aes-xts-128", "ntfs", "TERM", "none"),
+    ("bitlk-aes-xts-128", "ntfs", "OTHERS", "mbr"),
 ];
 
 /// The script the VM runs: each group's binary with its filter, `--ignored`, one test at a

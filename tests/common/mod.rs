@@ -6,7 +6,12 @@
 #![allow(dead_code)]
 
 pub mod atspi;
+pub mod sticks;
 pub mod vm;
+
+// Not every test binary uses them.
+#[allow(unused_imports)]
+pub use sticks::*;
 
 use guilocker::client::{Client, Events};
 use guilocker::protocol::{DeviceInfo, Engine, EventKind};
@@ -401,7 +406,6 @@ impl Drop for TestDaemon {
     }
 }
 
-/// Waits for a std child with a deadline (polling its pidfd).
 /// Runs `cmd` to its end with `stdin` as its input; (exit code, stdout, stderr).
 pub fn output_of(cmd: &mut Command, stdin: &str) -> (i32, String, String) {
     use std::io::Write;
@@ -431,7 +435,16 @@ pub fn logind_present() -> bool {
     *PRESENT.get_or_init(|| guilocker::logind::Logind::connect().is_ok())
 }
 
+/// Waits for a std child with a deadline; kills it and fails if it has not exited by then.
 pub fn wait_child(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    exit_within(child, timeout).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("process {} did not exit within {timeout:?}", child.id())
+    })
+}
+
+/// Waits up to `timeout` for a std child to exit (polling its pidfd); `None` if it has not.
+pub fn exit_within(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
     let pidfd = guilocker::process::pidfd_open(nix::unistd::Pid::from_raw(child.id() as i32));
     if let Ok(fd) = &pidfd {
         use std::os::fd::AsFd;
@@ -440,13 +453,11 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> std::process::ExitSta
             nix::poll::PollFlags::POLLIN,
         )];
         let ms = nix::poll::PollTimeout::try_from(timeout.as_millis() as i32).unwrap();
-        let n = nix::poll::poll(&mut fds, ms).unwrap_or(0);
-        if n == 0 {
-            let _ = child.kill();
-            panic!("process {} did not exit within {timeout:?}", child.id());
+        if nix::poll::poll(&mut fds, ms).unwrap_or(0) == 0 {
+            return None;
         }
     }
-    child.wait().unwrap()
+    Some(child.wait().unwrap())
 }
 
 /// The CLI binary, copied where the test users can run it.
@@ -466,21 +477,44 @@ pub fn user_bin() -> PathBuf {
 pub fn wait_event(
     events: &mut Events,
     what: &str,
-    mut pred: impl FnMut(EventKind, &DeviceInfo) -> bool,
+    pred: impl FnMut(EventKind, &DeviceInfo) -> bool,
 ) -> DeviceInfo {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+    event_within(events, what, WAIT, pred).unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+/// Reads events until one matches; `None` when none did within `timeout`.
+pub fn event_within(
+    events: &mut Events,
+    what: &str,
+    timeout: Duration,
+    mut pred: impl FnMut(EventKind, &DeviceInfo) -> bool,
+) -> Option<DeviceInfo> {
+    let deadline = Instant::now() + timeout;
+    let found = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break None;
+        }
+        events.stream().set_read_timeout(Some(left)).unwrap();
         match events.next() {
             Some(Ok((kind, info))) => {
                 if pred(kind, &info) {
-                    return info;
+                    break Some(info);
                 }
             }
+            // The read deadline passed: go round, and out.
+            Some(Err(guilocker::client::ClientError::Frame(
+                guilocker::protocol::FrameError::Io(e),
+            ))) if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
             Some(Err(e)) => panic!("waiting for {what}: {e}"),
             None => panic!("daemon closed the event stream while waiting for {what}"),
         }
-    }
+    };
+    events.stream().set_read_timeout(Some(WAIT)).unwrap();
+    found
 }
 
 /// A disk image attached as a loop device: our USB stick. Detached on drop.
