@@ -196,7 +196,8 @@ impl Shared {
     ) -> Result<DeviceInfo, DaemonError> {
         let config = self.config();
         // Here, not on the loop: the user database and logind may be slow to answer.
-        let owner = auth::authorize_unlock(caller, target, &config.allowed_group, owner.as_deref())?;
+        let owner =
+            auth::authorize_unlock(caller, target, &config.allowed_group, owner.as_deref())?;
         if config.require_active_session {
             self.seat.authorize(caller, target)?;
         }
@@ -415,8 +416,18 @@ impl Core {
                 return;
             }
         };
-        let diff = watch::diff(&self.table.snapshot, &snap);
+        let mut diff = watch::diff(&self.table.snapshot, &snap);
         self.table.snapshot = snap;
+        // The loop devices under our own mounts: a view detached by someone else no longer
+        // looks like one from its backing file, but is still not a stick.
+        let ours: std::collections::HashSet<String> = self
+            .table
+            .devices
+            .values()
+            .filter_map(|d| d.session()?.mounted.as_ref()?.loop_device.clone())
+            .collect();
+        diff.added
+            .retain(|a| !ours.contains(&format!("/dev/{}", a.partition.name)));
         for name in diff.removed {
             let Some(dev) = self.table.devices.remove(&name) else {
                 continue;
@@ -891,8 +902,10 @@ impl Core {
     }
 
     /// The mount table changed. A volume whose filesystem someone else unmounted (the file
-    /// manager, `umount`, `umount -l`) is put away as if we had unmounted it: its FUSE
-    /// driver waited for, loop device detached, engine stopped, directories removed.
+    /// manager, `umount`, `umount -l`), or whose engine's view was detached (`umount -l` of
+    /// the view: the filesystem still works through its loop device, until that goes), is
+    /// put away as if we had unmounted it: its FUSE driver waited for, loop device
+    /// detached, engine stopped, directories removed.
     pub fn mounts_changed(&mut self) {
         let mounted: std::collections::HashSet<PathBuf> = match super::mounts::try_mounts() {
             Ok(mounts) => mounts.into_iter().map(|m| m.mountpoint).collect(),
@@ -907,9 +920,14 @@ impl Core {
             .devices
             .values()
             .filter(|d| {
-                d.session()
-                    .and_then(|s| s.mounted.as_ref())
-                    .is_some_and(|m| !mounted.contains(&m.mountpoint))
+                d.session().is_some_and(|s| {
+                    let fs_gone = s
+                        .mounted
+                        .as_ref()
+                        .is_some_and(|m| !mounted.contains(&m.mountpoint));
+                    let view_gone = s.view.mount_dir().is_some_and(|v| !mounted.contains(v));
+                    fs_gone || view_gone
+                })
             })
             .map(|d| d.name.clone())
             .collect();

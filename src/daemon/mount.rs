@@ -325,6 +325,40 @@ fn wait_exit(pids: &[i32], timeout: Duration) -> bool {
 }
 
 impl MountedFs {
+    /// Before a busy filesystem is detached lazily (its engine then stops under it): has
+    /// the driver write out what its holders wrote so far. An fsync through each file they
+    /// hold open (a FUSE driver such as ntfs-3g writes a file's size and its directory entry
+    /// then), syncfs of the filesystem, then an fsync of the block device under it (a loop
+    /// device's page cache). Best effort: what is written after this may be lost.
+    fn flush(&self, device: &str, block: &Path) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let open = |path: &Path| {
+            std::fs::File::options()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(path)
+        };
+        let files = mounts::open_files_under(&self.mountpoint);
+        let mut synced = 0;
+        for link in &files {
+            if open(link).and_then(|f| f.sync_all()).is_ok() {
+                synced += 1;
+            }
+        }
+        if let Err(e) = open(&self.mountpoint)
+            .and_then(|d| nix::unistd::syncfs(&d).map_err(std::io::Error::from))
+        {
+            log::warn!("{device}: cannot sync {}: {e}", self.mountpoint.display());
+        }
+        if let Err(e) = open(block).and_then(|b| b.sync_all()) {
+            log::warn!("{device}: cannot flush {}: {e}", block.display());
+        }
+        log::info!(
+            "{device}: flushed {synced} of {} open file(s) before detaching",
+            files.len()
+        );
+    }
+
     /// Unmounts the filesystem, waits for its FUSE driver to finish writing, frees the loop
     /// device and removes the directories made for it. `Busy` lists who holds it.
     pub fn unmount(&self, device: &str, decrypted: &Path, force: bool) -> Result<(), DaemonError> {
@@ -349,6 +383,7 @@ impl MountedFs {
                     return Err(step_err(device, "cannot unmount the filesystem")(e));
                 }
                 log::warn!("{device}: {e}; detaching lazily");
+                m.flush(device, &driver_source);
                 unmount_path(&m.mountpoint, true)
                     .map_err(step_err(device, "cannot detach the filesystem"))?;
             }

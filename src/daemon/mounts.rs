@@ -135,6 +135,24 @@ fn processes_with(whole: bool, hit: impl Fn(&Path) -> bool) -> Vec<(i32, String)
         .collect()
 }
 
+/// Every open file under `dir`, as the /proc/PID/fd/N link that reopens it.
+pub fn open_files_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter(|p| {
+            p.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter_map(|p| std::fs::read_dir(p.path().join("fd")).ok())
+        .flat_map(|fds| fds.flatten().map(|f| f.path()))
+        .filter(|link| std::fs::read_link(link).is_ok_and(|t| t.starts_with(dir)))
+        .collect()
+}
+
 /// Processes with a file, cwd, root or executable under `dir`, as `pid (comm)`.
 pub fn holders(dir: &Path) -> Vec<(i32, String)> {
     processes_with(true, |target| target.starts_with(dir))

@@ -153,6 +153,14 @@ impl View {
         }
     }
 
+    /// Where the engine's FUSE view is mounted (dm-crypt has no mount).
+    pub fn mount_dir(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Fuse { dir, .. } => Some(dir),
+            Backend::Mapping { .. } => None,
+        }
+    }
+
     /// How the engine's process ended, if it has (dm-crypt has none).
     pub fn exited(&self) -> Option<crate::process::ExitStatus> {
         match &self.backend {
