@@ -33,9 +33,12 @@ fn round_trip(engine: Engine, name: &str, source: &str, fs: &str, label: &str, t
     let mut stick = Stick::plug(&image, table != "none");
     let dev = stick.volume();
 
-    let added = wait_event(&mut events, "the BitLocker volume to appear", |k, d| {
-        k == EventKind::Added && d.device == dev
-    });
+    let added = wait_added(
+        &daemon,
+        &mut events,
+        "the BitLocker volume to appear",
+        |d| d.device == dev,
+    );
     assert!(
         added.bitlocker,
         "{dev} not recognised as BitLocker: {added:?}"
@@ -123,8 +126,8 @@ fn round_trip(engine: Engine, name: &str, source: &str, fs: &str, label: &str, t
     // plug's partition may be removed and added again by a rescan: those events carry the
     // old number and are not this.)
     assert!(added.diskseq.is_some(), "no disk sequence number");
-    wait_event(&mut events, "the stick to come back", |k, d| {
-        k == EventKind::Added && d.device == dev && d.bitlocker && d.diskseq != added.diskseq
+    wait_added(&daemon, &mut events, "the stick to come back", |d| {
+        d.device == dev && d.bitlocker && d.diskseq != added.diskseq
     });
     let (code, out, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, "anaconda");
     assert_eq!(code, 0, "second unlock failed: {out}{err}");

@@ -31,6 +31,10 @@ pub fn unlock(shared: &Shared, job: &UnlockJob) -> Result<Session, DaemonError> 
             return Err(e);
         }
     };
+    if view.mount_dir().is_none() {
+        // A dm-crypt mapping needs no directory.
+        mount::remove_dirs(&[dir]);
+    }
     log::info!(
         "{}: decrypted by the {} engine",
         job.path,

@@ -482,6 +482,25 @@ pub fn wait_event(
     event_within(events, what, WAIT, pred).unwrap_or_else(|| panic!("timed out waiting for {what}"))
 }
 
+/// Waits for an `added` event that `pred` accepts, then until the daemon has read that
+/// device: a partition table read again right after the plug (udev, `losetup --partscan`
+/// on some kernels) removes and adds the partition once more, and the new one is probed
+/// anew. Returns the device as the daemon then lists it.
+pub fn wait_added(
+    daemon: &TestDaemon,
+    events: &mut Events,
+    what: &str,
+    mut pred: impl FnMut(&DeviceInfo) -> bool,
+) -> DeviceInfo {
+    loop {
+        let added = wait_event(events, what, |k, d| k == EventKind::Added && pred(d));
+        match daemon.device(&added.device) {
+            Some(info) if info.state != guilocker::protocol::DeviceState::Probing => return info,
+            _ => {}
+        }
+    }
+}
+
 /// Reads events until one matches; `None` when none did within `timeout`.
 pub fn event_within(
     events: &mut Events,

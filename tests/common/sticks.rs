@@ -69,9 +69,7 @@ pub fn plugged(
     let mut events = daemon.events();
     let stick = Stick::plug(&image, table != "none");
     let dev = stick.volume();
-    wait_event(&mut events, "the volume", |k, d| {
-        k == EventKind::Added && d.device == dev
-    });
+    wait_added(&daemon, &mut events, "the volume", |d| d.device == dev);
     Some(Plugged {
         daemon,
         events,
@@ -117,8 +115,8 @@ pub fn replug(daemon: &TestDaemon, events: &mut Events, stick: &mut Stick) -> St
     }
     *stick = Stick::plug(&stick.image.clone(), stick.partitioned);
     let dev = stick.volume();
-    wait_event(events, "the stick to come back", |k, d| {
-        k == EventKind::Added && d.device == dev && d.bitlocker && d.diskseq != before
+    wait_added(daemon, events, "the stick to come back", |d| {
+        d.device == dev && d.bitlocker && d.diskseq != before
     });
     dev
 }
