@@ -8,239 +8,25 @@
 //! thread in one order, and events are numbered in that order.
 
 use super::auth::{self, Caller};
-use super::bus::Bus;
 use super::device::{AfterClose, Device, Phase, Probed};
 use super::error::DaemonError;
-use super::mailbox::{Inbox, Mailbox};
-use super::mountpoint::Reservations;
-use super::probe::{self, Probe, ProbeError};
-use super::seat::Seat;
+use super::jobs::UnlockJob;
+use super::mailbox::Inbox;
+use super::probe;
 use super::session::{CloseMode, Session};
+pub use super::shared::{Ask, Closing, Done, For, Msg, Paths, Reply, Shared, UnlockAsk, VIEWS_DIR};
 use super::table::Table;
 use super::{eject, jobs, watch};
-use crate::bitlocker::{Metadata, VolumeInfo};
+use crate::bitlocker::VolumeInfo;
 use crate::config::Config;
 use crate::process::ExitStatus;
-use crate::protocol::{DeviceInfo, EventKind, UnlockSecret};
+use crate::protocol::{DeviceInfo, EventKind};
 use nix::unistd::Pid;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, RwLock};
+use std::sync::mpsc::channel;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Under the runtime dir: one FUSE mountpoint per unlocked volume.
-pub const VIEWS_DIR: &str = "views";
-
-/// Where the daemon looks and writes; tests point these elsewhere.
-#[derive(Debug, Clone)]
-pub struct Paths {
-    pub runtime_dir: PathBuf,
-    pub proc_partitions: PathBuf,
-    pub sys_block: PathBuf,
-    pub dev: PathBuf,
-}
-
-impl Paths {
-    pub fn new(runtime_dir: PathBuf) -> Self {
-        Self {
-            runtime_dir,
-            proc_partitions: "/proc/partitions".into(),
-            sys_block: "/sys/class/block".into(),
-            dev: "/dev".into(),
-        }
-    }
-
-    /// Where the engine of device `name` serves its decrypted view.
-    pub fn view_dir(&self, name: &str) -> PathBuf {
-        self.runtime_dir.join(VIEWS_DIR).join(name)
-    }
-}
-
-/// The answer to an [`Ask`].
-pub type Reply<T> = Sender<Result<T, DaemonError>>;
-
-/// What a connection thread asks the loop.
-pub enum Ask {
-    Status(Reply<Vec<DeviceInfo>>),
-    Inspect {
-        target: String,
-        reply: Reply<(String, VolumeInfo)>,
-    },
-    Unlock(Box<UnlockAsk>),
-    Unmount {
-        caller: Caller,
-        /// The caller's name, for refusals.
-        caller_name: String,
-        target: Option<String>,
-        all: bool,
-        force: bool,
-        power_off: bool,
-        reply: Reply<Vec<String>>,
-    },
-}
-
-pub struct UnlockAsk {
-    /// Who asked, for the log.
-    pub asked_by: String,
-    /// Who it is unlocked for: authorized already, on the connection's thread.
-    pub owner: super::mount::Owner,
-    pub target: String,
-    pub secret: UnlockSecret,
-    pub read_only: bool,
-    pub mount: bool,
-    pub reply: Reply<DeviceInfo>,
-}
-
-/// What a job reports when it ends. (Each is moved once, through the mailbox: boxing the
-/// large variants would buy nothing.)
-#[allow(clippy::large_enum_variant)]
-pub enum Done {
-    Probed {
-        name: String,
-        generation: u64,
-        result: Result<Probe, ProbeError>,
-    },
-    Unlocked {
-        name: String,
-        generation: u64,
-        path: String,
-        result: Result<Session, DaemonError>,
-        reply: Reply<DeviceInfo>,
-    },
-    Closed {
-        closes: Vec<Closing>,
-        /// For an unmount request: who to answer, and whether to power the stick off.
-        reply: Option<(Reply<Vec<String>>, bool)>,
-    },
-    /// A job that changes no device: the close of a vanished device, an eject.
-    Finished,
-}
-
-/// One session's close, as a close job reports it.
-pub struct Closing {
-    pub name: String,
-    pub generation: u64,
-    pub path: String,
-    pub result: Result<(), Box<(DaemonError, Session)>>,
-}
-
-/// Which devices a job works for, so its end is accounted for even if it panics.
-#[derive(Clone)]
-pub enum For {
-    /// A probe: it holds nothing, and is not waited for at shutdown (one may hang for as
-    /// long as a dying stick makes it).
-    Probe,
-    /// The devices (name, generation) whose sessions the job holds or makes; none for a
-    /// job that only answers a client (an eject).
-    Devices(Vec<(String, u64)>),
-}
-
-#[allow(clippy::large_enum_variant)]
-pub enum Msg {
-    Ask(Ask),
-    /// A job ended: what it reports, or `None` if it panicked.
-    Done(For, Option<Done>),
-}
-
-/// What connection threads and jobs share with the loop: nothing of the device table.
-pub struct Shared {
-    pub config: RwLock<Config>,
-    pub bus: Bus,
-    pub paths: Paths,
-    pub reservations: Reservations,
-    /// Whether a caller is the person at the seat (logind).
-    seat: Seat,
-    mailbox: Mailbox<Msg>,
-}
-
-impl Shared {
-    pub fn config(&self) -> Config {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Sends an ask to the loop and waits for its answer.
-    fn ask<T>(&self, about: &str, make: impl FnOnce(Reply<T>) -> Ask) -> Result<T, DaemonError> {
-        let (reply, answer) = channel();
-        let stopping = || DaemonError::failed(about, "the daemon stopped before it could answer");
-        if !self.mailbox.post(Msg::Ask(make(reply))) {
-            return Err(stopping());
-        }
-        answer.recv().unwrap_or_else(|_| Err(stopping()))
-    }
-
-    pub fn status(&self) -> Result<Vec<DeviceInfo>, DaemonError> {
-        self.ask("status", Ask::Status)
-    }
-
-    /// What the BitLocker metadata of a device says (no secrets in it), and its device path.
-    pub fn inspect(&self, target: &str) -> Result<(String, VolumeInfo), DaemonError> {
-        self.ask(target, |reply| Ask::Inspect {
-            target: target.into(),
-            reply,
-        })
-    }
-
-    /// Unlocks (and by default mounts) a BitLocker device for the caller.
-    pub fn unlock(
-        &self,
-        caller: &Caller,
-        target: &str,
-        secret: UnlockSecret,
-        read_only: bool,
-        mount: bool,
-        owner: Option<String>,
-    ) -> Result<DeviceInfo, DaemonError> {
-        let config = self.config();
-        // Here, not on the loop: the user database and logind may be slow to answer.
-        let owner =
-            auth::authorize_unlock(caller, target, &config.allowed_group, owner.as_deref())?;
-        if config.require_active_session {
-            self.seat.authorize(caller, target)?;
-        }
-        self.ask(target, |reply| {
-            Ask::Unlock(Box::new(UnlockAsk {
-                asked_by: caller.describe(),
-                owner,
-                target: target.into(),
-                secret,
-                read_only,
-                mount,
-                reply,
-            }))
-        })
-    }
-
-    /// Puts away what the caller may: one target, or everything of theirs with `all`.
-    pub fn unmount(
-        &self,
-        caller: &Caller,
-        target: Option<&str>,
-        all: bool,
-        force: bool,
-        power_off: bool,
-    ) -> Result<Vec<String>, DaemonError> {
-        self.ask(target.unwrap_or("unmount"), |reply| Ask::Unmount {
-            caller: *caller,
-            caller_name: caller.describe(),
-            target: target.map(str::to_owned),
-            all,
-            force,
-            power_off,
-            reply,
-        })
-    }
-
-    /// Numbers an event and queues it for the subscribers. Called by the loop only, so
-    /// events are numbered in the order devices changed.
-    fn emit(&self, kind: EventKind, info: DeviceInfo) {
-        log::debug!("{} {} {}", kind.as_str(), info.device, info.state.as_str());
-        self.bus.emit(kind, info);
-    }
-}
 
 /// Runs a job; `None` if it panicked (the panic is logged by the panic hook).
 fn run_job<F: FnOnce(&Shared) -> Done>(job: F, shared: &Shared) -> Option<Done> {
@@ -261,30 +47,11 @@ pub struct Core {
     shutting_down: bool,
 }
 
-/// What an unlock job needs, taken from the table.
-pub struct UnlockJob {
-    pub name: String,
-    pub path: String,
-    pub secret: UnlockSecret,
-    pub metadata: Option<Arc<Metadata>>,
-    pub read_only: bool,
-    pub mount: bool,
-    pub owner: super::mount::Owner,
-    pub config: Config,
-}
-
 impl Core {
     pub fn new(config: Config, paths: Paths) -> nix::Result<Self> {
         let (mailbox, inbox) = super::mailbox::mailbox()?;
         Ok(Self {
-            shared: Arc::new(Shared {
-                config: RwLock::new(config),
-                bus: Bus::default(),
-                paths,
-                reservations: Reservations::default(),
-                seat: Seat::default(),
-                mailbox,
-            }),
+            shared: Arc::new(Shared::new(config, paths, mailbox)),
             table: Table::default(),
             inbox,
             jobs: 0,
@@ -361,7 +128,7 @@ impl Core {
             .spawn(move || {
                 if let Ok(job) = take.recv() {
                     let done = run_job(job, &shared);
-                    shared.mailbox.post(Msg::Done(of_thread, done));
+                    shared.post(Msg::Done(of_thread, done));
                 }
             });
         match spawned {

@@ -2,13 +2,29 @@
 //! sessions. They see no device table; what they make goes back to the loop in a
 //! [`super::core::Done`].
 
-use super::core::{Closing, Shared, UnlockJob};
+use super::core::{Closing, Shared};
 use super::error::DaemonError;
 use super::filesystem;
 use super::mount;
 use super::session::{CloseMode, Session};
 use super::view::{self, View};
+use crate::bitlocker::Metadata;
+use crate::config::Config;
+use crate::protocol::UnlockSecret;
 use std::path::Path;
+use std::sync::Arc;
+
+/// What an unlock job needs, taken from the table.
+pub struct UnlockJob {
+    pub name: String,
+    pub path: String,
+    pub secret: UnlockSecret,
+    pub metadata: Option<Arc<Metadata>>,
+    pub read_only: bool,
+    pub mount: bool,
+    pub owner: super::mount::Owner,
+    pub config: Config,
+}
 
 /// Starts the view (the engine, or the dm-crypt mapping), then, when asked, mounts the
 /// filesystem inside for its owner. On failure, what was started is stopped again.

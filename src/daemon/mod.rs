@@ -1,10 +1,12 @@
 //! `guilocker daemon`: the root service that watches, probes, unlocks and mounts.
 //!
-//! One thread runs the event loop: signals arrive on a signalfd (they are blocked in every
-//! thread), kernel uevents on a netlink socket, clients on the control socket, changes of
-//! the mount table on /proc/self/mountinfo, and a timer re-reads /proc/partitions as a
-//! safety net. Each client connection gets a thread, so a
-//! slow unlock never stalls detection or other clients.
+//! One thread runs the event loop and owns every device ([`core::Core`]): signals arrive on
+//! a signalfd (they are blocked in every thread), kernel uevents on a netlink socket,
+//! clients on the control socket, changes of the mount table on /proc/self/mountinfo, asks
+//! and job results on the core's mailbox, and a timer re-reads /proc/partitions as a
+//! safety net. Each client connection gets a thread that asks the loop and waits for its
+//! answer; everything slow runs as a job on a worker thread. So a slow unlock, a hung
+//! stick or a client that never reads stalls neither detection nor other clients.
 
 pub mod auth;
 pub mod bus;
@@ -26,6 +28,7 @@ pub mod recover;
 pub mod seat;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod table;
 pub mod unlock;
 pub mod view;
