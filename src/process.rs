@@ -614,6 +614,16 @@ unsafe fn child_exec(
                 fail(err_fd);
             }
         }
+        // Nothing else crosses exec: not a descriptor some library opened without
+        // O_CLOEXEC, nor one another thread made between its open and its fcntl (another
+        // spawn's recovery-key pty). Marked, not closed, so the error pipe still works.
+        let first_closed: libc::c_uint = if fd3 >= 0 { 4 } else { 3 };
+        libc::syscall(
+            libc::SYS_close_range,
+            first_closed,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
         libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
         fail(err_fd)
     }
@@ -678,6 +688,35 @@ mod tests {
             .run(Duration::from_secs(10))
             .unwrap();
         assert_eq!(out, "out\nerr\n");
+    }
+
+    #[test]
+    fn a_child_gets_only_its_own_descriptors() {
+        // A descriptor without close-on-exec, as a careless library leaves one.
+        // SAFETY: a copy of our own stderr, at 100 or above; closed below.
+        let leaked = unsafe { libc::fcntl(2, libc::F_DUPFD, 100) };
+        assert!(leaked >= 100);
+        let keep = nix::fcntl::open(
+            c"/dev/null",
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        let listed = Command::new("ls")
+            .arg("/proc/self/fd")
+            .fd3(keep)
+            .run(Duration::from_secs(10))
+            .unwrap();
+        // SAFETY: ours, from the dup above.
+        unsafe { libc::close(leaked) };
+        let fds: Vec<i32> = listed
+            .split_whitespace()
+            .map(|f| f.parse().unwrap())
+            .collect();
+        // stdin, stdout, stderr, fd 3, and the directory ls reads.
+        assert!(!fds.contains(&leaked), "fd {leaked} leaked: {fds:?}");
+        assert!(fds.contains(&3), "{fds:?}");
+        assert!(fds.len() <= 5, "{fds:?}");
     }
 
     #[test]
