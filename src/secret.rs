@@ -4,6 +4,24 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use zeroize::Zeroizing;
 
+/// Keeps secrets that pass through this process out of core dumps and away from other
+/// processes of the same user: no core file (RLIMIT_CORE 0, which children inherit) and not
+/// dumpable (no ptrace, no /proc/PID/mem by the same user). For the daemon, the engine and
+/// the dialog; exec makes a process dumpable again, so each calls it itself.
+pub fn protect_process() {
+    use nix::sys::resource::{setrlimit, Resource};
+    if let Err(e) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        log::warn!("cannot turn core dumps off: {e}");
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        log::warn!(
+            "cannot make this process non-dumpable: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// A secret string. `Debug` and `Display` print `***`; the memory is wiped on drop.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct SecretString(Zeroizing<String>);
@@ -109,6 +127,23 @@ impl<'de> Deserialize<'de> for SecretBytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_protected_process_dumps_nothing() {
+        protect_process();
+        // SAFETY: prctl with integer arguments only.
+        assert_eq!(unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) }, 0);
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let core = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .unwrap();
+        assert_eq!(
+            core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+            ["0", "0"],
+            "{core}"
+        );
+    }
 
     #[test]
     fn debug_never_shows_the_secret() {

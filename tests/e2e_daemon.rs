@@ -71,6 +71,17 @@ fn detached_daemon_and_second_instance() {
 
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
     assert_eq!(comm.trim(), "guilocker", "the pidfile names the daemon");
+    // Secrets pass through it: it never writes a core file (RLIMIT_CORE 0, soft and hard).
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap()
+        .split_whitespace()
+        .skip(4)
+        .take(2)
+        .collect();
+    assert_eq!(core, ["0", "0"], "core dumps of the daemon:\n{limits}");
     let fields = proc_stat_fields(pid);
     // Fields after the command: state(0) ppid(1) pgrp(2) session(3) tty_nr(4).
     assert_eq!(fields[4], "0", "daemon has a controlling tty");

@@ -82,6 +82,7 @@ fn raise_fd_limit() {
 
 pub fn run(opts: Options) -> Result<()> {
     crate::logging::init();
+    crate::secret::protect_process();
     // A panic in a job is caught and reported on the device; its cause goes to the log
     // (stderr is /dev/null once detached).
     std::panic::set_hook(Box::new(|info| log::error!("internal error: {info}")));

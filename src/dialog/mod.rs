@@ -29,6 +29,7 @@ pub const APP_ID: &str = "org.guilocker.Dialog";
 /// The dialog binary: the dialog itself, or with arguments the keyring commands that
 /// `guilocker remembered` and `guilocker forget` run. Returns the exit status.
 pub fn main() -> i32 {
+    crate::secret::protect_process();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() {
         return run();

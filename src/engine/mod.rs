@@ -30,27 +30,6 @@ pub struct Options {
     pub read_only: bool,
 }
 
-/// No core dump and no ptrace by other users: this process holds the volume key.
-fn harden() {
-    // SAFETY: plain syscalls with constant arguments.
-    let (dumpable, core) = unsafe {
-        let none = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        (
-            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0),
-            libc::setrlimit(libc::RLIMIT_CORE, &none),
-        )
-    };
-    if dumpable != 0 || core != 0 {
-        log::warn!(
-            "cannot make the engine non-dumpable: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 /// Takes the key from fd 3 and closes it.
 fn read_key() -> Result<Fvek, EngineError> {
     let key_err = |cause: String| EngineError::Key { cause };
@@ -109,7 +88,8 @@ fn stop_on_signal(mut unmounter: ::fuser::SessionUnmounter, device: &Path) {
 }
 
 pub fn run(opts: &Options) -> Result<(), EngineError> {
-    harden();
+    // It holds the volume's key for as long as it serves.
+    crate::secret::protect_process();
     // SAFETY: setting a signal to ignored installs no handler code.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
