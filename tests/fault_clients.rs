@@ -232,3 +232,64 @@ fn bad_clients_never_starve_the_good_ones() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Issue 12, item 1: an unprivileged user subscribes and hangs up, over and over. Each
+/// subscription must be let go when its client hangs up, not when some later event fails to
+/// reach it (on an idle machine none comes): the daemon's open files stay flat.
+#[test]
+fn subscribe_and_hang_up_leaks_nothing() {
+    let _serial = serial();
+    if !prerequisites(&["runuser", "python3"]) {
+        return;
+    }
+    let daemon = TestDaemon::start("subscribe-hangup");
+    let open_fds =
+        || std::fs::read_dir(format!("/proc/{}/fd", daemon.pid())).map_or(0, |d| d.count());
+    let before = open_fds();
+    // As `nobody`, who may connect but may not unlock. Replies other than "subscribed" (the
+    // per-user connection limit, while the daemon is still letting go of earlier ones) are
+    // counted, not fatal.
+    let script = r#"
+import socket, sys
+subscribed = refused = 0
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.sendall(b'{"type":"subscribe"}\n')
+    reply = s.makefile().readline()
+    if '"subscribed"' in reply:
+        subscribed += 1
+    else:
+        refused += 1
+    s.close()
+print(subscribed, refused)
+"#;
+    let socket = daemon.socket.to_str().unwrap();
+    // The socket's directory must be reachable by nobody.
+    let (code, out, err) = output_of(
+        std::process::Command::new("runuser").args([
+            "-u", "nobody", "--", "python3", "-c", script, socket, "2000",
+        ]),
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    eprintln!(
+        "2000 subscribe-and-hang-up cycles as nobody: subscribed, refused = {}",
+        out.trim()
+    );
+    let subscribed: usize = out.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(
+        subscribed >= 1000,
+        "most subscriptions must be accepted: {out}"
+    );
+    // The last hang-ups may still be on their way through the daemon's threads: at most the
+    // per-user limit of 16 connections, with up to 3 descriptors each (the socket, its write
+    // half, its hang-up watcher's). A leak would be thousands.
+    let after = open_fds();
+    eprintln!("daemon open files: {before} before, {after} after");
+    assert!(
+        after <= before + 48,
+        "open files grew from {before} to {after}"
+    );
+    status_ok(&daemon);
+}
