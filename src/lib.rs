@@ -18,4 +18,5 @@ pub mod pidfile;
 pub mod process;
 pub mod protocol;
 pub mod secret;
+pub mod text;
 pub mod units;

@@ -1,6 +1,6 @@
-//! Fault injection, crafted labels (issue 10, case 8): a stick whose NTFS label tries to climb
-//! out of the media directory, holds a slash or a newline, or is as long as NTFS allows in
-//! multi-byte characters. Each is mounted inside /media/USER (here the test's media root), in a
+//! Fault injection, crafted labels (issue 10, case 8; issue 12, item 2): a stick whose NTFS
+//! label tries to climb out of the media directory, holds a slash, a newline or a terminal
+//! escape, or is as long as NTFS allows in multi-byte characters. Each is mounted inside /media/USER (here the test's media root), in a
 //! directory of one sane name, and its files are readable. (Crafted boot sectors are fuzzed:
 //! fuzz/fuzz_targets/filesystem.rs.)
 //!
@@ -20,18 +20,21 @@ fn crafted_labels_stay_inside_the_media_directory() {
     }
     ensure_user(TEST_USER, true);
     let longest = "é".repeat(128);
+    // (label on the disk, label shown, directory)
     let labels = [
-        ("../../etc", "etc"),
-        ("a/b", "ab"),
-        ("two\nlines", "twolines"),
+        ("../../etc", "../../etc", "etc"),
+        ("a/b", "a/b", "ab"),
+        ("two\nlines", "twolines", "twolines"),
+        // Issue 12, item 2: a label that would retitle root's terminal and clear it.
+        ("\u{1b}]0;pwned\u{7}\u{1b}[2J", "]0;pwned[2J", "]0;pwned[2J"),
         // Nothing left of it: the volume's serial number names the directory.
-        (".", ""),
-        (longest.as_str(), &longest[..64]),
+        (".", ".", ""),
+        (longest.as_str(), longest.as_str(), &longest[..64]),
     ];
     let daemon = TestDaemon::start("fault-labels");
     let own = daemon.media.join(TEST_USER);
     let mut events = daemon.events();
-    for (label, expected) in labels {
+    for (label, shown, expected) in labels {
         let image = make_stick(&daemon.dir, "bitlk-aes-xts-128", "ntfs", label, "none");
         let stick = Stick::plug(&image, false);
         let dev = stick.volume();
@@ -42,8 +45,15 @@ fn crafted_labels_stay_inside_the_media_directory() {
         assert_eq!(code, 0, "{label:?}: {err}");
         let info = daemon.device(&dev).unwrap();
         assert_eq!(info.state, DeviceState::Mounted);
-        // The label as the disk has it, for people; the directory, sane.
-        assert_eq!(info.label.as_deref(), Some(label));
+        // The label as the disk has it, less what could drive a terminal; the directory,
+        // sane; and `status` prints no escape.
+        assert_eq!(info.label.as_deref(), Some(shown));
+        let (code, table, err) = daemon.cli(None, &["status"], "");
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            !table.chars().any(|c| c.is_control() && c != '\n'),
+            "{table:?}"
+        );
         let mountpoint = Path::new(info.mountpoint.as_deref().unwrap()).to_owned();
         println!("{label:?} -> {}", mountpoint.display());
         assert_eq!(mountpoint.parent(), Some(own.as_path()), "{label:?}");

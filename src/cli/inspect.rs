@@ -95,10 +95,7 @@ fn describe(device: &str, v: &VolumeInfo) -> String {
     let mut row = |k: &str, val: String| s.push_str(&format!("  {k:<12} {val}\n"));
     row("GUID", v.guid.to_string());
     if !v.description.is_empty() {
-        row(
-            "Description",
-            v.description.chars().filter(|c| !c.is_control()).collect(),
-        );
+        row("Description", crate::text::escaped(&v.description));
     }
     if let Some(t) = v.creation_time {
         row("Created", date(t));

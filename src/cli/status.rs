@@ -30,6 +30,7 @@ fn table(devices: &[DeviceInfo]) -> String {
             } else {
                 "-".to_owned()
             };
+            // Whatever a daemon sends, nothing reaches the terminal as a control sequence.
             [
                 d.device.clone(),
                 state,
@@ -42,6 +43,7 @@ fn table(devices: &[DeviceInfo]) -> String {
                     .or_else(|| d.error.clone())
                     .unwrap_or_else(|| "-".into()),
             ]
+            .map(|cell| crate::text::escaped(&cell))
         })
         .collect();
     let mut widths = header.map(str::len);
@@ -67,4 +69,23 @@ fn table(devices: &[DeviceInfo]) -> String {
         line(row);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_cannot_drive_the_terminal() {
+        // As a daemon that did not clean it would send it (an older or a hostile one).
+        let device: DeviceInfo = serde_json::from_value(serde_json::json!({
+            "device": "/dev/sdb1", "bitlocker": true, "state": "mounted",
+            "mountpoint": "/media/alice/x", "decrypted": null,
+            "label": "\u{1b}]0;pwned\u{7}\u{1b}[2J", "size_bytes": 1024, "owner": "alice",
+        }))
+        .unwrap();
+        let out = table(&[device]);
+        assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+        assert!(out.contains("\\u{1b}]0;pwned\\u{7}\\u{1b}[2J"), "{out}");
+    }
 }

@@ -101,15 +101,8 @@ impl VolumeFacts {
         protectors.dedup();
         Self {
             guid: Some(info.guid.to_string()),
-            // Text from a stranger's disk: no control characters, bounded.
-            description: Some(
-                info.description
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .take(256)
-                    .collect::<String>(),
-            )
-            .filter(|d| !d.trim().is_empty()),
+            // Text from a stranger's disk.
+            description: crate::text::from_disk(&info.description, 256),
             protectors,
             recovery_key_ids: info
                 .protectors

@@ -80,9 +80,12 @@ fn dashed_serial(serial: u32) -> String {
     format!("{:04X}-{:04X}", serial >> 16, serial & 0xffff)
 }
 
-fn clean(label: String) -> Option<String> {
-    let label = label.trim_end_matches([' ', '\0']).to_owned();
-    (!label.is_empty()).then_some(label)
+/// The longest labels the filesystems allow, in UTF-16 units; longer is crafted.
+const NTFS_LABEL_UNITS: usize = 128;
+const SHORT_LABEL_UNITS: usize = 11;
+
+fn clean(label: String, max_units: usize) -> Option<String> {
+    crate::text::from_disk(&label, max_units)
 }
 
 fn fat_label(raw: &[u8]) -> Option<String> {
@@ -100,6 +103,7 @@ fn fat_label(raw: &[u8]) -> Option<String> {
                 }
             })
             .collect(),
+        SHORT_LABEL_UNITS,
     )
 }
 
@@ -151,7 +155,7 @@ fn ntfs_label(file: &mut (impl Read + Seek), boot: &[u8; 512]) -> Option<String>
             let size = le32(&rec, at + 16) as usize;
             let start = at + le16(&rec, at + 20) as usize;
             let bytes = rec.get(start..start.checked_add(size)?)?;
-            return clean(utf16(bytes));
+            return clean(utf16(bytes), NTFS_LABEL_UNITS);
         }
         at += len;
     }
@@ -201,7 +205,7 @@ fn exfat_label(file: &mut (impl Read + Seek), boot: &[u8; 512]) -> Option<String
             0x00 => break,
             0x83 => {
                 let chars = usize::from(entry[1].min(11));
-                return clean(utf16(&entry[2..2 + chars * 2]));
+                return clean(utf16(&entry[2..2 + chars * 2]), SHORT_LABEL_UNITS);
             }
             _ => {}
         }
