@@ -63,8 +63,13 @@ impl Client {
     }
 
     pub fn status(&mut self) -> Result<Vec<DeviceInfo>, ClientError> {
+        self.status_counted().map(|(devices, _)| devices)
+    }
+
+    /// The devices, and how many the daemon left out to fit its reply in one frame.
+    pub fn status_counted(&mut self) -> Result<(Vec<DeviceInfo>, usize), ClientError> {
         match self.request(&Request::Status)? {
-            Response::Status { devices } => Ok(devices),
+            Response::Status { devices, omitted } => Ok((devices, omitted)),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }

@@ -127,8 +127,13 @@ impl UnlockSecret {
 pub enum Response {
     /// `{"type":"hello","version":1,"server":"guilocker 0.1.0"}`
     Hello { version: u32, server: String },
-    /// `{"type":"status","devices":[{…}]}`
-    Status { devices: Vec<DeviceInfo> },
+    /// `{"type":"status","devices":[{…}]}`; `omitted` counts the devices left out so the
+    /// reply fits in one frame (plain devices go first; absent when none was).
+    Status {
+        devices: Vec<DeviceInfo>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        omitted: usize,
+    },
     /// `{"type":"unlocked","device":{…,"state":"mounted","mountpoint":"/media/alice/STICK"}}`
     Unlocked { device: DeviceInfo },
     /// `{"type":"unmounted","devices":["/dev/sdb1"]}`
@@ -460,10 +465,84 @@ pub fn write_frame<T: Serialize, W: Write>(writer: &mut W, value: &T) -> Result<
     Ok(())
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl Response {
+    /// A `status` reply that fits in one frame, whatever the number of devices: those that
+    /// do not fit are left out and counted, plain devices before BitLocker ones, the last
+    /// listed first.
+    pub fn status(mut devices: Vec<DeviceInfo>) -> Self {
+        // The frame's own overhead, with room for the count.
+        let budget = MAX_FRAME - 64;
+        let size = |d: &DeviceInfo| serde_json::to_vec(d).map_or(MAX_FRAME, |v| v.len() + 1);
+        let mut total: usize = devices.iter().map(size).sum();
+        let mut omitted = 0;
+        for bitlocker in [false, true] {
+            while total > budget {
+                let Some(i) = devices.iter().rposition(|d| d.bitlocker == bitlocker) else {
+                    break;
+                };
+                total -= size(&devices.remove(i));
+                omitted += 1;
+            }
+        }
+        Self::Status { devices, omitted }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Cursor;
+
+    #[test]
+    fn a_status_of_many_devices_fits_one_frame() {
+        let device = |n: usize, bitlocker: bool| DeviceInfo {
+            device: format!("/dev/sd{n}"),
+            bitlocker,
+            state: if bitlocker {
+                DeviceState::Locked
+            } else {
+                DeviceState::Plain
+            },
+            mountpoint: None,
+            decrypted: None,
+            engine: None,
+            label: Some("é".repeat(128)),
+            size_bytes: 1 << 30,
+            owner: None,
+            fs_type: None,
+            read_only: false,
+            error: None,
+            vendor: Some("Vendor".into()),
+            model: Some("Model".into()),
+            guid: None,
+            description: Some("d".repeat(256)),
+            protectors: Vec::new(),
+            recovery_key_ids: Vec::new(),
+            diskseq: Some(n as u64),
+            left_to_desktop: false,
+        };
+        let few: Vec<_> = (0..3).map(|n| device(n, n == 1)).collect();
+        let reply = Response::status(few.clone());
+        let line = serde_json::to_string(&reply).unwrap();
+        assert!(!line.contains("omitted"), "{line}");
+        assert!(matches!(reply, Response::Status { devices, omitted: 0 } if devices == few));
+
+        let many: Vec<_> = (0..1000).map(|n| device(n, n % 100 == 7)).collect();
+        let reply = Response::status(many);
+        let mut frame = Vec::new();
+        write_frame(&mut frame, &reply).unwrap();
+        assert!(frame.len() <= MAX_FRAME);
+        let Response::Status { devices, omitted } = reply else {
+            unreachable!()
+        };
+        assert_eq!(devices.len() + omitted, 1000);
+        assert!(omitted > 0);
+        assert_eq!(devices.iter().filter(|d| d.bitlocker).count(), 10, "kept");
+    }
 
     #[test]
     fn states_a_newer_daemon_adds_are_unknown_here() {

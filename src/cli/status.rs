@@ -8,7 +8,10 @@ use std::io::Write;
 use std::path::Path;
 
 pub fn run(socket: &Path, json: bool) -> Result<(), Failure> {
-    let devices = Client::connect(socket)?.status()?;
+    let (devices, omitted) = Client::connect(socket)?.status_counted()?;
+    if omitted > 0 {
+        eprintln!("guilocker: {omitted} more device(s) not listed: too many for one reply");
+    }
     let mut out = std::io::stdout().lock();
     if json {
         let text =

@@ -104,10 +104,12 @@ impl VolumeFacts {
             // Text from a stranger's disk.
             description: crate::text::from_disk(&info.description, 256),
             protectors,
+            // Bounded like the rest of a device's frame (crafted metadata holds hundreds).
             recovery_key_ids: info
                 .protectors
                 .iter()
                 .filter_map(|p| p.key_id.map(|id| id.to_string()))
+                .take(16)
                 .collect(),
         }
     }

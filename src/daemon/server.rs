@@ -179,7 +179,7 @@ fn handle(daemon: &Daemon, caller: &Caller, request: Request) -> Response {
                 message: format!("client speaks protocol {version}, this daemon speaks {VERSION}"),
             }
         }
-        Request::Status => daemon.status().map(|devices| Response::Status { devices }),
+        Request::Status => daemon.status().map(Response::status),
         Request::Unlock {
             device,
             secret,
