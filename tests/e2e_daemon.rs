@@ -277,3 +277,42 @@ fn no_daemon_is_a_clear_error() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// Issue 12, item 10: a runtime dir another user can write (where the socket and the views
+/// are made by path) is refused, in one line, before anything is made in it.
+#[test]
+fn a_runtime_dir_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    if !prerequisites(&[]) {
+        return;
+    }
+    let dir = scratch("open-runtime");
+    let runtime = dir.join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["daemon", "--foreground", "--socket"])
+        .arg(dir.join("d.sock"))
+        .arg("--pidfile")
+        .arg(dir.join("d.pid"))
+        .arg("--runtime-dir")
+        .arg(&runtime)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("runtime dir"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.ends_with(&format!(
+            "runtime dir {}: must be a directory owned by uid 0 that no one else can write (it is a directory, uid 0, mode 777)",
+            runtime.display()
+        )),
+        "{line}"
+    );
+    assert!(!dir.join("d.sock").exists());
+    assert_eq!(std::fs::read_dir(&runtime).unwrap().count(), 0);
+}

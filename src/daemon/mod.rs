@@ -80,6 +80,32 @@ fn raise_fd_limit() {
     }
 }
 
+/// The socket, the views and the pidfile's neighbours are made by path in the runtime dir:
+/// it must be ours and writable by nobody else, or another user could swap them.
+fn check_runtime_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::symlink_metadata(dir).with_context(|| format!("runtime dir {}", dir.display()))?;
+    let euid = nix::unistd::Uid::effective().as_raw();
+    if !meta.is_dir() || meta.uid() != euid || meta.mode() & 0o022 != 0 {
+        anyhow::bail!(
+            "runtime dir {}: must be a directory owned by uid {euid} that no one else can write \
+             (it is {}, uid {}, mode {:o})",
+            dir.display(),
+            if meta.is_symlink() {
+                "a symbolic link"
+            } else if meta.is_dir() {
+                "a directory"
+            } else {
+                "not a directory"
+            },
+            meta.uid(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
 pub fn run(opts: Options) -> Result<()> {
     crate::logging::init();
     crate::secret::protect_process();
@@ -102,6 +128,7 @@ pub fn run(opts: Options) -> Result<()> {
             .create(&opts.runtime_dir)
             .with_context(|| format!("cannot create {}", opts.runtime_dir.display()))?;
     }
+    check_runtime_dir(&opts.runtime_dir)?;
     let mut pidfile = crate::pidfile::Pidfile::lock(&opts.pidfile)?;
     let readiness = if opts.foreground {
         None
