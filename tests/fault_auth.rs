@@ -1,6 +1,7 @@
 //! Fault injection, authorization (issue 10, case 9): root, a member of `allowed_group` and a
 //! user outside it, each trying to unlock, to unmount their own volume and another's, and
-//! to unlock for someone else (`--owner`). Every refusal is one line that names the device
+//! to unlock for someone else (`--owner`), and what each may see (`status`, `inspect`; issue
+//! 12, item 7). Every refusal is one line that names the device
 //! and why; nothing is unlocked or put away by a refused request.
 //!
 //! Needs root, dislocker's tools for the stick, and the fixtures; skips without, except
@@ -104,6 +105,19 @@ fn every_caller_and_action_gets_its_answer() {
     // The member's own volume: others may not put it away; the member may.
     m.allowed(member, &unlock);
     assert_eq!(m.owner().as_deref(), Some(TEST_USER));
+    // Issue 12, item 7: the outsider sees nothing of it (no owner, mountpoint, label, GUID)
+    // and may not inspect it; the member and root see it.
+    let listed = |user: Option<&str>| -> Vec<String> {
+        let (code, out, err) = m.daemon.cli(user, &["status", "--json"], "");
+        assert_eq!(code, 0, "{err}");
+        let devices: Vec<guilocker::protocol::DeviceInfo> = serde_json::from_str(&out).unwrap();
+        devices.into_iter().map(|d| d.device).collect()
+    };
+    assert!(!listed(outsider).contains(&m.dev), "{OTHER_USER} sees it");
+    assert!(listed(member).contains(&m.dev));
+    assert!(listed(None).contains(&m.dev));
+    m.refused(outsider, &["inspect", dev], &outside);
+    m.allowed(member, &["inspect", dev]);
     m.refused(
         outsider,
         &unmount,

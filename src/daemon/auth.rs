@@ -106,6 +106,33 @@ pub fn authorize_unlock(
     })
 }
 
+/// What a caller may see of the daemon's devices (status, inspect, events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sees {
+    /// Root and members of `allowed_group`: everything (the agent asks about every stick).
+    All,
+    /// Anyone else: only volumes unlocked for them (owners, mountpoints, labels, GUIDs and
+    /// descriptions of other people's sticks are none of their business).
+    OwnedBy(String),
+}
+
+impl Sees {
+    pub fn of(caller: &Caller, allowed_group: &str) -> Self {
+        if in_allowed_group(caller, allowed_group) {
+            Self::All
+        } else {
+            Self::OwnedBy(caller.describe())
+        }
+    }
+
+    pub fn sees(&self, device: &crate::protocol::DeviceInfo) -> bool {
+        match self {
+            Self::All => true,
+            Self::OwnedBy(name) => device.owner.as_deref() == Some(name),
+        }
+    }
+}
+
 /// May `caller` put away a volume unlocked for `owner`? Root, or the owner.
 pub fn may_unmount(caller: &Caller, owner: &Owner) -> bool {
     caller.is_root() || caller.uid == owner.uid

@@ -3,6 +3,7 @@
 //! socket: a subscriber that stops reading fills only its own queue, and is then dropped
 //! with an error, never slowing the daemon or the other subscribers.
 
+use super::auth::Sees;
 use crate::protocol::{write_frame, DeviceInfo, ErrorKind, EventKind, Response};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -21,6 +22,8 @@ type Frame = Arc<[u8]>;
 
 struct Subscriber {
     id: u64,
+    /// Which devices' events it may have.
+    sees: Sees,
     queue: SyncSender<Frame>,
     /// Dropped for not reading: its writer says so before it hangs up.
     lagged: Arc<AtomicBool>,
@@ -59,7 +62,7 @@ impl Bus {
         inner.seq += 1;
         let frame = Response::Event {
             event,
-            device,
+            device: device.clone(),
             seq: inner.seq,
         };
         let mut line = match serde_json::to_vec(&frame) {
@@ -71,22 +74,23 @@ impl Bus {
         };
         line.push(b'\n');
         let line: Frame = line.into();
-        inner
-            .subscribers
-            .retain(|s| match s.queue.try_send(Arc::clone(&line)) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    log::warn!("a subscriber left {QUEUE} events unread; dropping it");
-                    s.lagged.store(true, Ordering::Relaxed);
-                    false
+        inner.subscribers.retain(|s| {
+            !s.sees.sees(&device)
+                || match s.queue.try_send(Arc::clone(&line)) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(_)) => {
+                        log::warn!("a subscriber left {QUEUE} events unread; dropping it");
+                        s.lagged.store(true, Ordering::Relaxed);
+                        false
+                    }
+                    Err(TrySendError::Disconnected(_)) => false,
                 }
-                Err(TrySendError::Disconnected(_)) => false,
-            });
+        });
     }
 
     /// Serves one subscriber on the calling thread until it hangs up, stops reading, or the
     /// daemon drops it: writes its queue to `stream`, in order.
-    pub fn serve(&self, stream: UnixStream) {
+    pub fn serve(&self, stream: UnixStream, sees: Sees) {
         let (queue, frames) = sync_channel(QUEUE);
         let lagged = Arc::new(AtomicBool::new(false));
         let id = {
@@ -95,6 +99,7 @@ impl Bus {
             let id = inner.next_id;
             inner.subscribers.push(Subscriber {
                 id,
+                sees,
                 queue,
                 lagged: Arc::clone(&lagged),
             });
@@ -156,18 +161,26 @@ mod tests {
     use std::io::BufReader;
 
     fn device(n: u64) -> DeviceInfo {
+        owned(n, None)
+    }
+
+    fn owned(n: u64, owner: Option<&str>) -> DeviceInfo {
         serde_json::from_value(serde_json::json!({
             "device": format!("/dev/loop{n}"), "bitlocker": true, "state": "locked",
-            "mountpoint": null, "decrypted": null, "label": null, "size_bytes": 1, "owner": null,
+            "mountpoint": null, "decrypted": null, "label": null, "size_bytes": 1, "owner": owner,
         }))
         .unwrap()
     }
 
     /// A subscriber on a socket pair; returns its reader once it is subscribed.
     fn subscribe(bus: &Arc<Bus>) -> BufReader<UnixStream> {
+        subscribe_as(bus, Sees::All)
+    }
+
+    fn subscribe_as(bus: &Arc<Bus>, sees: Sees) -> BufReader<UnixStream> {
         let (client, server) = UnixStream::pair().unwrap();
         let bus = Arc::clone(bus);
-        std::thread::spawn(move || bus.serve(server));
+        std::thread::spawn(move || bus.serve(server, sees));
         let mut reader = BufReader::new(client);
         match read_frame::<Response, _>(&mut reader) {
             Ok(Some(Response::Subscribed)) => reader,
@@ -210,5 +223,24 @@ mod tests {
         assert_eq!(bus.inner().subscribers.len(), 1, "the stuck one is gone");
         drop(read_rx);
         drop(collector);
+    }
+
+    /// Someone outside the allowed group hears of their own volumes only.
+    #[test]
+    fn a_restricted_subscriber_hears_of_its_own_volumes_only() {
+        let bus = Arc::new(Bus::default());
+        let mut all = subscribe(&bus);
+        let mut bob = subscribe_as(&bus, Sees::OwnedBy("bob".into()));
+        bus.emit(EventKind::Changed, owned(1, Some("alice")));
+        bus.emit(EventKind::Changed, owned(2, None));
+        bus.emit(EventKind::Changed, owned(3, Some("bob")));
+        let next = |r: &mut BufReader<UnixStream>| match read_frame::<Response, _>(r) {
+            Ok(Some(Response::Event { device, seq, .. })) => (device.device, seq),
+            other => panic!("expected an event, got {other:?}"),
+        };
+        for n in 1..=3 {
+            assert_eq!(next(&mut all), (format!("/dev/loop{n}"), n));
+        }
+        assert_eq!(next(&mut bob), ("/dev/loop3".to_owned(), 3));
     }
 }

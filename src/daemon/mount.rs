@@ -243,8 +243,10 @@ pub fn mount(
             match fs.fs_type {
                 // ntfs-3g adds allow_other itself when run by root.
                 FsType::Ntfs => Command::new(NTFS_3G),
+                // allow_other lets the owner in; default_permissions makes the kernel check
+                // the modes (uid, umask=077) for everyone, as these drivers check nothing.
                 FsType::Exfat => {
-                    options.push("allow_other".into());
+                    options.extend(["allow_other".into(), "default_permissions".into()]);
                     Command::new(EXFAT_FUSE)
                 }
                 FsType::Vfat => {
@@ -252,7 +254,7 @@ pub fn mount(
                     if let Some(o) = options.iter_mut().find(|o| *o == "rw") {
                         *o = "rw+".into();
                     }
-                    options.push("allow_other".into());
+                    options.extend(["allow_other".into(), "default_permissions".into()]);
                     Command::new(FUSEFAT)
                 }
             }

@@ -1,6 +1,6 @@
 //! The control socket: accept, read bounded frames, authorize by SO_PEERCRED, answer.
 
-use super::auth::Caller;
+use super::auth::{Caller, Sees};
 use super::core::Shared as Daemon;
 use super::error::DaemonError;
 use crate::protocol::{read_frame, write_frame, ErrorKind, FrameError, Request, Response, VERSION};
@@ -150,7 +150,8 @@ fn serve(daemon: &Daemon, stream: UnixStream, caller: Caller) {
         if let Request::Subscribe = request {
             // From here the connection only carries events; the bus serves it to the end.
             drop(writer);
-            daemon.bus.serve(reader.into_inner());
+            let sees = Sees::of(&caller, &daemon.config().allowed_group);
+            daemon.bus.serve(reader.into_inner(), sees);
             return;
         }
         let response = handle(daemon, &caller, request);
@@ -179,7 +180,13 @@ fn handle(daemon: &Daemon, caller: &Caller, request: Request) -> Response {
                 message: format!("client speaks protocol {version}, this daemon speaks {VERSION}"),
             }
         }
-        Request::Status => daemon.status().map(Response::status),
+        Request::Status => {
+            let sees = Sees::of(caller, &daemon.config().allowed_group);
+            daemon.status().map(|mut devices| {
+                devices.retain(|d| sees.sees(d));
+                Response::status(devices)
+            })
+        }
         Request::Unlock {
             device,
             secret,
@@ -197,9 +204,22 @@ fn handle(daemon: &Daemon, caller: &Caller, request: Request) -> Response {
         } => daemon
             .unmount(caller, target.as_deref(), all, force, !no_power_off)
             .map(|devices| Response::Unmounted { devices }),
-        Request::Inspect { device } => daemon
-            .inspect(&device)
-            .map(|(device, volume)| Response::Inspected { device, volume }),
+        Request::Inspect { device } => {
+            let config = daemon.config();
+            match Sees::of(caller, &config.allowed_group) {
+                Sees::All => daemon.inspect(&device),
+                // A volume's GUID, description (PC name, drive letter) and key IDs are for
+                // those who may unlock it.
+                Sees::OwnedBy(name) => Err(DaemonError::NotAuthorized {
+                    device,
+                    why: format!(
+                        "{name} is not in the group '{}' (see allowed_group in the config)",
+                        config.allowed_group
+                    ),
+                }),
+            }
+            .map(|(device, volume)| Response::Inspected { device, volume })
+        }
         Request::Subscribe => unreachable!("handled by serve"),
     })
 }
