@@ -131,14 +131,31 @@ pub fn derive_fvek(meta: &Metadata, key: Key<'_>) -> Result<Fvek, BitlockerError
     fvek_from_vmk(meta, &vmk)
 }
 
-/// Tries each protector's salt; equal salts are stretched once.
+/// Protectors of one kind whose salts are stretched per attempt, at most. Windows makes one
+/// password protector and a few recovery keys; 64 KiB of crafted metadata holds about 500,
+/// each costing a 2^20-round stretch (seconds together) on every attempt.
+pub const MAX_STRETCHES: usize = 16;
+
+/// The 2^20-round stretch of an initial key with a salt (swapped for a counter in tests).
+type Stretch<'a> = dyn FnMut(&[u8; 32], &[u8; 16]) -> Zeroizing<[u8; 32]> + 'a;
+
+/// Tries each protector's salt; each salt is stretched once, at most [`MAX_STRETCHES`].
 fn by_stretch(
     protectors: &[&ProtectorKeys],
     initial: &[u8; 32],
     wrong: BitlockerError,
 ) -> Result<Zeroizing<[u8; 32]>, BitlockerError> {
+    by_stretch_with(protectors, initial, wrong, &mut kdf::stretch)
+}
+
+fn by_stretch_with(
+    protectors: &[&ProtectorKeys],
+    initial: &[u8; 32],
+    wrong: BitlockerError,
+    stretch: &mut Stretch<'_>,
+) -> Result<Zeroizing<[u8; 32]>, BitlockerError> {
     let mut damaged = None;
-    let mut last: Option<([u8; 16], Zeroizing<[u8; 32]>)> = None;
+    let mut stretched: Vec<([u8; 16], Zeroizing<[u8; 32]>)> = Vec::new();
     for p in protectors {
         let (Some(salt), Some(vmk)) = (p.salt, &p.vmk) else {
             damaged = Some(format!(
@@ -147,16 +164,26 @@ fn by_stretch(
             ));
             continue;
         };
-        let key = match &last {
-            Some((s, k)) if *s == salt => k.clone(),
-            _ => kdf::stretch(initial, &salt),
+        let key = match stretched.iter().find(|(s, _)| *s == salt) {
+            Some((_, k)) => k.clone(),
+            None if stretched.len() == MAX_STRETCHES => {
+                log::warn!(
+                    "{} protectors of one kind; tried the first {MAX_STRETCHES} salts",
+                    protectors.len()
+                );
+                break;
+            }
+            None => {
+                let key = stretch(initial, &salt);
+                stretched.push((salt, key.clone()));
+                key
+            }
         };
         match unwrap_vmk(vmk, &key) {
             Ok(v) => return Ok(v),
             Err(UnwrapError::Tag) => {}
             Err(UnwrapError::Layout(cause)) => damaged = Some(cause),
         }
-        last = Some((salt, key));
     }
     Err(damaged.map_or(wrong, |cause| BitlockerError::DamagedKey {
         what: VMK,

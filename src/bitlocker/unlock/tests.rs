@@ -226,3 +226,48 @@ fn pinned_key_files() {
     let clear = unlock(&clearkey(), Key::ClearKey).unwrap();
     assert_eq!(key_file_sha256(&clear), PIN_CLEARKEY);
 }
+
+/// Issue 12, item 9: crafted metadata with 500 password protectors costs at most
+/// MAX_STRETCHES stretches per attempt, and a salt shared by many is stretched once.
+#[test]
+fn many_protectors_cost_a_bounded_number_of_stretches() {
+    let meta = xts128();
+    let real = meta
+        .protectors
+        .iter()
+        .find(|p| p.kind == ProtectorKind::Password)
+        .unwrap();
+    let crafted = |salt: [u8; 16]| ProtectorKeys {
+        kind: ProtectorKind::Password,
+        guid: real.guid,
+        salt: Some(salt),
+        vmk: real.vmk.clone(),
+        clear_key: None,
+    };
+    let initial = kdf::password_initial("wrong");
+    let count = |protectors: &[ProtectorKeys]| {
+        let refs: Vec<&ProtectorKeys> = protectors.iter().collect();
+        let mut calls = 0;
+        let result = by_stretch_with(
+            &refs,
+            &initial,
+            BitlockerError::WrongPassword,
+            &mut |_, _| {
+                calls += 1;
+                Zeroizing::new([0u8; 32])
+            },
+        );
+        assert!(matches!(result, Err(BitlockerError::WrongPassword)));
+        calls
+    };
+    let distinct: Vec<_> = (0..500u16)
+        .map(|i| {
+            let mut salt = [0u8; 16];
+            salt[..2].copy_from_slice(&i.to_le_bytes());
+            crafted(salt)
+        })
+        .collect();
+    assert_eq!(count(&distinct), MAX_STRETCHES);
+    let shared: Vec<_> = (0..500u16).map(|i| crafted([(i % 3) as u8; 16])).collect();
+    assert_eq!(count(&shared), 3);
+}
