@@ -72,3 +72,86 @@ fn a_user_of_the_same_group_cannot_read_a_fat_stick() {
         k == EventKind::Removed && d.device == dev
     });
 }
+
+/// Item 8: after a crash, a user's own FUSE mount named after the dead view's file (any user
+/// may choose a FUSE mount's source) survives the next daemon's clean-up untouched, while
+/// the real leftovers go.
+#[test]
+fn a_mount_that_lies_about_its_source_survives_a_restart() {
+    let _serial = serial();
+    if !prerequisites(&["fusefat", "mkfs.vfat"]) {
+        return;
+    }
+    let Some(Plugged {
+        mut daemon,
+        events,
+        stick: _stick,
+        dev,
+    }) = plugged(
+        guilocker::protocol::Engine::Native,
+        "lying_source",
+        "bitlk-aes-xts-128",
+        "LIAR",
+        "none",
+    )
+    else {
+        return;
+    };
+    let (mountpoint, view) = unlock_for_user(&daemon, &dev);
+    let decrypted = daemon.device(&dev).unwrap().decrypted.unwrap();
+    drop(events);
+    daemon.crash();
+    let mut victims = engines_for(&dev);
+    for (node, backing) in loop_devices() {
+        if backing == decrypted {
+            victims.extend(guilocker::daemon::mounts::openers(std::path::Path::new(
+                &node,
+            )));
+        }
+    }
+    kill_and_wait(&victims);
+
+    // nobody's own FAT image, mounted by nobody with fusefat, under a source that names the
+    // dead view's file.
+    let home = scratch("liar-home");
+    let image = home.join("own.img");
+    let mnt = home.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    run_ok(Command::new("chown").args(["-R", "nobody"]).arg(&home));
+    let as_nobody = |args: &[&str]| {
+        output_of(
+            Command::new("runuser")
+                .args(["-u", "nobody", "--"])
+                .args(args),
+            "",
+        )
+    };
+    let (code, _, err) = as_nobody(&["mkfs.vfat", "-C", image.to_str().unwrap(), "1024"]);
+    assert_eq!(code, 0, "{err}");
+    let fsname = format!("fsname={decrypted}");
+    let (code, _, err) = as_nobody(&[
+        "fusefat",
+        "-o",
+        &fsname,
+        image.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(is_mounted(&mnt), "nobody's mount");
+    let source = guilocker::daemon::mounts::mounts()
+        .into_iter()
+        .find(|m| m.mountpoint == mnt)
+        .unwrap()
+        .source;
+    assert_eq!(source, decrypted, "the lie is in place");
+
+    let startup = daemon.respawn();
+    let survived = is_mounted(&mnt) && mnt.exists();
+    let _ = as_nobody(&["fusermount", "-u", mnt.to_str().unwrap()]);
+    assert!(survived, "nobody's mount was taken for ours: {startup:#?}");
+    assert!(
+        startup.iter().any(|l| l.contains("cleaned up 1 volume")),
+        "{startup:#?}"
+    );
+    assert_clean(&daemon, &dev, &mountpoint, &view);
+}

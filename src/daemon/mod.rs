@@ -206,7 +206,7 @@ fn start(opts: &Options, config: Config, pidfile: &mut crate::pidfile::Pidfile) 
         }
     };
     desktop::announce(&opts.runtime_dir, !config.leave_bitlocker_to_desktop);
-    let cleaned = recover::clean_stale(&opts.runtime_dir);
+    let cleaned = recover::clean_stale(&opts.runtime_dir, &config.mount_root);
     if cleaned > 0 {
         log::warn!("cleaned up {cleaned} volume(s) an earlier guilocker left behind");
     }

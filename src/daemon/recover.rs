@@ -8,6 +8,10 @@
 //! dm-crypt mappings (`guilocker-*`) outlive any daemon: the kernel serves them. A dead FUSE
 //! driver's mount on one is detached; a mapping nothing uses any more is closed; one still
 //! mounted is left to its user.
+//!
+//! A mount's source is whatever its maker wrote (any user may name a FUSE mount after our
+//! files): a user's filesystem is taken for ours only where we mount them, under the mount
+//! root, whose directories only root can write.
 
 use super::dmcrypt;
 use super::mount;
@@ -31,7 +35,7 @@ fn loops_over(file: &Path) -> Vec<String> {
 }
 
 /// Detaches a dead mount left behind and removes its directories if empty.
-fn detach_dead(mountpoint: &Path) {
+fn detach_dead(mountpoint: &Path, mount_root: &Path) {
     log::warn!(
         "{}: left behind by an earlier guilocker; detaching it",
         mountpoint.display()
@@ -42,13 +46,13 @@ fn detach_dead(mountpoint: &Path) {
     // Only what is empty goes: rmdir, never rm -r.
     let parent = mountpoint.parent().map(Path::to_owned);
     mount::remove_dirs(&[mountpoint.to_owned()]);
-    if let Some(parent) = parent {
+    if let Some(parent) = parent.filter(|p| p.starts_with(mount_root) && p != mount_root) {
         let _ = std::fs::remove_dir(parent);
     }
 }
 
 /// Closes the `guilocker-*` mappings nothing uses; returns how many.
-fn clean_mappings() -> usize {
+fn clean_mappings(mount_root: &Path) -> usize {
     let mut cleaned = 0;
     for (name, kname) in dmcrypt::mappings() {
         let numbers = std::fs::read_to_string(Path::new("/sys/block").join(&kname).join("dev"))
@@ -58,12 +62,13 @@ fn clean_mappings() -> usize {
             .into_iter()
             .filter(|m| {
                 (m.numbers == numbers.trim() || Path::new(&m.source) == mapper)
+                    && m.mountpoint.starts_with(mount_root)
                     && mounts::is_dead(&m.mountpoint)
             })
             .map(|m| m.mountpoint)
             .collect();
         for mountpoint in &dead {
-            detach_dead(mountpoint);
+            detach_dead(mountpoint, mount_root);
         }
         if dmcrypt::in_use(&kname) {
             log::warn!("{name}: still in use, left open by an earlier guilocker; leaving it");
@@ -76,9 +81,9 @@ fn clean_mappings() -> usize {
     cleaned
 }
 
-/// Cleans up dead leftovers under `runtime_dir` and unused mappings; returns how many
-/// volumes were cleaned.
-pub fn clean_stale(runtime_dir: &Path) -> usize {
+/// Cleans up dead leftovers under `runtime_dir` (views) and `mount_root` (the users'
+/// filesystems on them), and unused mappings; returns how many volumes were cleaned.
+pub fn clean_stale(runtime_dir: &Path, mount_root: &Path) -> usize {
     let views_dir = runtime_dir.join(super::core::VIEWS_DIR);
     let all = mounts::mounts();
     let views: Vec<&Mount> = all
@@ -100,12 +105,13 @@ pub fn clean_stale(runtime_dir: &Path) -> usize {
         let users: Vec<PathBuf> = all
             .iter()
             .filter(|m| {
-                files.iter().any(|f| Path::new(&m.source) == f) || loops.contains(&m.source)
+                (files.iter().any(|f| Path::new(&m.source) == f) || loops.contains(&m.source))
+                    && m.mountpoint.starts_with(mount_root)
             })
             .map(|m| m.mountpoint.clone())
             .collect();
         for mountpoint in &users {
-            detach_dead(mountpoint);
+            detach_dead(mountpoint, mount_root);
         }
         for dev in &loops {
             mount::detach_loop(dev);
@@ -120,5 +126,5 @@ pub fn clean_stale(runtime_dir: &Path) -> usize {
         mount::remove_dirs(std::slice::from_ref(&view.mountpoint));
         cleaned += 1;
     }
-    cleaned + clean_mappings()
+    cleaned + clean_mappings(mount_root)
 }
