@@ -12,6 +12,7 @@ use super::metadata::{Metadata, ProtectorKeys};
 use super::recovery;
 use crate::secret::SecretString;
 use std::fmt;
+use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 /// The secret offered to unlock a volume.
@@ -136,16 +137,28 @@ pub fn derive_fvek(meta: &Metadata, key: Key<'_>) -> Result<Fvek, BitlockerError
 /// each costing a 2^20-round stretch (seconds together) on every attempt.
 pub const MAX_STRETCHES: usize = 16;
 
+/// Time after which no further salt is stretched in one attempt (the one under way finishes).
+/// A stretch takes 0.1-0.5 s on a PC and about 2 s on a small ARM board, and a volume from
+/// Windows needs one or two: the budget only ever cuts crafted metadata short.
+pub const STRETCH_BUDGET: Duration = Duration::from_secs(4);
+
 /// The 2^20-round stretch of an initial key with a salt (swapped for a counter in tests).
 type Stretch<'a> = dyn FnMut(&[u8; 32], &[u8; 16]) -> Zeroizing<[u8; 32]> + 'a;
 
-/// Tries each protector's salt; each salt is stretched once, at most [`MAX_STRETCHES`].
+/// Time spent so far in this attempt (a fake clock in tests).
+type Elapsed<'a> = dyn FnMut() -> Duration + 'a;
+
+/// Tries each protector's salt; each salt is stretched once, at most [`MAX_STRETCHES`] of
+/// them, and none started after [`STRETCH_BUDGET`].
 fn by_stretch(
     protectors: &[&ProtectorKeys],
     initial: &[u8; 32],
     wrong: BitlockerError,
 ) -> Result<Zeroizing<[u8; 32]>, BitlockerError> {
-    by_stretch_with(protectors, initial, wrong, &mut kdf::stretch)
+    let started = Instant::now();
+    by_stretch_with(protectors, initial, wrong, &mut kdf::stretch, &mut || {
+        started.elapsed()
+    })
 }
 
 fn by_stretch_with(
@@ -153,6 +166,7 @@ fn by_stretch_with(
     initial: &[u8; 32],
     wrong: BitlockerError,
     stretch: &mut Stretch<'_>,
+    elapsed: &mut Elapsed<'_>,
 ) -> Result<Zeroizing<[u8; 32]>, BitlockerError> {
     let mut damaged = None;
     let mut stretched: Vec<([u8; 16], Zeroizing<[u8; 32]>)> = Vec::new();
@@ -170,6 +184,15 @@ fn by_stretch_with(
                 log::warn!(
                     "{} protectors of one kind; tried the first {MAX_STRETCHES} salts",
                     protectors.len()
+                );
+                break;
+            }
+            None if elapsed() >= STRETCH_BUDGET => {
+                log::warn!(
+                    "{} protectors of one kind; tried {} salts in {:?}, the time allowed",
+                    protectors.len(),
+                    stretched.len(),
+                    STRETCH_BUDGET
                 );
                 break;
             }

@@ -228,7 +228,8 @@ fn pinned_key_files() {
 }
 
 /// Issue 12, item 9: crafted metadata with 500 password protectors costs at most
-/// MAX_STRETCHES stretches per attempt, and a salt shared by many is stretched once.
+/// MAX_STRETCHES stretches per attempt, none started after STRETCH_BUDGET, and a salt shared
+/// by many is stretched once.
 #[test]
 fn many_protectors_cost_a_bounded_number_of_stretches() {
     let meta = xts128();
@@ -245,21 +246,24 @@ fn many_protectors_cost_a_bounded_number_of_stretches() {
         clear_key: None,
     };
     let initial = kdf::password_initial("wrong");
-    let count = |protectors: &[ProtectorKeys]| {
+    // Stretches counted on a fake clock: each takes `each` of it.
+    let count_timed = |protectors: &[ProtectorKeys], each: Duration| {
         let refs: Vec<&ProtectorKeys> = protectors.iter().collect();
-        let mut calls = 0;
+        let calls = std::cell::Cell::new(0u32);
         let result = by_stretch_with(
             &refs,
             &initial,
             BitlockerError::WrongPassword,
             &mut |_, _| {
-                calls += 1;
+                calls.set(calls.get() + 1);
                 Zeroizing::new([0u8; 32])
             },
+            &mut || each * calls.get(),
         );
         assert!(matches!(result, Err(BitlockerError::WrongPassword)));
-        calls
+        calls.get() as usize
     };
+    let count = |protectors: &[ProtectorKeys]| count_timed(protectors, Duration::ZERO);
     let distinct: Vec<_> = (0..500u16)
         .map(|i| {
             let mut salt = [0u8; 16];
@@ -270,4 +274,11 @@ fn many_protectors_cost_a_bounded_number_of_stretches() {
     assert_eq!(count(&distinct), MAX_STRETCHES);
     let shared: Vec<_> = (0..500u16).map(|i| crafted([(i % 3) as u8; 16])).collect();
     assert_eq!(count(&shared), 3);
+    // On a machine where a stretch takes a second, the budget stops the attempt first; one
+    // slower than the budget still tries the first salt.
+    assert_eq!(
+        count_timed(&distinct, Duration::from_secs(1)),
+        STRETCH_BUDGET.as_secs() as usize
+    );
+    assert_eq!(count_timed(&distinct, Duration::from_secs(60)), 1);
 }
