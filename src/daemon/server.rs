@@ -6,7 +6,6 @@ use super::error::DaemonError;
 use crate::protocol::{read_frame, write_frame, ErrorKind, FrameError, Request, Response, VERSION};
 use std::collections::HashMap;
 use std::io::BufReader;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,18 +22,23 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// Called before any thread exists: the umask it sets for the bind is the process's.
     pub fn bind(path: &Path) -> std::io::Result<Self> {
-        // Bound under a temporary name, opened up, then renamed into place: whoever sees the
-        // socket can connect to it (and a file left by a daemon that died is replaced; the
-        // pidfile lock says none is running).
+        use nix::sys::stat::{umask, Mode};
+        // Bound under a temporary name, then renamed into place: whoever sees the socket can
+        // connect to it (and a file left by a daemon that died is replaced; the pidfile lock
+        // says none is running). The mode comes from the umask at bind, so there is no
+        // moment, and no second lookup of the path, between creating the file and opening it
+        // up (fchmod on a socket does not reach its file).
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(format!(".{}.tmp", std::process::id()));
         let tmp = PathBuf::from(tmp);
         let _ = std::fs::remove_file(&tmp);
-        let listener = UnixListener::bind(&tmp)?;
-        let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = placed {
+        let old = umask(Mode::from_bits_truncate(0o111));
+        let bound = UnixListener::bind(&tmp);
+        umask(old);
+        let listener = bound?;
+        if let Err(e) = std::fs::rename(&tmp, path) {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
