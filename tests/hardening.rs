@@ -13,7 +13,8 @@ use std::process::Command;
 const PEER: &str = "guilocker-peer";
 
 /// Item 3: a FAT stick (served by fusefat, which checks no permissions itself) unlocked for
-/// one user: another user of the same primary group cannot list or read it.
+/// one user: another user of the same primary group cannot read it, nor list the owner's
+/// folder of mounts.
 #[test]
 fn a_user_of_the_same_group_cannot_read_a_fat_stick() {
     let _serial = serial();
@@ -59,7 +60,20 @@ fn a_user_of_the_same_group_cannot_read_a_fat_stick() {
     };
     let (code, out, err) = as_user(TEST_USER, &["cat", &file]);
     assert_eq!((code, out.as_str()), (0, "hello from windows\n"), "{err}");
-    for args in [&["cat", &file][..], &["ls", &mountpoint][..]] {
+    // The folder of the owner's mounts lists the labels of its sticks: the owner's alone.
+    let folder = std::path::Path::new(&mountpoint)
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (code, _, err) = as_user(TEST_USER, &["ls", &folder]);
+    assert_eq!(code, 0, "the owner cannot list {folder}: {err}");
+    for args in [
+        &["cat", &file][..],
+        &["ls", &mountpoint][..],
+        &["ls", &folder][..],
+    ] {
         let (code, out, err) = as_user(PEER, args);
         println!("{PEER}: {args:?}: exit {code}: {}", err.trim());
         assert_ne!(code, 0, "{PEER} could run {args:?}: {out}");

@@ -31,6 +31,7 @@ pub mod session;
 pub mod shared;
 pub mod table;
 pub mod unlock;
+pub mod userdir;
 pub mod view;
 pub mod watch;
 

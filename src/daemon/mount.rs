@@ -105,27 +105,23 @@ fn check_safe_dir(device: &str, dir: &Path) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Creates `/media/<owner>` (0750, group = owner's) and the mountpoint (0700) if missing.
+/// Creates `/media/<owner>` (see [`super::userdir`]) and the mountpoint (0700) if missing.
 fn make_dirs(
     device: &str,
     parent: &Path,
     mountpoint: &Path,
     owner: &Owner,
 ) -> Result<Vec<PathBuf>, DaemonError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let mut made = Vec::new();
     if let Some(root) = parent.parent() {
         std::fs::create_dir_all(root)
             .map_err(|e| DaemonError::io(device, "cannot create", root, e))?;
     }
-    match std::fs::DirBuilder::new().mode(0o750).create(parent) {
-        Ok(()) => {
-            let _ = nix::unistd::chown(parent, Some(0.into()), Some(owner.gid.into()));
-            let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o750));
-            made.push(parent.to_owned());
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(DaemonError::io(device, "cannot create", parent, e)),
+    match super::userdir::ensure(parent, owner.uid, owner.gid) {
+        Ok(true) => made.push(parent.to_owned()),
+        Ok(false) => {}
+        Err(e) => return Err(DaemonError::io(device, "cannot prepare", parent, e)),
     }
     if let Some(root) = parent.parent() {
         check_safe_dir(device, root)?;
