@@ -1,6 +1,7 @@
 //! AES-CCM wrapped keys (VMK, FVEK) and the decrypted FVEK, in the form dislocker's `-k` reads.
 
 use super::entries::{u16_at, HEADER_LEN, VALUE_KEY};
+use crate::secret::SecretBytes;
 use aes::Aes256;
 use ccm::aead::{generic_array::GenericArray, AeadInPlace, KeyInit};
 use ccm::consts::{U12, U16};
@@ -107,7 +108,7 @@ pub struct Fvek {
     /// The volume's encryption method (0x8000..=0x8005).
     pub method: u16,
     /// Key data as BitLocker stores it (Elephant: FVEK at 0, tweak key at 32).
-    pub key: Zeroizing<Vec<u8>>,
+    pub key: SecretBytes,
 }
 
 impl fmt::Debug for Fvek {
@@ -122,8 +123,9 @@ impl Fvek {
     pub fn key_file(&self) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(vec![0u8; 2 + DISLOCKER_KEY_DATA]);
         out[..2].copy_from_slice(&self.method.to_le_bytes());
-        let n = self.key.len().min(DISLOCKER_KEY_DATA);
-        out[2..2 + n].copy_from_slice(&self.key[..n]);
+        let key = self.key.expose();
+        let n = key.len().min(DISLOCKER_KEY_DATA);
+        out[2..2 + n].copy_from_slice(&key[..n]);
         out
     }
 
@@ -143,9 +145,10 @@ impl Fvek {
         };
         // Sized once: a Vec that grows leaves its old copy of the key behind, unwiped.
         let mut out = Zeroizing::new(Vec::with_capacity(if tweak { 2 * len } else { len }));
-        out.extend_from_slice(self.key.get(..len)?);
+        let key = self.key.expose();
+        out.extend_from_slice(key.get(..len)?);
         if tweak {
-            out.extend_from_slice(self.key.get(ELEPHANT_TWEAK_AT..ELEPHANT_TWEAK_AT + len)?);
+            out.extend_from_slice(key.get(ELEPHANT_TWEAK_AT..ELEPHANT_TWEAK_AT + len)?);
         }
         Some(out)
     }
@@ -165,7 +168,7 @@ impl Fvek {
         }
         Ok(Self {
             method,
-            key: Zeroizing::new(file[2..].to_vec()),
+            key: SecretBytes::new(file[2..].to_vec()),
         })
     }
 }
@@ -212,15 +215,18 @@ mod tests {
     fn dislocker_file_layout() {
         let f = Fvek {
             method: 0x8004,
-            key: Zeroizing::new((1..=32).collect()),
+            key: SecretBytes::new((1..=32).collect()),
         };
         let file = f.key_file();
         assert_eq!(file.len(), 66);
         assert_eq!(&file[..2], &[0x04, 0x80]);
-        assert_eq!(&file[2..34], &*f.key);
+        assert_eq!(&file[2..34], f.key.expose());
         assert!(file[34..].iter().all(|&b| b == 0));
         let back = Fvek::from_key_file(&file).unwrap();
-        assert_eq!((back.method, &back.key[..32]), (0x8004, &f.key[..]));
+        assert_eq!(
+            (back.method, &back.key.expose()[..32]),
+            (0x8004, f.key.expose())
+        );
         assert!(Fvek::from_key_file(&file[..65]).is_err());
         assert!(Fvek::from_key_file(&[0u8; 66]).is_err());
         assert_eq!(format!("{f:?}"), "Fvek { method: 0x8004, key: *** }");

@@ -111,10 +111,17 @@ impl SectorCipher {
             });
         }
         let need = cipher.key_bytes().ok_or_else(unsupported)?;
-        let key = fvek.key.get(..need).ok_or(BitlockerError::DamagedKey {
-            what: "full-volume encryption key",
-            cause: format!("{} bytes of key data, {need} needed", fvek.key.len()),
-        })?;
+        let key = fvek
+            .key
+            .expose()
+            .get(..need)
+            .ok_or(BitlockerError::DamagedKey {
+                what: "full-volume encryption key",
+                cause: format!(
+                    "{} bytes of key data, {need} needed",
+                    fvek.key.expose().len()
+                ),
+            })?;
         let aes = |k: &[u8]| AesKey::new(k).ok_or_else(unsupported);
         let mode = match cipher {
             Cipher::AesXts128 => Mode::Xts {
@@ -290,7 +297,6 @@ fn cbc_encrypt(key: &AesKey, iv: &[u8; BLOCK], sector: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zeroize::Zeroizing;
 
     fn hex(s: &str) -> Vec<u8> {
         (0..s.len())
@@ -304,7 +310,7 @@ mod tests {
         data.resize(64, 0);
         Fvek {
             method,
-            key: Zeroizing::new(data),
+            key: crate::secret::SecretBytes::new(data),
         }
     }
 
@@ -422,7 +428,7 @@ mod tests {
         assert!(SectorCipher::new(&fvek(0x9999, &key), 512).is_err());
         let short = Fvek {
             method: 0x8005,
-            key: Zeroizing::new(vec![0; 32]),
+            key: crate::secret::SecretBytes::new(vec![0; 32]),
         };
         assert!(SectorCipher::new(&short, 512).is_err());
         let c = SectorCipher::new(&fvek(0x8004, &key), 512).unwrap();

@@ -10,7 +10,7 @@ use super::kdf;
 use super::keys::{Fvek, UnwrapError, WrappedKey};
 use super::metadata::{Metadata, ProtectorKeys};
 use super::recovery;
-use crate::secret::SecretString;
+use crate::secret::{SecretBytes, SecretString};
 use std::fmt;
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
@@ -278,7 +278,7 @@ fn fvek_from_vmk(meta: &Metadata, vmk: &[u8; 32]) -> Result<Fvek, BitlockerError
         .fvek
         .as_ref()
         .ok_or_else(|| damaged("the metadata has no FVEK entry".into()))?;
-    let (_, key) = wrapped.unwrap(vmk).map_err(|e| match e {
+    let (_, mut key) = wrapped.unwrap(vmk).map_err(|e| match e {
         UnwrapError::Tag => {
             damaged("the volume master key does not authenticate it (damaged metadata?)".into())
         }
@@ -294,7 +294,7 @@ fn fvek_from_vmk(meta: &Metadata, vmk: &[u8; 32]) -> Result<Fvek, BitlockerError
     }
     Ok(Fvek {
         method: meta.info.encryption_method,
-        key,
+        key: SecretBytes::new(std::mem::take(&mut *key)),
     })
 }
 

@@ -30,10 +30,10 @@ fn password_and_recovery_key_reach_the_same_fvek() {
     let pw = SecretString::from("anaconda");
     let a = unlock(&meta, Key::Password(&pw)).unwrap();
     assert_eq!(a.method, 0x8004);
-    assert_eq!(a.key.len(), 32);
+    assert_eq!(a.key.expose().len(), 32);
     let rp = SecretString::from(testdata::RP_XTS128);
     let b = unlock(&meta, Key::RecoveryPassword(&rp)).unwrap();
-    assert_eq!(*a.key, *b.key);
+    assert_eq!(a.key, b.key);
     assert_eq!(key_file_sha256(&a), PIN_XTS128);
 }
 
@@ -68,7 +68,7 @@ fn wrong_secrets() {
 fn startup_keys_of_both_windows_versions() {
     let meta = win11();
     let fvek = unlock(&meta, Key::StartupKey(&bytes(testdata::WIN11_BEK))).unwrap();
-    assert_eq!(fvek.key.len(), 32);
+    assert_eq!(fvek.key.expose().len(), 32);
     // The Windows 10 key belongs to another volume's protector: named in the message.
     let e = unlock(&meta, Key::StartupKey(&bytes(testdata::WIN10_BEK))).unwrap_err();
     assert_eq!(
@@ -102,7 +102,7 @@ fn startup_keys_of_both_windows_versions() {
 #[test]
 fn clear_key_and_missing_protectors() {
     let meta = clearkey();
-    assert_eq!(unlock(&meta, Key::ClearKey).unwrap().key.len(), 32);
+    assert_eq!(unlock(&meta, Key::ClearKey).unwrap().key.expose().len(), 32);
     let e = unlock(&meta, Key::Password(&SecretString::from("x"))).unwrap_err();
     assert_eq!(
         e.to_string(),
