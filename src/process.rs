@@ -452,15 +452,7 @@ impl Reaper {
             Stdio::Null => None,
         };
         let pty = if cmd.controlling_tty {
-            let pty = nix::pty::openpty(None, None).map_err(spawn_err)?;
-            for fd in [&pty.master, &pty.slave] {
-                nix::fcntl::fcntl(
-                    fd,
-                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-                )
-                .map_err(spawn_err)?;
-            }
-            Some(pty)
+            Some(open_pty().map_err(spawn_err)?)
         } else {
             None
         };
@@ -629,6 +621,29 @@ unsafe fn child_exec(
     }
 }
 
+/// Both ends of a fresh pty, each close-on-exec from its open: another thread's spawn in
+/// between can never inherit them (openpty(3) sets no O_CLOEXEC).
+struct Pty {
+    master: OwnedFd,
+    slave: OwnedFd,
+}
+
+fn open_pty() -> nix::Result<Pty> {
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let slave = nix::fcntl::open(
+        ptsname_r(&master)?.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    Ok(Pty {
+        master: master.into(),
+        slave,
+    })
+}
+
 /// Puts an fd we own into non-blocking mode (best effort).
 pub fn set_nonblocking(file: &File) {
     use nix::fcntl::{fcntl, FcntlArg};
@@ -760,6 +775,15 @@ mod tests {
         let out = Command::new("env").run(Duration::from_secs(10)).unwrap();
         assert!(!out.contains("leak"));
         assert!(out.contains("LC_ALL=C"));
+    }
+
+    #[test]
+    fn both_ends_of_a_pty_are_close_on_exec_from_the_start() {
+        let pty = open_pty().unwrap();
+        for fd in [&pty.master, &pty.slave] {
+            let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+            assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        }
     }
 
     #[test]
