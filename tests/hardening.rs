@@ -174,3 +174,93 @@ fn a_mount_that_lies_about_its_source_survives_a_restart() {
     );
     assert_clean(&daemon, &dev, &mountpoint, &view);
 }
+
+/// Where `needle` occurs in the readable memory of process `pid` (root reads even a
+/// non-dumpable process through /proc/PID/mem): the start address of each mapping holding it.
+fn memory_holding(pid: i32, needle: &[u8]) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut found = Vec::new();
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(range), Some(perms)) = (fields.first(), fields.get(1)) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.contains("[vvar") || line.contains("[vsyscall]") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut region = vec![0; (end - start) as usize];
+        if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut region).is_err() {
+            continue;
+        }
+        if region.windows(needle.len()).any(|w| w == needle) {
+            found.push(format!("{line}"));
+        }
+    }
+    found
+}
+
+/// Item 6: a password that JSON must escape (serde_json unescapes it into a scratch buffer,
+/// and serde copies it once more for an internally tagged enum) leaves no copy in the
+/// daemon's memory once the unlock is answered: not as received, not unescaped, not as the
+/// UTF-16 that BitLocker hashes.
+#[test]
+fn a_password_leaves_no_copy_in_the_daemon() {
+    let _serial = serial();
+    let Some(Plugged {
+        daemon,
+        events: _events,
+        stick: _stick,
+        dev,
+    }) = plugged(
+        guilocker::protocol::Engine::Native,
+        "no_copy",
+        "bitlk-aes-xts-128",
+        "NOCOPY",
+        "none",
+    )
+    else {
+        return;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    // Wrong on purpose: the attempt goes through the whole key derivation and fails.
+    let password = format!("w\"r\\ong é {nanos}");
+    let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, &password);
+    assert_ne!(code, 0, "a wrong password opened {dev}");
+    println!("refused as expected: {}", err.trim());
+    let escaped = serde_json::to_string(&password).unwrap();
+    let utf16: Vec<u8> = password.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let needles = [
+        ("as sent", escaped.trim_matches('"').as_bytes().to_vec()),
+        ("unescaped", password.as_bytes().to_vec()),
+        ("UTF-16", utf16),
+    ];
+    // The connection's thread may still be winding down after the reply: wait for the
+    // condition itself, with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let left = loop {
+        let left: Vec<String> = needles
+            .iter()
+            .flat_map(|(what, needle)| {
+                memory_holding(daemon.pid(), needle)
+                    .into_iter()
+                    .map(move |m| format!("{what}: {m}"))
+            })
+            .collect();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        left.is_empty(),
+        "the password is still in the daemon: {left:#?}"
+    );
+}
