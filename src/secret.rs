@@ -237,7 +237,7 @@ impl<'de> Deserialize<'de> for SecretBytes {
                 f.write_str("a hex string")
             }
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<SecretBytes, E> {
-                if text.len() % 2 != 0 {
+                if !text.len().is_multiple_of(2) {
                     return Err(E::custom("hex secret has an odd length"));
                 }
                 let nibble = |c: u8| match c {
