@@ -198,7 +198,7 @@ fn memory_holding(pid: i32, needle: &[u8]) -> Vec<String> {
             continue;
         }
         if region.windows(needle.len()).any(|w| w == needle) {
-            found.push(format!("{line}"));
+            found.push(line.to_owned());
         }
     }
     found
