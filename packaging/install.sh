@@ -18,6 +18,14 @@ ensure_cargo
 cargo build --release --locked
 
 install -D -m 0755 target/release/guilocker "$prefix/bin/guilocker"
+# Manual pages and completions, generated from the binary's own definitions.
+generate_docs target/release/guilocker target/docs
+for page in target/docs/man/*.[15]; do
+  install -D -m 0644 "$page" "$prefix/share/man/man${page##*.}/${page##*/}"
+done
+install -D -m 0644 target/docs/completions/guilocker.bash "$prefix/share/bash-completion/completions/guilocker"
+install -D -m 0644 target/docs/completions/guilocker.zsh "$prefix/share/zsh/site-functions/_guilocker"
+install -D -m 0644 target/docs/completions/guilocker.fish "$prefix/share/fish/vendor_completions.d/guilocker.fish"
 # The GTK dialog lives apart, so the daemon and the agent never load GTK.
 install -D -m 0755 target/release/guilocker-dialog "$prefix/libexec/guilocker/guilocker-dialog"
 if [[ ! -e /etc/guilocker/config.toml ]]; then

@@ -35,3 +35,15 @@ ensure_vng() {
   python3 -m pip install -q --root-user-action=ignore virtme-ng
   command -v vng >/dev/null || { hash -r; command -v vng >/dev/null; }
 }
+
+# generate_docs BIN DIR: the manual pages (DIR/man) and shell completions (DIR/completions)
+# that BIN generates from its own argument definitions and example configuration.
+generate_docs() {
+  local bin=$1 dir=$2 shell
+  rm -rf "$dir/man" "$dir/completions"
+  "$bin" man-pages "$dir/man"
+  mkdir -p "$dir/completions"
+  for shell in bash zsh fish; do
+    "$bin" completions "$shell" > "$dir/completions/guilocker.$shell"
+  done
+}

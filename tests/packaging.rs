@@ -132,3 +132,100 @@ fn only_the_dialog_links_gtk() {
     }
     assert!(libs(env!("CARGO_BIN_EXE_guilocker-dialog")).contains("libgtk-4"));
 }
+
+/// Runs `script` in `shell` and returns its stdout; panics with stderr on failure.
+fn shell_output(shell: &str, script: &str) -> String {
+    let out = Command::new(shell)
+        .args(["-c", script])
+        .output()
+        .unwrap_or_else(|e| panic!("{shell}: {e}"));
+    assert!(
+        out.status.success(),
+        "{shell} -c {script:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// What packaging/lib.sh's generate_docs makes, as install.sh and the .deb install it.
+fn generated_docs(name: &str) -> PathBuf {
+    let dir = root().join("target/test-docs").join(name);
+    shell_output(
+        "bash",
+        &format!(
+            "source {}/packaging/lib.sh && generate_docs {} {}",
+            root().display(),
+            env!("CARGO_BIN_EXE_guilocker"),
+            dir.display()
+        ),
+    );
+    dir
+}
+
+/// The manual pages render without a warning from man (groff), as lintian checks them.
+#[test]
+fn manual_pages_render_cleanly() {
+    if !require("man") {
+        return;
+    }
+    let dir = generated_docs("man").join("man");
+    let mut pages = 0;
+    for page in std::fs::read_dir(&dir).unwrap().flatten() {
+        let out = Command::new("man")
+            .args(["--warnings", "-E", "UTF-8", "-l"])
+            .arg(page.path())
+            .env("MANWIDTH", "80")
+            .output()
+            .unwrap();
+        let warnings = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && warnings.is_empty(),
+            "{page:?}: {warnings}"
+        );
+        pages += 1;
+    }
+    let main = shell_output(
+        "bash",
+        &format!("MANWIDTH=80 man -l {}/guilocker.1", dir.display()),
+    );
+    assert!(
+        main.contains("EXIT STATUS") && main.contains("guilocker-unlock(1)"),
+        "{main}"
+    );
+    println!("{pages} pages render cleanly");
+}
+
+/// Tab after `guilocker un` offers unlock and unmount, in bash for real (the generated
+/// function, called as bash-completion calls it); zsh and fish accept their scripts.
+#[test]
+fn completions_complete() {
+    if !require("bash") {
+        return;
+    }
+    let dir = generated_docs("completions").join("completions");
+    let offered = shell_output(
+        "bash",
+        &format!(
+            "source {}/guilocker.bash; COMP_WORDS=(guilocker un); COMP_CWORD=1; \
+             _guilocker guilocker un guilocker; echo \"${{COMPREPLY[@]}}\"",
+            dir.display()
+        ),
+    );
+    let mut words: Vec<&str> = offered.split_whitespace().collect();
+    words.sort();
+    assert_eq!(words, ["unlock", "unmount"], "{offered}");
+    for (shell, file) in [("zsh", "guilocker.zsh"), ("fish", "guilocker.fish")] {
+        if require(shell) {
+            let out = Command::new(shell)
+                .arg("-n")
+                .arg(dir.join(file))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{shell}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -20,6 +20,8 @@ packages=(
   xvfb xdotool x11-xserver-utils x11-utils imagemagick dbus dbus-daemon dbus-x11 notification-daemon
   python3-gi gir1.2-atspi-2.0 at-spi2-core
   desktop-file-utils
+  # Manual pages and completions are checked in man, bash, zsh and fish.
+  man-db bash-completion zsh fish
   # The kernel path: cryptsetup, and Debian's kernel booted under QEMU (tests/kernel_vm.rs).
   # vng builds a small initramfs for Debian's kernel with busybox.
   cryptsetup-bin linux-image-amd64 qemu-system-x86 busybox-static

@@ -1,6 +1,7 @@
 //! Command line: argument definitions and dispatch. Client commands talk to the daemon.
 
 mod dialog;
+pub mod docs;
 mod inspect;
 mod keyring;
 mod monitor;
@@ -27,7 +28,13 @@ pub mod exit {
 #[command(
     name = "guilocker",
     version,
-    about = "Unlock and mount BitLocker USB sticks"
+    about = "Unlock and mount BitLocker USB sticks",
+    long_about = "Unlock and mount BitLocker USB sticks.\n\n\
+        A root daemon (guilocker daemon) notices a BitLocker drive when it is plugged in; the \
+        login agent (guilocker agent) asks for its password in a window, and the drive is \
+        mounted for you under /media/<you>/<label>. guilocker unmount puts it away safely. \
+        The other commands talk to the daemon: members of the plugdev group may unlock, \
+        and only a volume's owner (or root) may unmount it."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -48,12 +55,16 @@ pub enum Command {
         /// Stay in the foreground (for systemd); log to stderr
         #[arg(long)]
         foreground: bool,
+        /// Configuration file (default /etc/guilocker/config.toml; see guilocker.conf(5))
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Control socket to listen on
         #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// Pidfile, locked while the daemon runs (a second daemon refuses to start)
         #[arg(long, value_name = "PATH", default_value = crate::daemon::DEFAULT_PIDFILE)]
         pidfile: PathBuf,
+        /// Runtime directory for engine views and state (root's, writable by no one else)
         #[arg(long, value_name = "DIR", default_value = crate::daemon::DEFAULT_RUNTIME_DIR)]
         runtime_dir: PathBuf,
     },
@@ -93,6 +104,14 @@ pub enum Command {
     Remembered,
     /// Remove a drive's remembered password or recovery key from your keyring
     Forget(keyring::ForgetArgs),
+    /// Print a completion script for bash, zsh, fish, elvish or PowerShell
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages into DIR (for packaging)
+    #[command(hide = true)]
+    ManPages { dir: PathBuf },
     /// Print daemon events as they happen
     Monitor {
         /// One JSON object per line
@@ -181,6 +200,8 @@ pub fn run(cli: Cli) -> ExitCode {
             .map_err(|e| Failure::new(exit::FAILED, e.to_string()))
         }
         Command::Inspect(args) => inspect::run(args),
+        Command::Completions { shell } => docs::completions(shell),
+        Command::ManPages { dir } => docs::man_pages(&dir).map(|_| ()),
         Command::Remembered => keyring::remembered(),
         Command::Forget(args) => keyring::forget(args),
         Command::Agent { socket } => crate::agent::run(crate::agent::Options {
