@@ -47,3 +47,10 @@ generate_docs() {
     "$bin" completions "$shell" > "$dir/completions/guilocker.$shell"
   done
 }
+
+# ensure_cargo_deb: cargo-deb (crates.io), which builds the Debian package.
+ensure_cargo_deb() {
+  command -v cargo-deb >/dev/null && return
+  echo "guilocker: installing cargo-deb"
+  cargo install --locked -q cargo-deb
+}

@@ -22,12 +22,15 @@ packages=(
   desktop-file-utils
   # Manual pages and completions are checked in man, bash, zsh and fish.
   man-db bash-completion zsh fish
+  # The Debian package is built, linted and installed (tests/deb.rs).
+  lintian
   # The kernel path: cryptsetup, and Debian's kernel booted under QEMU (tests/kernel_vm.rs).
   # vng builds a small initramfs for Debian's kernel with busybox.
   cryptsetup-bin linux-image-amd64 qemu-system-x86 busybox-static
 )
 ensure_packages "${packages[@]}"
 ensure_cargo
+ensure_cargo_deb
 ensure_vng
 
 # The kernel pieces the end-to-end tests use (built in on some kernels: then this is a no-op).
