@@ -66,7 +66,10 @@ pub fn prerequisites(programs: &[&str]) -> bool {
     false
 }
 
+/// The system's directories first (sudo may drop them from PATH), then PATH (cargo's bin
+/// directory for cargo-deb).
 pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
     [
         "/usr/local/sbin",
         "/usr/local/bin",
@@ -76,7 +79,9 @@ pub fn which(program: &str) -> Option<PathBuf> {
         "/bin",
     ]
     .iter()
-    .map(|d| Path::new(d).join(program))
+    .map(PathBuf::from)
+    .chain(std::env::split_paths(&path))
+    .map(|d| d.join(program))
     .find(|p| p.exists())
 }
 
