@@ -13,6 +13,7 @@ mod common;
 use common::vm;
 use common::*;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 const VM_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -57,8 +58,22 @@ fn logind_in_a_vm() {
     make_stick(&dir, source, fs, label, table);
     let _ = std::fs::remove_dir_all(&dir);
 
+    // The Debian package, for in_vm::package_under_systemd_installs_upgrades_and_removes_cleanly.
+    if which("cargo-deb").is_some() {
+        let deb = run_ok(
+            Command::new("bash")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/deb.sh")),
+        );
+        println!("for the VM: {}", deb.trim());
+    }
+
     let root = vm::SystemdRoot::mount(&scratch("logind-vm-root")).unwrap_or_else(|e| panic!("{e}"));
     vm::run_group("logind-vm", script, 1, VM_TIMEOUT, Some(&root));
+}
+
+/// Where packaging/deb.sh leaves the package.
+fn debian_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debian")
 }
 
 /// Inside the VM: logind is real.
@@ -228,6 +243,153 @@ mod in_vm {
                 .args(["stop", &self.unit])
                 .output();
         }
+    }
+
+    /// `systemctl show guilocker -p PROP --value`.
+    fn unit_property(name: &str) -> String {
+        run_ok(Command::new("systemctl").args(["show", "guilocker", "-p", name, "--value"]))
+            .trim()
+            .to_owned()
+    }
+
+    fn apt(args: &[&str]) {
+        let (code, out, err) = output_of(
+            Command::new("apt-get")
+                .args(["-y", "-q", "--no-install-recommends"])
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "",
+        );
+        assert_eq!(code, 0, "apt-get {args:?}: {out}{err}");
+    }
+
+    /// Issue 11: the .deb (built on the host by logind_in_a_vm) under a real systemd. Installed:
+    /// the unit is enabled and running. Reloaded: same process. Installed again (an upgrade):
+    /// a new process. With a volume mounted, purged: the unit stops, the daemon puts the
+    /// volume away first, and nothing is left.
+    #[test]
+    #[ignore = "logind: runs inside a VM with systemd (tests/logind_vm.rs)"]
+    fn package_under_systemd_installs_upgrades_and_removes_cleanly() {
+        assert!(in_kernel_vm(), "{WHY}");
+        let debs: Vec<PathBuf> = std::fs::read_dir(super::debian_dir())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        let Some(deb) = debs
+            .iter()
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "no .deb in {}",
+                super::debian_dir().display()
+            );
+            eprintln!("SKIPPED: no .deb was built (cargo-deb missing on the host)");
+            return;
+        };
+        let deb = deb.to_str().unwrap();
+        // The man-db trigger rebuilds the whole index, minutes under emulation; this root is
+        // the VM's overlay.
+        let _ = std::fs::remove_file("/var/lib/man-db/auto-update");
+        apt(&["install", deb]);
+        let active =
+            || (unit_property("ActiveState") == "active").then(|| unit_property("MainPID"));
+        let deadline = Instant::now() + WAIT;
+        while active().is_none() && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+        }
+        if active().is_none() {
+            let (_, status, _) = output_of(
+                Command::new("systemctl").args(["status", "guilocker", "--no-pager", "-l"]),
+                "",
+            );
+            let (_, journal, _) = output_of(
+                Command::new("journalctl").args(["-u", "guilocker", "-n", "40", "--no-pager"]),
+                "",
+            );
+            panic!("guilocker.service is not running:\n{status}\n{journal}");
+        }
+        let first = poll("guilocker.service to run", active);
+        assert_eq!(unit_property("UnitFileState"), "enabled");
+        println!("installed: guilocker.service active, pid {first}");
+        run_ok(Command::new("guilocker").arg("status"));
+        run_ok(Command::new("systemctl").args(["reload", "guilocker"]));
+        assert_eq!(
+            poll("the unit after a reload", active),
+            first,
+            "reload restarted it"
+        );
+        apt(&["install", "--reinstall", deb]);
+        let second = poll("a new daemon after the upgrade", || {
+            active().filter(|pid| *pid != first)
+        });
+        println!("reinstalled: restarted, pid {first} -> {second}");
+
+        // A stick the packaged daemon handles (loop devices allowed), unlocked and mounted.
+        // (The VM's /media is read-only: volumes go under its scratch space.)
+        let media = scratch("package-media");
+        std::fs::write(
+            "/etc/guilocker/config.toml",
+            format!(
+                "include_loop_devices = true\nrequire_active_session = false\n\
+                 mount_root = \"{}\"\n",
+                media.display()
+            ),
+        )
+        .unwrap();
+        run_ok(Command::new("systemctl").args(["reload", "guilocker"]));
+        let (source, fs, label, table) = STICK;
+        let image = make_stick(&scratch("package-stick"), source, fs, label, table);
+        let stick = Stick::plug(&image, table != "none");
+        let dev = stick.volume();
+        poll("the packaged daemon to see the stick locked", || {
+            let mut client = guilocker::client::Client::connect(std::path::Path::new(
+                guilocker::protocol::DEFAULT_SOCKET,
+            ))
+            .ok()?;
+            let devices = client.status().ok()?;
+            devices
+                .iter()
+                .any(|d| d.device == dev && d.state == DeviceState::Locked)
+                .then_some(())
+        });
+        let (code, out, err) = output_of(
+            Command::new("guilocker").args(["unlock", &dev, "--password-stdin"]),
+            "anaconda\n",
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        let unlocked = out + &err;
+        println!("{}", unlocked.trim());
+        let mountpoint = media.join("root").join(label);
+        assert!(is_mounted(&mountpoint), "{unlocked}");
+
+        apt(&[
+            "purge",
+            deb.rsplit('/').next().unwrap().split('_').next().unwrap(),
+        ]);
+        assert!(
+            !is_mounted(&mountpoint),
+            "purge left {} mounted",
+            mountpoint.display()
+        );
+        assert_ne!(unit_property("ActiveState"), "active");
+        let (_, left, _) = output_of(Command::new("pgrep").args(["-x", "guilocker"]), "");
+        assert!(left.trim().is_empty(), "processes left: {left}");
+        for gone in [
+            "/usr/lib/systemd/system/guilocker.service",
+            "/etc/guilocker",
+            "/usr/bin/guilocker",
+        ] {
+            assert!(
+                !std::path::Path::new(gone).exists(),
+                "{gone} left after purge"
+            );
+        }
+        let loops = run_ok(Command::new("losetup").arg("-a"));
+        assert!(!loops.contains("/run/guilocker/"), "{loops}");
+        println!(
+            "purged: the unit stopped, {} unmounted first, nothing left",
+            mountpoint.display()
+        );
     }
 
     /// Each kind of caller, and its one-line answer: only the active local session unlocks.

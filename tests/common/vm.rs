@@ -58,8 +58,8 @@ pub fn missing() -> Vec<String> {
 
 /// This machine's root filesystem as a VM with systemd as PID 1 sees it: an overlay of `/`
 /// (writes go to a tmpfs) without `/.dockerenv`, which would make the guest's systemd take
-/// itself for a container and never start the console vng runs the script on. Unmounted on
-/// drop; the host's `/` is never written.
+/// itself for a container and never start the console vng runs the script on, nor Docker's
+/// `/usr/sbin/policy-rc.d`. Unmounted on drop; the host's `/` is never written.
 pub struct SystemdRoot {
     base: PathBuf,
     pub root: PathBuf,
@@ -97,10 +97,14 @@ impl SystemdRoot {
                 layers.join("work").display()
             ))
             .arg(&root))?;
-        match std::fs::remove_file(root.join(".dockerenv")) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("hiding /.dockerenv: {e}")),
+        // Docker's policy-rc.d (exit 101) would also keep a package's service from starting
+        // under the guest's real systemd.
+        for artifact in [".dockerenv", "usr/sbin/policy-rc.d"] {
+            match std::fs::remove_file(root.join(artifact)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("hiding /{artifact}: {e}")),
+            }
         }
         Ok(this)
     }
