@@ -117,14 +117,13 @@ fn make_dirs(
     if let Some(root) = parent.parent() {
         std::fs::create_dir_all(root)
             .map_err(|e| DaemonError::io(device, "cannot create", root, e))?;
+        // Before anything is changed in it: the owner's folder is then ours to set up.
+        check_safe_dir(device, root)?;
     }
     match super::userdir::ensure(parent, owner.uid, owner.gid) {
         Ok(true) => made.push(parent.to_owned()),
         Ok(false) => {}
         Err(e) => return Err(DaemonError::io(device, "cannot prepare", parent, e)),
-    }
-    if let Some(root) = parent.parent() {
-        check_safe_dir(device, root)?;
     }
     if let Err(e) = check_safe_dir(device, parent) {
         remove_dirs(&made);
