@@ -76,6 +76,9 @@ pub enum BitlockerError {
 
     #[error("cannot decrypt the {what}: {cause}")]
     DamagedKey { what: &'static str, cause: String },
+
+    #[error("the volume has {total} protectors of this kind, far more than Windows makes (crafted or damaged metadata?); {tried} were tried in the time allowed and none opened it")]
+    TooManyProtectors { tried: usize, total: usize },
 }
 
 impl BitlockerError {
@@ -102,6 +105,7 @@ impl BitlockerError {
                 | Self::NoUsableProtector { .. }
                 | Self::Conversion { .. }
                 | Self::UnsupportedCipher { .. }
+                | Self::TooManyProtectors { .. }
         )
     }
 }

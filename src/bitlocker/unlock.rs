@@ -169,6 +169,7 @@ fn by_stretch_with(
     elapsed: &mut Elapsed<'_>,
 ) -> Result<Zeroizing<[u8; 32]>, BitlockerError> {
     let mut damaged = None;
+    let mut cut_short = false;
     let mut stretched: Vec<([u8; 16], Zeroizing<[u8; 32]>)> = Vec::new();
     for p in protectors {
         let (Some(salt), Some(vmk)) = (p.salt, &p.vmk) else {
@@ -185,6 +186,7 @@ fn by_stretch_with(
                     "{} protectors of one kind; tried the first {MAX_STRETCHES} salts",
                     protectors.len()
                 );
+                cut_short = true;
                 break;
             }
             None if elapsed() >= STRETCH_BUDGET => {
@@ -194,6 +196,7 @@ fn by_stretch_with(
                     stretched.len(),
                     STRETCH_BUDGET
                 );
+                cut_short = true;
                 break;
             }
             None => {
@@ -208,6 +211,15 @@ fn by_stretch_with(
             Err(UnwrapError::Layout(cause)) => damaged = Some(cause),
         }
     }
+    // Not "wrong": salts were left untried, so the secret may be right.
+    let wrong = if cut_short {
+        BitlockerError::TooManyProtectors {
+            tried: stretched.len(),
+            total: protectors.len(),
+        }
+    } else {
+        wrong
+    };
     Err(damaged.map_or(wrong, |cause| BitlockerError::DamagedKey {
         what: VMK,
         cause,
