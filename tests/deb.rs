@@ -50,11 +50,13 @@ fn lint(deb: &str) {
             tag.trim()
         })
         .collect();
-    let (_, out, err) = output_of(
+    let (code, out, err) = output_of(
         Command::new("lintian").args(["--tag-display-limit", "0", deb]),
         "",
     );
     println!("lintian:\n{out}{err}");
+    // 0: nothing above the fail level; 1: errors, listed below. Anything else: it did not run.
+    assert!(code == 0 || code == 1, "lintian exited {code}: {err}");
     let mut unexpected = Vec::new();
     for line in out.lines() {
         let mut fields = line.split_whitespace();
@@ -105,6 +107,17 @@ fn the_package_builds_lints_installs_and_removes_cleanly() {
     }
     lint(&deb);
 
+    // Whatever happens from here, the host does not keep the package.
+    struct Purge;
+    impl Drop for Purge {
+        fn drop(&mut self) {
+            let _ = Command::new("apt-get")
+                .args(["purge", "-y", "-q", "guilocker"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .output();
+        }
+    }
+    let _purge = Purge;
     let installed = Instant::now();
     ok(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends", &deb])

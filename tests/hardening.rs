@@ -60,6 +60,17 @@ fn a_user_of_the_same_group_cannot_read_a_fat_stick() {
     };
     let (code, out, err) = as_user(TEST_USER, &["cat", &file]);
     assert_eq!((code, out.as_str()), (0, "hello from windows\n"), "{err}");
+    // The volume's root itself is the owner's alone, whatever the folder above it allows
+    // (where the filesystem has no ACLs that folder is 0711).
+    {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::fs::metadata(&mountpoint).unwrap();
+        let owner = nix::unistd::User::from_name(TEST_USER)
+            .unwrap()
+            .unwrap()
+            .uid;
+        assert_eq!((root.uid(), root.mode() & 0o777), (owner.as_raw(), 0o700));
+    }
     // The folder of the owner's mounts lists the labels of its sticks: the owner's alone.
     let folder = std::path::Path::new(&mountpoint)
         .parent()
@@ -233,8 +244,15 @@ fn a_password_leaves_no_copy_in_the_daemon() {
     // Wrong on purpose: the attempt goes through the whole key derivation and fails.
     let password = format!("w\"r\\ong é {nanos}");
     let (code, _, err) = daemon.unlock_with_password(Some(TEST_USER), &dev, &password);
-    assert_ne!(code, 0, "a wrong password opened {dev}");
+    // Refused as a wrong password: the whole derivation ran (not an earlier refusal).
+    assert_eq!(code, 3, "{err}");
     println!("refused as expected: {}", err.trim());
+    // The scan sees the daemon's heap: what it must hold, it finds.
+    let socket = daemon.socket.to_str().unwrap().as_bytes().to_vec();
+    assert!(
+        !memory_holding(daemon.pid(), &socket).is_empty(),
+        "the scan does not see the daemon's memory"
+    );
     let escaped = serde_json::to_string(&password).unwrap();
     let utf16: Vec<u8> = password.encode_utf16().flat_map(u16::to_le_bytes).collect();
     let needles = [

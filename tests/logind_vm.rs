@@ -361,6 +361,12 @@ mod in_vm {
         println!("{}", unlocked.trim());
         let mountpoint = media.join("root").join(label);
         assert!(is_mounted(&mountpoint), "{unlocked}");
+        // The reload took the new config (loop devices, mount root) in the same process.
+        assert_eq!(
+            unit_property("MainPID"),
+            second,
+            "the reload restarted the daemon"
+        );
 
         apt(&[
             "purge",
