@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod dialog;
 pub mod engine;
+pub mod i18n;
 pub mod logging;
 pub mod logind;
 pub mod pidfile;

@@ -66,9 +66,29 @@ pub fn escaped(text: &str) -> String {
     out
 }
 
+/// Columns `text` takes in a terminal: Hangul and other wide characters take two.
+pub fn width(text: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(text)
+}
+
+/// `text` followed by spaces up to `columns` terminal columns (`{:<n}` counts characters,
+/// which misaligns a Korean table).
+pub fn pad(text: &str, columns: usize) -> String {
+    let fill = columns.saturating_sub(width(text));
+    format!("{text}{:fill$}", "")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn korean_pads_by_columns() {
+        assert_eq!(width("장치"), 4);
+        assert_eq!(pad("장치", 6), "장치  ");
+        assert_eq!(pad("DEVICE", 8), "DEVICE  ");
+        assert_eq!(pad("too long", 3), "too long");
+    }
 
     #[test]
     fn escapes_and_overrides_are_dropped() {

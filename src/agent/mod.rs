@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tr::tr;
 
 pub use dialogs::DialogHandle;
 
@@ -185,8 +186,8 @@ impl Agent {
                 if let Some(label) = memory.mine.remove(&device.device) {
                     drop(memory);
                     notifications::problem(
-                        &format!("‘{label}’ was removed"),
-                        "It was unplugged while still in use. Use Unmount before unplugging, or files may be lost.",
+                        &tr!("‘{label}’ was removed", label),
+                        &tr!("It was unplugged while still in use. Use Unmount before unplugging, or files may be lost."),
                     );
                 }
             }
@@ -211,7 +212,7 @@ impl Agent {
                 DeviceState::Failed => {
                     let label = self.memory().mine.remove(&device.device);
                     if let (Some(label), Some(error)) = (label, &device.error) {
-                        notifications::problem(&format!("‘{label}’ stopped working"), error);
+                        notifications::problem(&tr!("‘{label}’ stopped working", label), error);
                     }
                 }
                 DeviceState::Unlocking
@@ -338,10 +339,7 @@ impl Agent {
 
     /// `remembered`: opened with a secret from the keyring, which the notification says.
     fn unlocked(&self, device: &DeviceInfo, remembered: bool) {
-        let label = device
-            .label
-            .clone()
-            .unwrap_or_else(|| "BitLocker drive".into());
+        let label = notifications::label(device);
         self.memory().mine.insert(device.device.clone(), label);
         notifications::unlocked(self.socket.clone(), device.clone(), remembered);
     }

@@ -5,6 +5,7 @@ use crate::client::Client;
 use crate::protocol::{DeviceInfo, Request};
 use notify_rust::{Hint, Notification, Timeout, Urgency};
 use std::path::PathBuf;
+use tr::tr;
 
 const APP: &str = "guilocker";
 const ICON: &str = "guilocker";
@@ -19,26 +20,25 @@ pub fn unlocked(socket: PathBuf, device: DeviceInfo, remembered: bool) {
     let spawned = std::thread::Builder::new()
         .name("guilocker-notify".into())
         .spawn(move || {
-            let label = device
-                .label
-                .clone()
-                .unwrap_or_else(|| "BitLocker drive".into());
+            let label = label(&device);
             let mut body = match &device.mountpoint {
-                Some(m) => format!("Mounted at {m}"),
-                None => "Unlocked; not mounted.".into(),
+                Some(mountpoint) => tr!("Mounted at {mountpoint}", mountpoint),
+                None => tr!("Unlocked; not mounted."),
             };
             if remembered {
-                body.push_str("\nOpened with the password remembered in your keyring.");
+                body.push('\n');
+                body.push_str(&tr!("Opened with the password remembered in your keyring."));
             }
             let mut n = Notification::new();
             n.appname(APP)
                 .hint(Hint::DesktopEntry(DESKTOP_ENTRY.into()))
                 .icon(ICON)
-                .summary(&format!("‘{label}’ unlocked"))
+                .summary(&tr!("‘{label}’ unlocked", label))
                 .body(&body)
                 .timeout(Timeout::Milliseconds(10_000));
             if device.mountpoint.is_some() {
-                n.action("open", "Open").action("unmount", "Unmount");
+                n.action("open", &tr!("Open"))
+                    .action("unmount", &tr!("Unmount"));
             }
             let handle = match n.show() {
                 Ok(h) => h,
@@ -100,8 +100,8 @@ fn open(device: &DeviceInfo) {
         }
     }
     show_problem(
-        "Cannot open the drive",
-        &format!("No file manager could open {mountpoint}."),
+        &tr!("Cannot open the drive"),
+        &tr!("No file manager could open {mountpoint}.", mountpoint),
     );
 }
 
@@ -120,10 +120,21 @@ fn unmount(socket: &std::path::Path, device: &DeviceInfo, label: &str) {
                 .appname(APP)
                 .hint(Hint::DesktopEntry(DESKTOP_ENTRY.into()))
                 .icon(ICON)
-                .summary(&format!("‘{label}’ can be removed"))
-                .body("It was unmounted and locked.")
+                .summary(&tr!("‘{label}’ can be removed", label))
+                .body(&tr!("It was unmounted and locked."))
                 .show();
         }
-        Err(e) => show_problem(&format!("‘{label}’ could not be unmounted"), &e.to_string()),
+        Err(e) => show_problem(
+            &tr!("‘{label}’ could not be unmounted", label),
+            &e.to_string(),
+        ),
     }
+}
+
+/// How notifications name a drive: its label, or a generic name.
+pub fn label(device: &DeviceInfo) -> String {
+    device
+        .label
+        .clone()
+        .unwrap_or_else(|| tr!("BitLocker drive"))
 }

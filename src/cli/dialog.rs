@@ -4,6 +4,7 @@
 use super::{exit, Failure};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+use tr::tr;
 
 const DIALOG_BIN: &str = "guilocker-dialog";
 /// Where `packaging/install.sh` puts it.
@@ -20,9 +21,10 @@ pub fn find() -> Result<PathBuf, Failure> {
         .ok_or_else(|| {
             Failure::new(
                 exit::FAILED,
-                format!(
-                    "{DIALOG_BIN} is not installed (looked next to guilocker and in {})",
-                    LIBEXEC.join(", ")
+                tr!(
+                    "{program} is not installed (looked next to guilocker and in {dirs})",
+                    program = DIALOG_BIN,
+                    dirs = LIBEXEC.join(", ")
                 ),
             )
         })
@@ -34,6 +36,10 @@ pub fn run() -> Result<(), Failure> {
     let err = std::process::Command::new(&path).exec();
     Err(Failure::new(
         exit::FAILED,
-        format!("cannot run {}: {err}", path.display()),
+        tr!(
+            "cannot run {program}: {cause}",
+            program = path.display(),
+            cause = err
+        ),
     ))
 }

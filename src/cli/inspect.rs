@@ -7,6 +7,7 @@ use crate::protocol::{Request, Response};
 use crate::units::human_size;
 use clap::Args;
 use std::io::Write;
+use tr::tr;
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
@@ -32,15 +33,7 @@ pub fn run(args: InspectArgs) -> Result<(), Failure> {
             device: args.device.clone(),
         })? {
             Response::Inspected { device, volume } => (device, volume),
-            other => {
-                return Err(Failure::new(
-                    exit::FAILED,
-                    format!(
-                        "{}: unexpected reply from the daemon: {other:?}",
-                        args.device
-                    ),
-                ))
-            }
+            other => return Err(super::unexpected(&args.device, &other)),
         }
     };
     let mut out = std::io::stdout().lock();
@@ -74,44 +67,56 @@ fn date(unix: i64) -> String {
     )
 }
 
-fn state(state: EncryptionState) -> &'static str {
+fn state(state: EncryptionState) -> String {
     match state {
-        EncryptionState::Complete => "complete",
-        EncryptionState::InProgress => "in progress",
-        EncryptionState::Decrypting => "decrypting",
-        EncryptionState::Paused => "paused",
-        EncryptionState::Decrypted => "decrypted",
-        EncryptionState::Unknown => "unknown",
+        EncryptionState::Complete => tr!("Encryption" => "complete"),
+        EncryptionState::InProgress => tr!("Encryption" => "in progress"),
+        EncryptionState::Decrypting => tr!("Encryption" => "decrypting"),
+        EncryptionState::Paused => tr!("Encryption" => "paused"),
+        EncryptionState::Decrypted => tr!("Encryption" => "decrypted"),
+        EncryptionState::Unknown => tr!("Encryption" => "unknown"),
     }
 }
 
 fn describe(device: &str, v: &VolumeInfo) -> String {
     let kind = if v.to_go {
-        "BitLocker To Go volume"
+        tr!("BitLocker To Go volume")
     } else {
-        "BitLocker volume"
+        tr!("BitLocker volume")
     };
-    let mut s = format!("{device}: {kind}\n");
-    let mut row = |k: &str, val: String| s.push_str(&format!("  {k:<12} {val}\n"));
-    row("GUID", v.guid.to_string());
+    let mut rows: Vec<(String, String)> = vec![(tr!("GUID"), v.guid.to_string())];
     if !v.description.is_empty() {
-        row("Description", crate::text::escaped(&v.description));
+        rows.push((tr!("Description"), crate::text::escaped(&v.description)));
     }
     if let Some(t) = v.creation_time {
-        row("Created", date(t));
+        rows.push((tr!("Created"), date(t)));
     }
     // From the raw method: it names even a cipher this build does not know.
     let cipher = Cipher::from_method(v.encryption_method);
-    row("Cipher", cipher.id().replace('_', "-"));
-    row("Encryption", state(v.state).to_owned());
-    row("Size", human_size(v.volume_size));
+    rows.push((tr!("Cipher"), cipher.id().replace('_', "-")));
+    rows.push((tr!("Encryption"), state(v.state)));
+    rows.push((tr!("Size"), human_size(v.volume_size)));
     for (i, p) in v.protectors.iter().enumerate() {
-        let label = if i == 0 { "Protectors" } else { "" };
+        let label = if i == 0 {
+            tr!("Protectors")
+        } else {
+            String::new()
+        };
         let key_id = p
             .key_id
-            .map(|id| format!("  Key ID {id}"))
+            .map(|id| format!("  {}", tr!("Key ID {id}", id)))
             .unwrap_or_default();
-        row(label, format!("{:<18} {}{key_id}", p.kind.id(), p.guid));
+        rows.push((label, format!("{:<18} {}{key_id}", p.kind.id(), p.guid)));
+    }
+    let width = rows
+        .iter()
+        .map(|(k, _)| crate::text::width(k))
+        .max()
+        .unwrap_or(0)
+        .max(12);
+    let mut s = format!("{device}: {kind}\n");
+    for (k, val) in rows {
+        s.push_str(&format!("  {} {val}\n", crate::text::pad(&k, width)));
     }
     s
 }

@@ -8,6 +8,7 @@ use crate::client::Client;
 use crate::protocol::{Request, Response};
 use clap::Args;
 use std::process::Command;
+use tr::tr;
 
 #[derive(Debug, Args)]
 pub struct ForgetArgs {
@@ -34,29 +35,36 @@ fn guid_of(args: &ForgetArgs) -> Result<String, Failure> {
     let request = Request::Inspect {
         device: args.target.clone(),
     };
-    let failure = |cause: String| Failure::new(exit::FAILED, format!("{}: {cause}", args.target));
     match Client::connect(&args.socket.socket)?.request(&request)? {
         Response::Inspected { volume, .. } => Ok(volume.guid.to_string()),
-        other => Err(failure(format!(
-            "unexpected reply from the daemon: {other:?}"
-        ))),
+        other => Err(super::unexpected(&args.target, &other)),
     }
 }
 
 /// Runs the dialog binary's keyring command; its output and exit status are ours.
 fn keyring_command(args: &[&str]) -> Result<(), Failure> {
     let path = dialog::find()?;
-    let status = Command::new(&path)
-        .args(args)
-        .status()
-        .map_err(|e| Failure::new(exit::FAILED, format!("cannot run {}: {e}", path.display())))?;
+    let status = Command::new(&path).args(args).status().map_err(|e| {
+        Failure::new(
+            exit::FAILED,
+            tr!(
+                "cannot run {program}: {cause}",
+                program = path.display(),
+                cause = e
+            ),
+        )
+    })?;
     match status.code() {
         Some(0) => Ok(()),
         // It has said why on stderr.
         Some(code) => std::process::exit(code),
         None => Err(Failure::new(
             exit::FAILED,
-            format!("{} ended by a signal ({status})", path.display()),
+            tr!(
+                "{program} ended by a signal ({status})",
+                program = path.display(),
+                status
+            ),
         )),
     }
 }

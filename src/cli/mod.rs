@@ -14,6 +14,7 @@ use crate::protocol::{ErrorKind, DEFAULT_SOCKET, SOCKET_ENV};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tr::tr;
 
 /// Exit codes other tools and scripts rely on.
 pub mod exit {
@@ -138,6 +139,38 @@ impl Failure {
     }
 }
 
+/// A reply that does not answer the request: a daemon of another version, or a bug.
+pub fn unexpected(target: &str, reply: &impl std::fmt::Debug) -> Failure {
+    Failure::new(
+        exit::FAILED,
+        format!(
+            "{target}: {}",
+            tr!(
+                "unexpected reply from the daemon: {reply}",
+                reply = format!("{reply:?}")
+            )
+        ),
+    )
+}
+
+/// What the CLI says of a client error, in the person's language. The daemon's own causes
+/// (`Daemon`) arrive in English and are shown as sent.
+fn client_message(e: &ClientError) -> String {
+    match e {
+        ClientError::Connect { path, source } => tr!(
+            "cannot reach the guilocker daemon at {path}: {cause} (is it running?)",
+            path = path.display(),
+            cause = source
+        ),
+        ClientError::Frame(e) => tr!("talking to the daemon: {cause}", cause = e),
+        ClientError::Closed => tr!("the daemon closed the connection"),
+        ClientError::Daemon { message, .. } => message.clone(),
+        ClientError::Unexpected(reply) => {
+            tr!("the daemon sent an unexpected reply: {reply}", reply)
+        }
+    }
+}
+
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
@@ -155,7 +188,7 @@ impl From<ClientError> for Failure {
             } => exit::USAGE,
             _ => exit::FAILED,
         };
-        Self::new(code, e.to_string())
+        Self::new(code, client_message(&e))
     }
 }
 
@@ -166,6 +199,14 @@ impl From<std::io::Error> for Failure {
 }
 
 pub fn run(cli: Cli) -> ExitCode {
+    // What people read follows their locale; the daemon, the engine and the generated
+    // documentation stay in English.
+    if !matches!(
+        cli.command,
+        Command::Daemon { .. } | Command::Engine { .. } | Command::ManPages { .. }
+    ) {
+        crate::i18n::init();
+    }
     let result = match cli.command {
         Command::Daemon {
             foreground,

@@ -4,6 +4,7 @@ use super::Failure;
 use crate::client::Client;
 use std::io::Write;
 use std::path::Path;
+use tr::tr;
 
 pub fn run(socket: &Path, json: bool) -> Result<(), Failure> {
     let events = Client::connect(socket)?.subscribe()?;
@@ -35,5 +36,5 @@ pub fn run(socket: &Path, json: bool) -> Result<(), Failure> {
         }
         out.flush()?;
     }
-    Err(Failure::new(1, "the daemon closed the connection"))
+    Err(Failure::new(1, tr!("the daemon closed the connection")))
 }

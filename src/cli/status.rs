@@ -2,15 +2,20 @@
 
 use super::Failure;
 use crate::client::Client;
-use crate::protocol::DeviceInfo;
+use crate::protocol::{DeviceInfo, DeviceState};
 use crate::units::human_size;
 use std::io::Write;
 use std::path::Path;
+use tr::tr;
 
 pub fn run(socket: &Path, json: bool) -> Result<(), Failure> {
     let (devices, omitted) = Client::connect(socket)?.status_counted()?;
     if omitted > 0 {
-        eprintln!("guilocker: {omitted} more device(s) not listed: too many for one reply");
+        eprintln!(
+            "guilocker: {}",
+            tr!("{n} more device not listed: too many for one reply"
+                | "{n} more devices not listed: too many for one reply" % omitted)
+        );
     }
     let mut out = std::io::stdout().lock();
     if json {
@@ -24,12 +29,19 @@ pub fn run(socket: &Path, json: bool) -> Result<(), Failure> {
 }
 
 fn table(devices: &[DeviceInfo]) -> String {
-    let header = ["DEVICE", "STATE", "SIZE", "LABEL", "OWNER", "MOUNTPOINT"];
+    let header = [
+        tr!("DEVICE"),
+        tr!("STATE"),
+        tr!("SIZE"),
+        tr!("LABEL"),
+        tr!("OWNER"),
+        tr!("MOUNTPOINT"),
+    ];
     let rows: Vec<[String; 6]> = devices
         .iter()
         .map(|d| {
-            let state = if d.bitlocker || d.state.as_str() == "failed" {
-                d.state.as_str().to_owned()
+            let state = if d.bitlocker || d.state == DeviceState::Failed {
+                state_word(d.state)
             } else {
                 "-".to_owned()
             };
@@ -49,10 +61,10 @@ fn table(devices: &[DeviceInfo]) -> String {
             .map(|cell| crate::text::escaped(&cell))
         })
         .collect();
-    let mut widths = header.map(str::len);
+    let mut widths = header.each_ref().map(|h| crate::text::width(h));
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(crate::text::width(cell));
         }
     }
     let mut out = String::new();
@@ -62,16 +74,33 @@ fn table(devices: &[DeviceInfo]) -> String {
             if i == last {
                 out.push_str(cell);
             } else {
-                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+                out.push_str(&crate::text::pad(cell, widths[i]));
+                out.push_str("  ");
             }
         }
         out.push('\n');
     };
-    line(&header.map(String::from));
+    line(&header);
     for row in &rows {
         line(row);
     }
     out
+}
+
+/// A state as the table shows it to people (`--json` keeps the wire names).
+fn state_word(state: DeviceState) -> String {
+    match state {
+        DeviceState::Locked => tr!("Device state" => "locked"),
+        DeviceState::Unlocking => tr!("Device state" => "unlocking"),
+        DeviceState::Unlocked => tr!("Device state" => "unlocked"),
+        DeviceState::Mounted => tr!("Device state" => "mounted"),
+        DeviceState::Locking => tr!("Device state" => "locking"),
+        DeviceState::Probing => tr!("Device state" => "probing"),
+        DeviceState::Unreadable => tr!("Device state" => "unreadable"),
+        DeviceState::Unknown => tr!("Device state" => "unknown"),
+        DeviceState::Failed => tr!("Device state" => "failed"),
+        DeviceState::Plain => tr!("Device state" => "plain"),
+    }
 }
 
 #[cfg(test)]

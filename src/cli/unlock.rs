@@ -7,6 +7,7 @@ use crate::protocol::{ErrorKind, Protector, Request, Response, UnlockSecret};
 use crate::secret::{SecretBytes, SecretString};
 use clap::Args;
 use std::io::Read;
+use tr::tr;
 use zeroize::Zeroizing;
 
 /// Larger inputs are not passwords or .BEK files.
@@ -48,26 +49,34 @@ fn read_limited(
     reader
         .take(MAX_SECRET + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| Failure::new(exit::FAILED, format!("{device}: cannot read {what}: {e}")))?;
+        .map_err(|e| {
+            Failure::new(
+                exit::FAILED,
+                format!(
+                    "{device}: {}",
+                    tr!("cannot read {what}: {cause}", what, cause = e)
+                ),
+            )
+        })?;
     if buf.len() as u64 > MAX_SECRET {
         return Err(Failure::new(
             exit::FAILED,
-            format!("{device}: {what} is larger than 64 KiB"),
+            format!("{device}: {}", tr!("{what} is larger than 64 KiB", what)),
         ));
     }
     Ok(buf)
 }
 
 /// One line from stdin, without its line ending.
-fn stdin_line(device: &str, what: &str) -> Result<SecretString, Failure> {
-    let mut raw = read_limited(device, std::io::stdin().lock(), "standard input")?;
+fn stdin_line(device: &str) -> Result<SecretString, Failure> {
+    let mut raw = read_limited(device, std::io::stdin().lock(), &tr!("standard input"))?;
     while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         raw.pop();
     }
     let text = std::str::from_utf8(&raw).map_err(|_| {
         Failure::new(
             exit::FAILED,
-            format!("{device}: the {what} on standard input is not UTF-8"),
+            format!("{device}: {}", tr!("standard input is not UTF-8")),
         )
     })?;
     Ok(SecretString::from(text))
@@ -82,12 +91,13 @@ fn recovery_secret(device: &str, value: SecretString) -> Result<UnlockSecret, Fa
 }
 
 fn prompt(device: &str) -> Result<UnlockSecret, Failure> {
-    let typed = rpassword::prompt_password(format!("Password or recovery key for {device}: "))
+    let typed = rpassword::prompt_password(tr!("Password or recovery key for {device}: ", device))
         .map_err(|e| {
             Failure::new(
                 exit::FAILED,
                 format!(
-                    "{device}: cannot ask for the password ({e}); use --password-stdin, --recovery-key-stdin or --bek"
+                    "{device}: {}",
+                    tr!("cannot ask for the password ({cause}); use --password-stdin, --recovery-key-stdin or --bek", cause = e)
                 ),
             )
         })?;
@@ -117,18 +127,22 @@ pub fn run(args: UnlockArgs) -> Result<(), Failure> {
     let device = args.device.as_str();
     let given = if args.password_stdin {
         Some(UnlockSecret::Password {
-            value: stdin_line(device, "password")?,
+            value: stdin_line(device)?,
         })
     } else if args.recovery_key_stdin {
-        Some(recovery_secret(
-            device,
-            stdin_line(device, "recovery key")?,
-        )?)
+        Some(recovery_secret(device, stdin_line(device)?)?)
     } else if let Some(path) = &args.bek {
         let file = std::fs::File::open(path).map_err(|e| {
             Failure::new(
                 exit::FAILED,
-                format!("{device}: cannot open {}: {e}", path.display()),
+                format!(
+                    "{device}: {}",
+                    tr!(
+                        "cannot open {path}: {cause}",
+                        path = path.display(),
+                        cause = e
+                    )
+                ),
             )
         })?;
         let bytes = read_limited(device, file, &path.display().to_string())?;
@@ -171,18 +185,20 @@ pub fn run(args: UnlockArgs) -> Result<(), Failure> {
     match response {
         Response::Unlocked { device: info } => {
             match (&info.mountpoint, &info.decrypted) {
-                (Some(m), _) => println!("{}: unlocked and mounted at {m}", info.device),
-                (None, Some(d)) => println!("{}: unlocked; decrypted view at {d}", info.device),
-                _ => println!("{}: unlocked", info.device),
+                (Some(m), _) => println!(
+                    "{}: {}",
+                    info.device,
+                    tr!("unlocked and mounted at {mountpoint}", mountpoint = m)
+                ),
+                (None, Some(d)) => println!(
+                    "{}: {}",
+                    info.device,
+                    tr!("unlocked; decrypted view at {view}", view = d)
+                ),
+                _ => println!("{}: {}", info.device, tr!("unlocked")),
             }
             Ok(())
         }
-        other => Err(Failure::new(
-            exit::FAILED,
-            format!(
-                "{}: unexpected reply from the daemon: {other:?}",
-                args.device
-            ),
-        )),
+        other => Err(super::unexpected(&args.device, &other)),
     }
 }

@@ -1,9 +1,10 @@
 //! `guilocker unmount`: put a drive away safely.
 
-use super::{exit, Failure, SocketArg};
+use super::{Failure, SocketArg};
 use crate::client::Client;
 use crate::protocol::{Request, Response};
 use clap::Args;
+use tr::tr;
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("what").required(true).args(["target", "all"]))]
@@ -43,16 +44,13 @@ pub fn run(args: UnmountArgs) -> Result<(), Failure> {
     })? {
         Response::Unmounted { devices } => {
             if devices.is_empty() && args.all {
-                eprintln!("guilocker: nothing to unmount");
+                eprintln!("guilocker: {}", tr!("nothing to unmount"));
             }
             Ok(())
         }
-        other => Err(Failure::new(
-            exit::FAILED,
-            format!(
-                "{}: unexpected reply from the daemon: {other:?}",
-                args.target.as_deref().unwrap_or("--all")
-            ),
+        other => Err(super::unexpected(
+            args.target.as_deref().unwrap_or("--all"),
+            &other,
         )),
     }
 }

@@ -10,6 +10,7 @@ use gtk::{gio, glib};
 use libsecret::prelude::*;
 use std::collections::HashMap;
 use thiserror::Error;
+use tr::tr;
 use zeroize::Zeroizing;
 
 /// gvfs's schema for LUKS (and, through udisks, BitLocker) passphrases.
@@ -197,15 +198,23 @@ fn print_list() -> i32 {
         }
     };
     if entries.is_empty() {
-        println!("No BitLocker password or recovery key is remembered in your keyring.");
+        println!(
+            "{}",
+            tr!("No BitLocker password or recovery key is remembered in your keyring.")
+        );
     }
     for entry in entries {
         let kept = if entry.until_logout {
-            "until logout"
+            tr!("until logout")
         } else {
-            "forever"
+            tr!("forever")
         };
-        println!("{}  {kept:<12}  {}", entry.guid, entry.label);
+        println!(
+            "{}  {}  {}",
+            entry.guid,
+            crate::text::pad(&kept, 12),
+            entry.label
+        );
     }
     0
 }
@@ -213,21 +222,33 @@ fn print_list() -> i32 {
 fn forget_one(guid: &str) -> i32 {
     if guid::normalize(guid).is_none() {
         eprintln!(
-            "guilocker: {guid:?} is not a volume GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
+            "guilocker: {}",
+            tr!(
+                "{guid} is not a volume GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)",
+                guid = format!("{guid:?}")
+            )
         );
         return 2;
     }
     match forget(guid) {
         Ok(0) => {
             eprintln!(
-                "guilocker: {}: nothing is remembered for this volume",
-                normalize_guid(guid)
+                "guilocker: {}: {}",
+                normalize_guid(guid),
+                tr!("nothing is remembered for this volume")
             );
             1
         }
         Ok(n) => {
-            let what = if n == 1 { "secret" } else { "secrets" };
-            println!("Forgot {n} remembered {what} for {}.", normalize_guid(guid));
+            let volume = normalize_guid(guid);
+            println!(
+                "{}",
+                tr!(
+                    "Forgot {n} remembered secret for {volume}."
+                        | "Forgot {n} remembered secrets for {volume}." % n,
+                    volume
+                )
+            );
             0
         }
         Err(e) => {

@@ -30,6 +30,7 @@ pub const APP_ID: &str = "org.guilocker.Dialog";
 /// `guilocker remembered` and `guilocker forget` run. Returns the exit status.
 pub fn main() -> i32 {
     crate::secret::protect_process();
+    crate::i18n::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() {
         return run();

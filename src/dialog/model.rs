@@ -4,6 +4,7 @@ use crate::bitlocker::recovery::{self, RecoveryKeyError, GROUPS, GROUP_DIGITS};
 use crate::protocol::{DeviceInfo, Protector, UnlockSecret};
 use crate::secret::SecretString;
 use crate::units::human_size;
+use tr::tr;
 use zeroize::Zeroizing;
 
 /// A way to unlock that the dialog can offer.
@@ -27,12 +28,16 @@ impl Method {
         }
     }
 
-    fn noun(self) -> &'static str {
+    /// Why the usual ways are missing, when this is the only one offered. Whole sentences,
+    /// so that translators can put the method where their grammar wants it.
+    fn only_note(self) -> String {
         match self {
-            Self::Password => "its password",
-            Self::RecoveryKey => "its recovery key",
-            Self::StartupKey => "its startup key file",
-            Self::ClearKey => "no key",
+            Self::Password => tr!("This drive can only be opened here with its password."),
+            Self::RecoveryKey => tr!("This drive can only be opened here with its recovery key."),
+            Self::StartupKey => {
+                tr!("This drive can only be opened here with its startup key file.")
+            }
+            Self::ClearKey => tr!("This drive opens here without a key."),
         }
     }
 }
@@ -78,23 +83,27 @@ pub fn offer(protectors: &[Protector]) -> Offer {
             has(Protector::SmartCard),
         )),
         // A drive that also has a TPM or smart card protector: say why the usual way is missing.
-        [only] if unusable => Some(format!(
-            "This drive can only be opened here with {}.",
-            only.noun()
-        )),
+        [only] if unusable => Some(only.only_note()),
         _ => None,
     };
     Offer { methods, note }
 }
 
 fn no_method_note(tpm: bool, smart_card: bool) -> String {
-    let what = match (tpm, smart_card) {
-        (true, true) => "the TPM chip of its Windows computer or a smart card",
-        (true, false) => "the TPM chip of its Windows computer",
-        (false, true) => "a smart card",
-        (false, false) => "a key protector that guilocker does not support",
-    };
-    format!("This drive can only be opened with {what}, so it cannot be unlocked here.")
+    match (tpm, smart_card) {
+        (true, true) => tr!(
+            "This drive can only be opened with the TPM chip of its Windows computer or a smart card, so it cannot be unlocked here."
+        ),
+        (true, false) => tr!(
+            "This drive can only be opened with the TPM chip of its Windows computer, so it cannot be unlocked here."
+        ),
+        (false, true) => {
+            tr!("This drive can only be opened with a smart card, so it cannot be unlocked here.")
+        }
+        (false, false) => tr!(
+            "This drive can only be opened with a key protector that guilocker does not support, so it cannot be unlocked here."
+        ),
+    }
 }
 
 /// Whether the drive opens with something the keyring can hold: a password or a recovery
@@ -119,18 +128,18 @@ pub fn remembered_secret(text: SecretString, protectors: &[Protector]) -> Unlock
 
 /// The keyring item's label, which keyring managers (Seahorse) show.
 pub fn keyring_label(device: &DeviceInfo, secret: &UnlockSecret) -> String {
-    let what = match secret {
-        UnlockSecret::RecoveryPassword { .. } => "recovery key",
-        _ => "password",
-    };
-    format!("BitLocker {what} for ‘{}’", title(device))
+    let drive = title(device);
+    match secret {
+        UnlockSecret::RecoveryPassword { .. } => tr!("BitLocker recovery key for ‘{drive}’", drive),
+        _ => tr!("BitLocker password for ‘{drive}’", drive),
+    }
 }
 
 /// The heading: the volume label, or a generic name.
 pub fn title(device: &DeviceInfo) -> String {
     match device.label.as_deref().map(str::trim) {
         Some(label) if !label.is_empty() => label.to_owned(),
-        _ => "BitLocker drive".to_owned(),
+        _ => tr!("BitLocker drive"),
     }
 }
 
@@ -152,7 +161,7 @@ pub fn details(device: &DeviceInfo) -> String {
 /// The BitLocker description (Windows writes PC name, drive letter and date), if any.
 pub fn description(device: &DeviceInfo) -> Option<String> {
     let text = device.description.as_deref()?.trim();
-    (!text.is_empty()).then(|| format!("Described as “{text}”"))
+    (!text.is_empty()).then(|| tr!("Described as “{text}”", text))
 }
 
 /// "Key ID: F99F18E8" (or both IDs of a drive with two recovery keys), so people can find
@@ -160,8 +169,8 @@ pub fn description(device: &DeviceInfo) -> Option<String> {
 pub fn key_ids(device: &DeviceInfo) -> Option<String> {
     match device.recovery_key_ids.as_slice() {
         [] => None,
-        [one] => Some(format!("Key ID: {one}")),
-        many => Some(format!("Key IDs: {}", many.join(", "))),
+        [one] => Some(tr!("Key ID: {id}", id = one)),
+        many => Some(tr!("Key IDs: {ids}", ids = many.join(", "))),
     }
 }
 
@@ -183,30 +192,45 @@ impl KeyCheck {
     /// The line under the entry.
     pub fn message(&self) -> String {
         match self {
-            Self::Empty => format!("0 of {} digits", GROUPS * GROUP_DIGITS),
-            Self::Incomplete { digits } => format!("{digits} of {} digits", GROUPS * GROUP_DIGITS),
+            Self::Empty => digits_typed(0),
+            Self::Incomplete { digits } => digits_typed(*digits),
             Self::Invalid(message) => message.clone(),
-            Self::Valid(_) => "All 8 groups are valid.".to_owned(),
+            Self::Valid(_) => tr!("All 8 groups are valid."),
         }
     }
+}
+
+fn digits_typed(digits: usize) -> String {
+    tr!(
+        "{digits} of {total} digits",
+        digits,
+        total = GROUPS * GROUP_DIGITS
+    )
 }
 
 fn is_separator(c: char) -> bool {
     matches!(c, '-' | ' ' | '\t' | '\n' | '\r')
 }
 
-fn capitalized(text: &str) -> String {
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars).collect(),
-        None => String::new(),
-    }
+fn bad_group(group: usize, cause: recovery::GroupError) -> KeyCheck {
+    use recovery::GroupError;
+    KeyCheck::Invalid(match cause {
+        GroupError::NotSixDigits => {
+            tr!("Group {group} of the recovery key must be 6 digits", group)
+        }
+        GroupError::NotDivisibleBy11 => tr!(
+            "Group {group} of the recovery key is not divisible by 11 (a typo?)",
+            group
+        ),
+        GroupError::TooLarge => tr!(
+            "Group {group} of the recovery key is 720896 or more (a typo?)",
+            group
+        ),
+    })
 }
 
-fn bad_group(group: usize, cause: recovery::GroupError) -> KeyCheck {
-    KeyCheck::Invalid(capitalized(
-        &RecoveryKeyError::BadGroup { group, cause }.to_string(),
-    ))
+fn bad_character() -> KeyCheck {
+    KeyCheck::Invalid(tr!("A recovery key has only digits and dashes"))
 }
 
 /// Checks a recovery key as it is typed or pasted: each finished 6-digit group is checked as
@@ -219,7 +243,7 @@ pub fn check_recovery_key(text: &str) -> KeyCheck {
         .chars()
         .any(|c| !c.is_ascii_digit() && !is_separator(c))
     {
-        return KeyCheck::Invalid(capitalized(&RecoveryKeyError::BadCharacter.to_string()));
+        return bad_character();
     }
     let segments: Vec<&str> = text.split(is_separator).filter(|s| !s.is_empty()).collect();
     let digits: usize = segments.iter().map(|s| s.len()).sum();
@@ -261,12 +285,14 @@ pub fn check_recovery_key(text: &str) -> KeyCheck {
     }
     match recovery::normalize(text) {
         Ok(key) => KeyCheck::Valid(SecretString::from(key.as_str())),
-        Err(e) => KeyCheck::Invalid(capitalized(&e.to_string())),
+        Err(RecoveryKeyError::BadGroup { group, cause }) => bad_group(group, cause),
+        Err(RecoveryKeyError::BadCharacter) => bad_character(),
+        Err(RecoveryKeyError::WrongLength { digits }) => KeyCheck::Invalid(too_many(digits)),
     }
 }
 
 fn too_many(digits: usize) -> String {
-    format!("A recovery key has 48 digits; this has {digits}.")
+    tr!("A recovery key has 48 digits; this has {digits}.", digits)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use super::input::InputReader;
 use super::{keyring, model};
 use crate::protocol::{write_frame, DeviceInfo, DialogInput, DialogOutput, ErrorKind};
+use tr::tr;
 
 pub enum Outcome {
     /// The remembered secret opened the drive.
@@ -17,9 +18,6 @@ pub enum Outcome {
         failure: Option<(ErrorKind, String)>,
     },
 }
-
-const FORGOTTEN: &str =
-    "The remembered password did not open the drive and was removed from the keyring";
 
 pub async fn try_unlock(input: &mut InputReader, device: &DeviceInfo) -> Outcome {
     let ask = |keyring, failure| Outcome::Ask { keyring, failure };
@@ -61,10 +59,13 @@ pub async fn try_unlock(input: &mut InputReader, device: &DeviceInfo) -> Outcome
             if let Err(e) = keyring::forget(guid) {
                 eprintln!("guilocker dialog: {}: {e}", device.device);
             }
-            ask(true, Some((ErrorKind::WrongSecret, FORGOTTEN.to_owned())))
+            let forgotten = tr!(
+                "The remembered password did not open the drive and was removed from the keyring."
+            );
+            ask(true, Some((ErrorKind::WrongSecret, forgotten)))
         }
         Ok(Some(DialogInput::Failed { kind, message })) => {
-            let message = message.unwrap_or_else(|| "The drive could not be unlocked".into());
+            let message = message.unwrap_or_else(|| tr!("The drive could not be unlocked."));
             ask(true, Some((kind, message)))
         }
         Ok(Some(DialogInput::Show { .. })) => {

@@ -4,6 +4,7 @@ use crate::secret::SecretBytes;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
+use tr::tr;
 use zeroize::Zeroizing;
 
 /// Real .BEK files are a few hundred bytes; anything larger is not one.
@@ -11,18 +12,21 @@ pub const MAX_BEK: u64 = 64 * 1024;
 
 /// The file's bytes, or a sentence for the person explaining why not.
 pub fn read(path: &Path) -> Result<SecretBytes, String> {
-    let file = File::open(path).map_err(|e| format!("Could not open that file: {e}."))?;
+    let file =
+        File::open(path).map_err(|e| tr!("Could not open that file: {cause}.", cause = e))?;
     // Read one byte past the limit to notice a larger file without trusting its size; the
     // buffer never grows, as a reallocation would leave an unwiped copy behind.
     let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_BEK as usize + 1));
     file.take(MAX_BEK + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("Could not read that file: {e}."))?;
+        .map_err(|e| tr!("Could not read that file: {cause}.", cause = e))?;
     if bytes.is_empty() {
-        return Err("That file is empty, so it is not a startup key.".to_owned());
+        return Err(tr!("That file is empty, so it is not a startup key."));
     }
     if bytes.len() as u64 > MAX_BEK {
-        return Err("That file is too large to be a startup key (.BEK) file.".to_owned());
+        return Err(tr!(
+            "That file is too large to be a startup key (.BEK) file."
+        ));
     }
     Ok(SecretBytes::new(std::mem::take(&mut *bytes)))
 }

@@ -9,6 +9,7 @@ use crate::secret::{SecretBytes, SecretString};
 use gtk::subclass::prelude::*;
 use gtk::{gdk, glib, prelude::*, CompositeTemplate, TemplateChild};
 use std::cell::{Cell, RefCell};
+use tr::tr;
 
 type RequestHandler = Box<dyn Fn(DialogRequest)>;
 
@@ -284,8 +285,12 @@ impl UnlockDialog {
         self.busy.set(busy);
         self.spinner.set_visible(busy);
         self.spinner.set_spinning(busy);
-        self.status_label
-            .set_label(if busy { "Unlocking…" } else { "" });
+        let status = if busy {
+            tr!("Unlocking…")
+        } else {
+            String::new()
+        };
+        self.status_label.set_label(&status);
         for widget in [
             self.method_switcher.upcast_ref::<gtk::Widget>(),
             self.method_stack.upcast_ref(),
@@ -322,7 +327,7 @@ impl UnlockDialog {
             }
             Some(Method::StartupKey) => match self.startup_key.take() {
                 Some(bek) => {
-                    self.key_file_label.set_label("No file chosen");
+                    self.key_file_label.set_label(&tr!("No file chosen"));
                     UnlockSecret::StartupKey { bek }
                 }
                 None => return,
@@ -372,11 +377,11 @@ impl UnlockDialog {
     }
 
     /// What "wrong secret" means for the method in use.
-    pub(super) fn wrong_secret_message(&self) -> &'static str {
+    pub(super) fn wrong_secret_message(&self) -> String {
         match self.current_method() {
-            Some(Method::RecoveryKey) => "Wrong recovery key",
-            Some(Method::StartupKey) => "This startup key does not open this drive",
-            _ => "Wrong password",
+            Some(Method::RecoveryKey) => tr!("Wrong recovery key."),
+            Some(Method::StartupKey) => tr!("This startup key does not open this drive."),
+            _ => tr!("Wrong password."),
         }
     }
 
@@ -389,18 +394,18 @@ impl UnlockDialog {
     async fn choose_key(&self) {
         let obj = self.obj();
         let chooser = gtk::FileChooserNative::new(
-            Some("Choose a startup key file"),
+            Some(&tr!("Choose a startup key file")),
             Some(&*obj),
             gtk::FileChooserAction::Open,
-            Some("_Open"),
-            Some("_Cancel"),
+            Some(&tr!("_Open")),
+            Some(&tr!("_Cancel")),
         );
         chooser.set_modal(true);
         let keys = gtk::FileFilter::new();
-        keys.set_name(Some("BitLocker startup keys (*.BEK)"));
+        keys.set_name(Some(&tr!("BitLocker startup keys (*.BEK)")));
         keys.add_suffix("bek");
         let all = gtk::FileFilter::new();
-        all.set_name(Some("All files"));
+        all.set_name(Some(&tr!("All files")));
         all.add_pattern("*");
         chooser.add_filter(&keys);
         chooser.add_filter(&all);
@@ -412,7 +417,9 @@ impl UnlockDialog {
             return;
         }
         let Some(path) = path else {
-            self.show_key_error("That file is not on this computer; copy it here first.");
+            self.show_key_error(&tr!(
+                "That file is not on this computer; copy it here first."
+            ));
             return;
         };
         match startup_key::read(&path) {
@@ -434,7 +441,7 @@ impl UnlockDialog {
 
     fn show_key_error(&self, message: &str) {
         self.startup_key.replace(None);
-        self.key_file_label.set_label("No file chosen");
+        self.key_file_label.set_label(&tr!("No file chosen"));
         self.error_label.set_label(message);
         self.error_label.set_visible(true);
         self.update();

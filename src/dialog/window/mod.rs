@@ -6,6 +6,7 @@ use crate::dialog::keyring::Remember;
 use crate::protocol::{DeviceInfo, ErrorKind, UnlockSecret};
 use gtk::glib;
 use gtk::subclass::prelude::*;
+use tr::tr;
 
 /// What the person asked the dialog to do.
 #[derive(Debug)]
@@ -46,10 +47,12 @@ impl UnlockDialog {
     /// The unlock failed: shows why, clears the input and lets the person try again.
     pub fn show_failure(&self, kind: Option<ErrorKind>, message: Option<&str>) {
         let imp = self.imp();
+        // A wrong secret is said in the person's language, for the method in use; other
+        // causes are the daemon's own words (English: they name paths and programs).
         let message = match (message.map(str::trim), kind) {
+            (_, Some(ErrorKind::WrongSecret)) => imp.wrong_secret_message(),
             (Some(text), _) if !text.is_empty() => sentence(text),
-            (_, Some(ErrorKind::WrongSecret)) => format!("{}.", imp.wrong_secret_message()),
-            _ => "The drive could not be unlocked.".to_owned(),
+            _ => tr!("The drive could not be unlocked."),
         };
         imp.show_failure(&message);
     }
