@@ -54,3 +54,37 @@ ensure_cargo_deb() {
   echo "guilocker: installing cargo-deb"
   cargo install --locked -q cargo-deb
 }
+
+# The programs that build translations: msgfmt (gettext) always; xtr, which reads Rust as
+# xgettext reads C (Debian 12's xgettext has no Rust parser), only to extract messages.
+ensure_xtr() {
+  command -v xtr >/dev/null && return
+  echo "guilocker: installing xtr"
+  # Its gettext-rs links glibc's own libintl instead of building GNU gettext.
+  GETTEXT_SYSTEM=1 cargo install --locked -q xtr
+}
+
+# Writes the translation template to $1: the messages marked with tr! in the Rust sources and
+# translatable="yes" in the .ui templates. Locations name files, not lines, so the template
+# only changes when a message does.
+extract_messages() {
+  local out=$1 tmp
+  tmp=$(mktemp -d)
+  xtr src/lib.rs --add-location file --package-name guilocker -o "$tmp/rust.pot"
+  # The ITS rules for GtkBuilder are Debian's fallback copy: xgettext warns that it is.
+  LC_ALL=C.UTF-8 xgettext --from-code=UTF-8 --add-location=file --package-name=guilocker \
+    -o "$tmp/ui.pot" ui/*.ui 2> >(grep -v 'fallback ITS rule' >&2)
+  LC_ALL=C.UTF-8 msgcat --use-first --add-location=file -o "$out" "$tmp/rust.pot" "$tmp/ui.pot"
+  rm -rf "$tmp"
+}
+
+# Compiles every po/LANG.po into $1/LANG/LC_MESSAGES/guilocker.mo (a locale directory:
+# /usr/share/locale, or target/share/locale for a build tree).
+compile_translations() {
+  local dest=$1 po lang
+  for po in po/*.po; do
+    lang=$(basename "$po" .po)
+    mkdir -p "$dest/$lang/LC_MESSAGES"
+    msgfmt --check -o "$dest/$lang/LC_MESSAGES/guilocker.mo" "$po"
+  done
+}
