@@ -13,6 +13,7 @@ out=target/deb-assets
 rm -rf "$out"
 generate_docs target/release/guilocker "$out"
 gzip -9n "$out"/man/*
+compile_translations "$out/locale"
 mkdir -p "$out/unit"
 sed 's|/usr/local/bin/guilocker|/usr/bin/guilocker|' packaging/systemd/guilocker.service \
   > "$out/unit/guilocker.service"

@@ -12,7 +12,8 @@ prefix=${PREFIX:-/usr/local}
 # cryptsetup: the kernel path (dm-crypt) where the kernel has device-mapper.
 # libsecret: the dialog remembers passwords in the keyring (GNOME Keyring, KWallet).
 runtime=(dislocker ntfs-3g exfat-fuse fusefat util-linux mount cryptsetup-bin libsecret-1-0)
-build=(pkg-config libgtk-4-dev libadwaita-1-dev libsecret-1-dev)
+# gettext: msgfmt compiles the translations.
+build=(pkg-config libgtk-4-dev libadwaita-1-dev libsecret-1-dev gettext)
 ensure_packages "${runtime[@]}" "${build[@]}"
 ensure_cargo
 cargo build --release --locked
@@ -26,6 +27,8 @@ done
 install -D -m 0644 target/docs/completions/guilocker.bash "$prefix/share/bash-completion/completions/guilocker"
 install -D -m 0644 target/docs/completions/guilocker.zsh "$prefix/share/zsh/site-functions/_guilocker"
 install -D -m 0644 target/docs/completions/guilocker.fish "$prefix/share/fish/vendor_completions.d/guilocker.fish"
+# Translations (po/*.po), where the binaries look for them: share/locale beside bin/.
+compile_translations "$prefix/share/locale"
 # The GTK dialog lives apart, so the daemon and the agent never load GTK.
 install -D -m 0755 target/release/guilocker-dialog "$prefix/libexec/guilocker/guilocker-dialog"
 if [[ ! -e /etc/guilocker/config.toml ]]; then

@@ -24,6 +24,8 @@ packages=(
   man-db bash-completion zsh fish
   # The Debian package is built, linted and installed (tests/deb.rs).
   lintian
+  # Translations: msgfmt and xgettext, the Korean locale, and glyphs for its screenshots.
+  gettext locales fonts-noto-cjk
   # The kernel path: cryptsetup, and Debian's kernel booted under QEMU (tests/kernel_vm.rs).
   # vng builds a small initramfs for Debian's kernel with busybox.
   cryptsetup-bin linux-image-amd64 qemu-system-x86 busybox-static
@@ -31,7 +33,10 @@ packages=(
 ensure_packages "${packages[@]}"
 ensure_cargo
 ensure_cargo_deb
+ensure_xtr
 ensure_vng
+# The Korean session the translation tests run in.
+locale -a | grep -qix 'ko_KR.utf8' || localedef -i ko_KR -c -f UTF-8 ko_KR.UTF-8
 
 # The kernel pieces the end-to-end tests use (built in on some kernels: then this is a no-op).
 modprobe fuse 2>/dev/null || true
