@@ -99,6 +99,7 @@ fn the_package_builds_lints_installs_and_removes_cleanly() {
         "./usr/share/man/man1/guilocker.1.gz",
         "./usr/share/man/man5/guilocker.conf.5.gz",
         "./usr/share/bash-completion/completions/guilocker",
+        "./usr/share/locale/ko/LC_MESSAGES/guilocker.mo",
     ] {
         assert!(
             contents.contains(file),
@@ -154,6 +155,16 @@ fn the_package_builds_lints_installs_and_removes_cleanly() {
     }
     let status = ok(Command::new("/usr/bin/guilocker").arg("status"));
     println!("guilocker status:\n{status}");
+    // The installed catalog, found from /usr/bin (tests/translations.rs checks every text).
+    if common::korean_locale_present() {
+        let korean = ok(Command::new("/usr/bin/guilocker")
+            .arg("status")
+            .env("LANG", "ko_KR.UTF-8")
+            .env_remove("LC_ALL")
+            .env_remove("LC_MESSAGES")
+            .env_remove("LANGUAGE"));
+        assert!(korean.starts_with("장치"), "{korean}");
+    }
     assert!(!daemon_pids().is_empty(), "no daemon after start");
 
     let removed = Instant::now();

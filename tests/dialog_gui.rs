@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 /// Through `guilocker dialog`, as the agent runs it (it execs the GTK binary).
 const BIN: &str = env!("CARGO_BIN_EXE_guilocker");
 const TITLE: &str = "Unlock BitLocker drive";
+const TITLE_KO: &str = "BitLocker 드라이브 잠금 해제";
 const GOOD_KEY: &str = "235818-357951-253979-013365-241120-245575-342914-591910";
 /// Long enough for a cold start on a busy two-core machine.
 const WAIT: Duration = Duration::from_secs(20);
@@ -176,6 +177,12 @@ impl Desktop {
             .env("GSK_RENDERER", "cairo")
             .env("GDK_DEBUG", "gl-disable")
             .env("GDK_BACKEND", "x11")
+            // English unless a test asks otherwise, whatever the machine's locale.
+            .env("LANG", "C.UTF-8")
+            .env_remove("LC_ALL")
+            .env_remove("LC_MESSAGES")
+            .env_remove("LANGUAGE")
+            .env(guilocker::i18n::LOCALEDIR_ENV, catalogs())
             .stdin(Stdio::null());
         cmd
     }
@@ -259,6 +266,16 @@ impl Drop for Desktop {
     }
 }
 
+/// The translations, compiled once for this test binary.
+fn catalogs() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dialog-gui-locale");
+        common::compile_catalogs(&dir);
+        dir
+    })
+}
+
 fn first_line(stream: impl Read) -> String {
     let mut line = String::new();
     BufReader::new(stream)
@@ -288,9 +305,15 @@ struct Dialog {
 
 impl Dialog {
     fn spawn(desktop: &Desktop, device: &DeviceInfo) -> Self {
+        Self::spawn_in(desktop, device, "C.UTF-8")
+    }
+
+    /// With LANG=`lang`, as an agent in a session of that locale starts it.
+    fn spawn_in(desktop: &Desktop, device: &DeviceInfo, lang: &str) -> Self {
         let started = Instant::now();
         let mut child = desktop
             .command(BIN)
+            .env("LANG", lang)
             .arg("dialog")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -743,4 +766,69 @@ fn no_display_exits_11() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
     assert!(out.stdout.is_empty());
+}
+
+/// English texts of the dialog that Korean shows otherwise (po/ko.po), with and without
+/// their mnemonic underscores: none may be on screen in a Korean session.
+fn english_texts_translated_in_korean() -> Vec<String> {
+    let po = rspolib::pofile(concat!(env!("CARGO_MANIFEST_DIR"), "/po/ko.po")).expect("po/ko.po");
+    po.entries
+        .iter()
+        .filter(|e| {
+            e.msgstr
+                .as_deref()
+                .is_some_and(|t| !t.is_empty() && t != e.msgid)
+        })
+        .flat_map(|e| [e.msgid.clone(), e.msgid.replace('_', "")])
+        .collect()
+}
+
+/// LANG=ko_KR.UTF-8: the window, its labels, what a screen reader hears and the error after
+/// a wrong password are Korean; no English text of ours is left on screen.
+#[test]
+fn korean_dialog() {
+    if !gui_tools_present() || !common::korean_locale_present() {
+        return;
+    }
+    let desktop = Desktop::start();
+    let mut dialog = Dialog::spawn_in(
+        &desktop,
+        &device(&["password", "recovery_password"]),
+        "ko_KR.UTF-8",
+    );
+    let window = desktop.wait_window(TITLE_KO);
+    let pid = dialog.pid();
+    desktop.wait_node(pid, "the Korean title", |n| {
+        n.role != "label" && n.name == TITLE_KO
+    });
+    focused_node(&desktop, pid, "password text", "BitLocker 비밀번호");
+    desktop.wait_node(pid, "the Korean key ID", |n| {
+        n.role == "label" && n.name == "키 ID: F99F18E8"
+    });
+    desktop.wait_node(pid, "the Korean read-only box", |n| {
+        n.role == "check box" && n.name == "읽기 전용으로 열기"
+    });
+    let english = english_texts_translated_in_korean();
+    let tree = desktop.accessible_tree(pid);
+    let left: Vec<String> = tree
+        .lines()
+        .filter_map(Node::parse)
+        .filter(|n| english.contains(&n.name))
+        .map(|n| format!("{} {:?}", n.role, n.name))
+        .collect();
+    assert!(left.is_empty(), "English left in a Korean dialog: {left:?}");
+    desktop.screenshot(&window, "korean");
+
+    type_text(&desktop, &window, "not-the-password");
+    key(&desktop, &window, "Return");
+    assert!(matches!(dialog.next_frame(), DialogOutput::Unlock { .. }));
+    // The agent relays the daemon's English cause; the dialog says it in Korean.
+    dialog.reply(false, Some("/dev/sdb1: wrong password"));
+    desktop.wait_node(pid, "the Korean error", |n| {
+        n.role == "label" && n.name == "비밀번호가 틀렸습니다."
+    });
+    desktop.screenshot(&window, "korean-wrong-password");
+    closing_key(&desktop, &window, "Escape");
+    assert!(matches!(dialog.next_frame(), DialogOutput::Cancel));
+    assert_eq!(dialog.wait_exit(), DIALOG_EXIT_CANCELLED);
 }

@@ -28,6 +28,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const TITLE: &str = "Unlock BitLocker drive";
+/// The same window in Korean (po/ko.po).
+const TITLE_KO: &str = "BitLocker 드라이브 잠금 해제";
 const SOURCE: &str = "bitlk-aes-xts-128";
 const PASSWORD: &str = "anaconda";
 /// The test user's login password, which unlocks their login keyring.
@@ -54,6 +56,7 @@ const PROGRAMS: &[&str] = &[
     "losetup",
     "partx",
     "sfdisk",
+    "msgfmt",
 ];
 
 /// Straight to stderr: the harness would swallow eprintln! of a passing test.
@@ -133,6 +136,8 @@ fn user_bins() -> &'static Path {
             std::fs::copy(from, &to).unwrap();
             std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
+        // Where an installed guilocker finds its catalogs: share/locale beside its prefix.
+        common::compile_catalogs(&dir.join("share/locale"));
         dir
     })
 }
@@ -361,6 +366,8 @@ impl Drop for UserProcess {
 /// in reverse order.
 struct Desktop {
     uid: u32,
+    /// The dialog's title in the session's language.
+    title: &'static str,
     runtime: PathBuf,
     display: String,
     /// The session's environment, for everything run in it.
@@ -376,7 +383,9 @@ struct Desktop {
 impl Desktop {
     /// With `keyring`, gnome-keyring-daemon serves the Secret Service, its login keyring
     /// made and unlocked with [`KEYRING_PASSWORD`] as a login would.
-    fn start(uid: u32, keyring: bool) -> Self {
+    ///
+    /// `lang` is the session's LANG; the agent passes it on to the dialogs it starts.
+    fn start(uid: u32, keyring: bool, lang: &str) -> Self {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         let runtime = std::env::temp_dir().join(format!(
             "guilocker-e2e-desktop-{}-{}",
@@ -407,7 +416,13 @@ impl Desktop {
         let rt = runtime.display().to_string();
         let mut desktop = Self {
             uid,
+            title: if lang.starts_with("ko") {
+                TITLE_KO
+            } else {
+                TITLE
+            },
             env: vec![
+                ("LANG".into(), lang.into()),
                 ("DISPLAY".into(), display.clone()),
                 ("XDG_RUNTIME_DIR".into(), rt.clone()),
                 // The user has no home; keep GTK's and GLib's files in the runtime dir.
@@ -556,7 +571,7 @@ impl Desktop {
     /// The dialog windows of process `pid` that are on screen.
     fn windows_of(&self, pid: u32) -> Vec<String> {
         let pid = pid.to_string();
-        let title = format!("^{TITLE}$");
+        let title = format!("^{}$", self.title);
         self.xdotool(&[
             "search",
             "--all",
@@ -578,7 +593,8 @@ impl Desktop {
 
     /// Every unlock dialog on screen.
     fn all_dialogs(&self) -> Vec<String> {
-        self.xdotool(&["search", "--onlyvisible", "--name", &format!("^{TITLE}$")])
+        let title = format!("^{}$", self.title);
+        self.xdotool(&["search", "--onlyvisible", "--name", &title])
             .split_whitespace()
             .map(str::to_owned)
             .collect()
@@ -871,11 +887,16 @@ impl Scene {
 
     /// With `keyring`: a session with GNOME Keyring (see [`Desktop::start`]).
     fn start_with(name: &'static str, keyring: bool) -> Self {
+        Self::start_in(name, keyring, "C.UTF-8")
+    }
+
+    /// A session in the locale `lang`.
+    fn start_in(name: &'static str, keyring: bool, lang: &str) -> Self {
         remove_stale_scratch();
         let uid = ensure_user(TEST_USER, true);
         stick_image();
         user_bins();
-        let desktop = Desktop::start(uid, keyring);
+        let desktop = Desktop::start(uid, keyring, lang);
         let daemon = TestDaemon::start(name);
         let events = daemon.events();
         let mut agent = Agent::start(&desktop, &daemon.socket);
@@ -1085,6 +1106,44 @@ fn wrong_password_keeps_the_window_and_says_why() {
     scene.desktop.wait_window_gone(&window);
     scene.expect_unlocked_notification();
     assert_eq!(scene.agent().dialog_count(&dev), 1, "one dialog throughout");
+}
+
+/// A Korean session: the agent passes its locale to the dialog, which asks in Korean, says a
+/// wrong password is wrong in Korean, and the notification is Korean too.
+#[test]
+fn a_korean_session_is_asked_and_told_in_korean() {
+    let _serial = serial();
+    if !desktop_prerequisites() || !korean_locale_present() {
+        return;
+    }
+    let mut scene = Scene::start_in("desktop-korean", false, "ko_KR.UTF-8");
+    let (dev, _) = scene.plug();
+    // Found by its Korean title: the dialog had the agent's LANG.
+    let (pid, window) = scene.dialog(&dev, 1);
+    scene
+        .desktop
+        .wait_focused(pid, "password text", "BitLocker 비밀번호");
+    scene.desktop.type_text(&window, "not-the-password");
+    scene.desktop.key(&window, "Return");
+    scene
+        .desktop
+        .wait_node(pid, "the Korean error message", |n| {
+            n.role == "label" && n.name == "비밀번호가 틀렸습니다."
+        });
+    scene
+        .desktop
+        .screenshot(&window, "e2e-korean-wrong-password");
+
+    scene.desktop.type_text(&window, PASSWORD);
+    scene.desktop.key(&window, "Return");
+    scene.wait_mounted(&dev);
+    scene.desktop.wait_window_gone(&window);
+    let actions = scene
+        .desktop
+        .wait_notification("saying unlocked, in Korean", |s| {
+            s.contains(LABEL) && s.contains("잠금 해제됨")
+        });
+    assert_eq!(actions, ["open", "열기", "unmount", "마운트 해제"]);
 }
 
 #[test]

@@ -357,6 +357,11 @@ impl TestDaemon {
             None => Command::new(bin()),
         };
         cmd.args(args).env("GUILOCKER_SOCKET", &self.socket);
+        // The tests read English, whatever the machine's locale.
+        for var in ["LC_ALL", "LC_MESSAGES", "LANGUAGE"] {
+            cmd.env_remove(var);
+        }
+        cmd.env("LANG", "C.UTF-8");
         output_of(&mut cmd, stdin)
     }
 
@@ -812,4 +817,50 @@ pub fn kill_and_wait(pids: &[i32]) {
             "a killed process did not exit within {WAIT:?}"
         );
     }
+}
+
+/// The Korean locale, for the translation tests. Where it is missing (Debian: `localedef -i
+/// ko_KR -f UTF-8 ko_KR.UTF-8`, which tests/run.sh does), says why and returns `false`;
+/// fails under CI=true.
+pub fn korean_locale_present() -> bool {
+    let listed = Command::new("locale")
+        .arg("-a")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let present = listed
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case("ko_KR.utf8") || l.eq_ignore_ascii_case("ko_KR.UTF-8"));
+    if !present {
+        let reason =
+            "the ko_KR.UTF-8 locale is not generated (localedef -i ko_KR -f UTF-8 ko_KR.UTF-8)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{reason}");
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "skipping: {reason}");
+    }
+    present
+}
+
+/// Compiles every po/LANG.po into `dest`/LANG/LC_MESSAGES/guilocker.mo with msgfmt, as
+/// packaging/lib.sh's compile_translations does for an install; `dest` becomes readable
+/// by everyone (the desktop tests run the agent as another user).
+pub fn compile_catalogs(dest: &Path) {
+    let po_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("po");
+    for entry in std::fs::read_dir(&po_dir).expect("read po/") {
+        let po = entry.expect("po/ entry").path();
+        if po.extension().and_then(|e| e.to_str()) != Some("po") {
+            continue;
+        }
+        let lang = po.file_stem().unwrap().to_string_lossy().into_owned();
+        let dir = dest.join(&lang).join("LC_MESSAGES");
+        std::fs::create_dir_all(&dir).expect("create the catalog dir");
+        run_ok(
+            Command::new("msgfmt")
+                .arg("--check")
+                .arg("-o")
+                .arg(dir.join("guilocker.mo"))
+                .arg(&po),
+        );
+    }
+    run_ok(Command::new("chmod").arg("-R").arg("a+rX").arg(dest));
 }
