@@ -70,7 +70,8 @@ ensure_xtr() {
 extract_messages() {
   local out=$1 tmp
   tmp=$(mktemp -d)
-  xtr src/lib.rs --add-location file --package-name guilocker -o "$tmp/rust.pot"
+  # tr!: the messages; n_(): the daemon's fixed causes, which the CLI translates (src/cli/mod.rs).
+  xtr src/lib.rs -k tr -k n_ --add-location file --package-name guilocker -o "$tmp/rust.pot"
   # The ITS rules for GtkBuilder are Debian's fallback copy: xgettext warns that it is.
   LC_ALL=C.UTF-8 xgettext --from-code=UTF-8 --add-location=file --package-name=guilocker \
     -o "$tmp/ui.pot" ui/*.ui 2> >(grep -v 'fallback ITS rule' >&2)

@@ -280,4 +280,17 @@ fn status_and_unmount_in_korean() {
     let (code, _, err) = korean_cli(&["unmount", "--all", "--socket", socket]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(err.trim(), "guilocker: 마운트 해제할 드라이브가 없습니다");
+    // One of the daemon's own causes, which the CLI translates.
+    let (code, _, err) = korean_cli(&[
+        "unlock",
+        "/dev/guilocker-no-such",
+        "--password-stdin",
+        "--socket",
+        socket,
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "guilocker: /dev/guilocker-no-such: 그런 장치가 없습니다"
+    );
 }
