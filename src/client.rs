@@ -8,6 +8,7 @@ use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
+use tr::tr;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -24,6 +25,24 @@ pub enum ClientError {
     Daemon { kind: ErrorKind, message: String },
     #[error("the daemon sent an unexpected reply: {0}")]
     Unexpected(String),
+}
+
+impl ClientError {
+    /// What a person reads of this error, in their language: the daemon's own sentences as
+    /// far as [`crate::i18n::daemon_text`] knows them. (`Display` stays English, for logs.)
+    pub fn localized(&self) -> String {
+        match self {
+            Self::Connect { path, source } => tr!(
+                "cannot reach the guilocker daemon at {path}: {cause} (is it running?)",
+                path = path.display(),
+                cause = source
+            ),
+            Self::Frame(e) => tr!("talking to the daemon: {cause}", cause = e),
+            Self::Closed => tr!("the daemon closed the connection"),
+            Self::Daemon { message, .. } => crate::i18n::daemon_text(message),
+            Self::Unexpected(reply) => tr!("the daemon sent an unexpected reply: {reply}", reply),
+        }
+    }
 }
 
 pub struct Client {

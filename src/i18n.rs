@@ -48,9 +48,238 @@ fn nearest_locale_dir(exe: &Path) -> Option<PathBuf> {
         .find(|dir| dir.is_dir())
 }
 
+/// Marks a text for translation where `tr!` cannot go (a constant): xtr extracts it
+/// (`-k n_`), and it is looked up when used.
+pub const fn n_(text: &'static str) -> &'static str {
+    text
+}
+
+/// The daemon's causes, as its format strings write them (`{…}` a value), that people meet:
+/// wrong secrets, refusals, states, drives that cannot be opened here. The daemon speaks
+/// English (its log, bug reports); [`daemon_text`] shows these in the reader's language and
+/// any other as sent. A unit test holds each one to the daemon's sources, word for word.
+const DAEMON_TEMPLATES: &[&str] = &[
+    n_("no such device"),
+    n_("not a BitLocker volume"),
+    n_("not a BitLocker volume (no -FVE-FS- or BitLocker To Go signature in the first sector)"),
+    n_("wrong password"),
+    n_("wrong recovery key"),
+    n_("the password is empty"),
+    n_("a password cannot contain line breaks"),
+    n_("still being examined; try again in a moment"),
+    n_("another unlock or unmount is under way"),
+    n_("is not unlocked"),
+    n_("is still being cleaned up after it was unplugged; try again in a moment"),
+    n_("already unlocked ({where})"),
+    n_("mounted at {mountpoint}"),
+    n_("its decrypted view is {path}"),
+    n_("is still unlocked by an earlier guilocker ({path} is mounted); unmount it first"),
+    n_("is still unlocked by an earlier guilocker ({name} is in use); unmount it first"),
+    n_("in use by {holders}; close them, or use --force"),
+    n_("not allowed: {why}"),
+    n_("uid {uid} has no user account"),
+    n_("{user} is not in the group '{group}' (see allowed_group in the config)"),
+    n_("only root may unlock for another user ({user})"),
+    n_("it was unlocked by {owner}, not by {caller}"),
+    n_("you are not in the active local session ({why})"),
+    n_("cannot tell whether you are at this computer: {cause}"),
+    n_("cannot be opened here: {cause}"),
+    n_("protection is not suspended: a password or key is needed"),
+    n_("our reader cannot use this volume's metadata, so only dislocker can open it"),
+    n_("no NTFS, exFAT or FAT filesystem inside; use --no-mount to get the decrypted view"),
+    n_("this volume was encrypted by Windows Vista, whose BitLocker format is not supported"),
+    n_("no protector of that kind can be used here (only {available})"),
+    n_("{state}; let Windows finish it, then try again"),
+    n_("encryption is still in progress"),
+    n_("decryption is still in progress"),
+    n_("encryption or decryption is paused"),
+    n_("unsupported encryption method {method}"),
+    n_("the volume has {total} protectors of this kind, far more than Windows makes (crafted or damaged metadata?); {tried} were tried in the time allowed and none opened it"),
+];
+
+/// A daemon's "DEVICE: cause" in the reader's language, as far as [`DAEMON_TEMPLATES`]
+/// reach; the rest as sent. Values are kept, and translated in turn where they are
+/// themselves one of the sentences ("already unlocked (mounted at …)").
+pub fn daemon_text(message: &str) -> String {
+    match message.split_once(": ") {
+        Some((device, cause)) if !device.contains(' ') => {
+            format!("{device}: {}", translate_cause(cause, 0))
+        }
+        _ => translate_cause(message, 0),
+    }
+}
+
+/// Nested sentences go this deep at most.
+const MAX_DEPTH: usize = 3;
+
+fn translate_cause(text: &str, depth: usize) -> String {
+    if depth > MAX_DEPTH {
+        return text.to_owned();
+    }
+    for template in DAEMON_TEMPLATES {
+        let Some(values) = fill(template, text) else {
+            continue;
+        };
+        let translated = gettextrs::dgettext(DOMAIN, *template);
+        let values: Vec<(&str, String)> = values
+            .into_iter()
+            .map(|(name, value)| (name, translate_cause(value, depth + 1)))
+            .collect();
+        let args: Vec<(&str, &dyn std::fmt::Display)> = values
+            .iter()
+            .map(|(name, value)| (*name, value as &dyn std::fmt::Display))
+            .collect();
+        return tr::runtime_format::display_string(&translated, &args);
+    }
+    text.to_owned()
+}
+
+/// A template's literal text and `{name}` holes, in order.
+enum Piece<'a> {
+    Text(&'a str),
+    Hole(&'a str),
+}
+
+fn pieces(template: &str) -> Vec<Piece<'_>> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        if open > 0 {
+            out.push(Piece::Text(&rest[..open]));
+        }
+        out.push(Piece::Hole(&rest[open + 1..open + close]));
+        rest = &rest[open + close + 1..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
+    }
+    out
+}
+
+/// The values of `template`'s holes if `text` is that sentence. A hole takes text up to the
+/// first occurrence of the literal after it, or up to the final literal when that ends the
+/// sentence (a value may hold brackets of its own).
+fn fill<'t>(template: &'t str, text: &'t str) -> Option<Vec<(&'t str, &'t str)>> {
+    let pieces = pieces(template);
+    let mut values = Vec::new();
+    let mut at = 0;
+    for (i, piece) in pieces.iter().enumerate() {
+        match piece {
+            Piece::Text(literal) => {
+                at += text[at..].starts_with(literal).then_some(literal.len())?;
+            }
+            Piece::Hole(name) => {
+                let end = match pieces.get(i + 1) {
+                    None => text.len(),
+                    Some(Piece::Text(last)) if i + 2 == pieces.len() => text
+                        .len()
+                        .checked_sub(last.len())
+                        .filter(|&e| e >= at && text.ends_with(last))?,
+                    Some(Piece::Text(next)) => at + text[at..].find(next)?,
+                    // Two holes in a row cannot be told apart.
+                    Some(Piece::Hole(_)) => return None,
+                };
+                if end == at {
+                    return None;
+                }
+                values.push((*name, &text[at..end]));
+                at = end;
+            }
+        }
+    }
+    (at == text.len()).then_some(values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Format holes of any kind (`{}`, `{name}`, `{offset:#x}`) as `{}`; braces of code
+    /// (which hold spaces or lines) are left as they are.
+    fn holes_as_braces(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            match after.find(|c: char| c == '}' || c == '{' || c.is_whitespace()) {
+                Some(end) if after[end..].starts_with('}') => {
+                    out.push_str("{}");
+                    rest = &after[end + 1..];
+                }
+                _ => {
+                    out.push('{');
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// Each template is what the daemon or the BitLocker reader writes, word for word (with
+    /// its values anywhere): a sentence reworded there would silently stop being translated.
+    #[test]
+    fn every_template_is_the_daemons_own_sentence() {
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+        let mut sources = String::new();
+        for dir in ["daemon", "bitlocker"] {
+            for entry in std::fs::read_dir(format!("{src}/{dir}")).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "rs") {
+                    sources.push_str(&std::fs::read_to_string(path).unwrap());
+                }
+            }
+        }
+        // Long literals are broken over lines there.
+        let sources = holes_as_braces(&sources.replace("\\\n", ""));
+        for template in DAEMON_TEMPLATES {
+            assert!(
+                sources.contains(&holes_as_braces(template)),
+                "{template:?} is not in src/daemon or src/bitlocker"
+            );
+        }
+    }
+
+    #[test]
+    fn sentences_are_taken_apart_and_put_back() {
+        // No catalog is bound in unit tests: gettext hands the English back, so every
+        // sentence must come back exactly as sent.
+        for message in [
+            "/dev/sdb1: wrong password",
+            "/dev/sdb1: already unlocked (mounted at /media/alice/STICK (2))",
+            "/dev/sdb1: not allowed: bob is not in the group 'plugdev' (see allowed_group in the config)",
+            "/media/alice/STICK: in use by bash (pid 7), vim (pid 9); close them, or use --force",
+            "/dev/sdb1: cannot be opened here: encryption is still in progress; let Windows finish it, then try again",
+            "/dev/sdb1: something nobody listed: 42",
+            "no colon at all",
+        ] {
+            assert_eq!(daemon_text(message), message);
+        }
+    }
+
+    #[test]
+    fn values_are_found() {
+        assert_eq!(
+            fill(
+                "already unlocked ({where})",
+                "already unlocked (mounted at /m (2))"
+            ),
+            Some(vec![("where", "mounted at /m (2)")])
+        );
+        assert_eq!(
+            fill(
+                "{user} is not in the group '{group}' (see allowed_group in the config)",
+                "bob is not in the group 'plugdev' (see allowed_group in the config)"
+            ),
+            Some(vec![("user", "bob"), ("group", "plugdev")])
+        );
+        assert_eq!(fill("wrong password", "wrong password, and more"), None);
+        assert_eq!(fill("mounted at {mountpoint}", "mounted at "), None);
+    }
 
     #[test]
     fn catalogs_are_found_from_the_prefix() {

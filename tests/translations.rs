@@ -294,3 +294,59 @@ fn status_and_unmount_in_korean() {
         "guilocker: /dev/guilocker-no-such: 그런 장치가 없습니다"
     );
 }
+
+/// The daemon's sentences as the CLI and the dialog show them: each one found, its values
+/// kept, and sentences inside sentences translated too.
+#[test]
+fn the_daemons_sentences_in_korean() {
+    if !tools_present(&["msgfmt"]) || !common::korean_locale_present() {
+        return;
+    }
+    let catalogs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sentences-locale");
+    common::compile_catalogs(&catalogs);
+    // This process's locale: nothing else in this test binary reads it.
+    gettextrs::setlocale(gettextrs::LocaleCategory::LcAll, "ko_KR.UTF-8").expect("ko_KR.UTF-8");
+    gettextrs::bindtextdomain(guilocker::i18n::DOMAIN, catalogs.to_str().unwrap()).unwrap();
+    gettextrs::bind_textdomain_codeset(guilocker::i18n::DOMAIN, "UTF-8").unwrap();
+    for (english, korean) in [
+        (
+            "/dev/sdb1: wrong recovery key",
+            "/dev/sdb1: 복구 키가 틀렸습니다",
+        ),
+        (
+            "/dev/sdb1: already unlocked (mounted at /media/alice/STICK (2))",
+            "/dev/sdb1: 이미 잠금이 해제되어 있습니다 (/media/alice/STICK (2)에 마운트됨)",
+        ),
+        (
+            "/dev/sdb1: not allowed: bob is not in the group 'plugdev' (see allowed_group in the config)",
+            "/dev/sdb1: 허용되지 않습니다: bob은(는) 'plugdev' 그룹에 속하지 않습니다 (설정의 allowed_group 참고)",
+        ),
+        (
+            "/dev/sdb1: cannot be opened here: encryption is still in progress; let Windows finish it, then try again",
+            "/dev/sdb1: 여기서는 열 수 없습니다: 암호화가 아직 진행 중입니다. Windows에서 끝낸 다음 다시 하십시오",
+        ),
+        (
+            "/media/alice/STICK: in use by bash (pid 7); close them, or use --force",
+            "/media/alice/STICK: bash (pid 7)이(가) 사용 중입니다. 그 프로그램을 닫거나 --force를 쓰십시오",
+        ),
+        // Not one of ours: as sent.
+        ("/dev/sdb1: dislocker said something new", "/dev/sdb1: dislocker said something new"),
+    ] {
+        assert_eq!(guilocker::i18n::daemon_text(english), korean);
+    }
+}
+
+#[test]
+fn a_file_that_is_not_bitlocker_is_said_in_korean() {
+    if !tools_present(&["msgfmt"]) || !common::korean_locale_present() {
+        return;
+    }
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("translations-plain.img");
+    std::fs::write(&file, vec![0u8; 1 << 20]).unwrap();
+    let (code, _, err) = korean_cli(&["inspect", file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("BitLocker 볼륨이 아닙니다") && err.contains(file.to_str().unwrap()),
+        "{err}"
+    );
+}

@@ -14,6 +14,7 @@ use std::io::BufReader;
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use tr::tr;
 
 /// The agent's side of an open dialog.
 pub struct DialogHandle {
@@ -185,12 +186,15 @@ fn reply_for(device: &str, answer: &Result<Response, ClientError>) -> DialogInpu
         },
         Ok(other) => failed(
             ErrorKind::Failed,
-            format!("unexpected reply from the daemon: {other:?}"),
+            tr!(
+                "unexpected reply from the daemon: {reply}",
+                reply = format!("{other:?}")
+            ),
         ),
         Err(ClientError::Daemon { kind, message }) => {
             failed(*kind, super::cause(device, message).to_owned())
         }
-        Err(e) => failed(ErrorKind::Failed, e.to_string()),
+        Err(e) => failed(ErrorKind::Failed, e.localized()),
     }
 }
 

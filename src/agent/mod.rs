@@ -317,8 +317,8 @@ impl Agent {
             Ok(crate::protocol::Response::Unlocked { device: info }) => self.unlocked(&info, false),
             Ok(other) => log::warn!("{}: unexpected reply {other:?}", device.device),
             Err(e) => {
-                let text = e.to_string();
-                let title = format!("{} cannot be opened", device.device);
+                let text = e.localized();
+                let title = tr!("{device} cannot be opened", device = device.device);
                 notifications::problem(&title, cause(&device.device, &text));
             }
         }

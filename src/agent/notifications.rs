@@ -126,7 +126,7 @@ fn unmount(socket: &std::path::Path, device: &DeviceInfo, label: &str) {
         }
         Err(e) => show_problem(
             &tr!("‘{label}’ could not be unmounted", label),
-            &e.to_string(),
+            &e.localized(),
         ),
     }
 }

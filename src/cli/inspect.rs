@@ -25,8 +25,10 @@ pub fn run(args: InspectArgs) -> Result<(), Failure> {
     let (device, volume) = if path.is_file() {
         let file = std::fs::File::open(path)
             .map_err(|e| Failure::new(exit::FAILED, format!("{}: {e}", args.device)))?;
-        let meta = crate::bitlocker::read_metadata(&file)
-            .map_err(|e| Failure::new(exit::FAILED, format!("{}: {e}", args.device)))?;
+        let meta = crate::bitlocker::read_metadata(&file).map_err(|e| {
+            let message = format!("{}: {e}", args.device);
+            Failure::new(exit::FAILED, crate::i18n::daemon_text(&message))
+        })?;
         (args.device.clone(), meta.info)
     } else {
         match Client::connect(&args.socket.socket)?.request(&Request::Inspect {

@@ -153,58 +153,6 @@ pub fn unexpected(target: &str, reply: &impl std::fmt::Debug) -> Failure {
     )
 }
 
-/// Marks a text for translation where `tr!` cannot go (a constant); xtr extracts it.
-const fn n_(text: &'static str) -> &'static str {
-    text
-}
-
-/// The daemon's causes that carry no value, the ones people meet most: the CLI shows them
-/// in the person's language. The daemon itself speaks English (its log, bug reports), and
-/// a cause not listed here is shown as sent.
-const DAEMON_CAUSES: &[&str] = &[
-    n_("no such device"),
-    n_("not a BitLocker volume"),
-    n_("wrong password"),
-    n_("wrong recovery key"),
-    n_("the password is empty"),
-    n_("still being examined; try again in a moment"),
-    n_("another unlock or unmount is under way"),
-    n_("is not unlocked"),
-    n_("is still being cleaned up after it was unplugged; try again in a moment"),
-];
-
-/// "DEVICE: cause" from the daemon, its cause translated when it is one of
-/// [`DAEMON_CAUSES`].
-fn daemon_message(message: &str) -> String {
-    match message.split_once(": ") {
-        Some((device, cause)) if DAEMON_CAUSES.contains(&cause) => {
-            format!(
-                "{device}: {}",
-                gettextrs::dgettext(crate::i18n::DOMAIN, cause)
-            )
-        }
-        _ => message.to_owned(),
-    }
-}
-
-/// What the CLI says of a client error, in the person's language (see [`daemon_message`]
-/// for the daemon's own causes).
-fn client_message(e: &ClientError) -> String {
-    match e {
-        ClientError::Connect { path, source } => tr!(
-            "cannot reach the guilocker daemon at {path}: {cause} (is it running?)",
-            path = path.display(),
-            cause = source
-        ),
-        ClientError::Frame(e) => tr!("talking to the daemon: {cause}", cause = e),
-        ClientError::Closed => tr!("the daemon closed the connection"),
-        ClientError::Daemon { message, .. } => daemon_message(message),
-        ClientError::Unexpected(reply) => {
-            tr!("the daemon sent an unexpected reply: {reply}", reply)
-        }
-    }
-}
-
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
@@ -222,7 +170,7 @@ impl From<ClientError> for Failure {
             } => exit::USAGE,
             _ => exit::FAILED,
         };
-        Self::new(code, client_message(&e))
+        Self::new(code, e.localized())
     }
 }
 
@@ -290,43 +238,5 @@ pub fn run(cli: Cli) -> ExitCode {
             eprintln!("guilocker: {}", f.message);
             ExitCode::from(f.code)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Each listed cause is one the daemon really sends, word for word: a cause reworded
-    /// there would silently stop being translated here.
-    #[test]
-    fn the_listed_causes_are_the_daemons_own() {
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
-        let mut sources = String::new();
-        for dir in ["daemon", "bitlocker"] {
-            for entry in std::fs::read_dir(format!("{src}/{dir}")).unwrap() {
-                let path = entry.unwrap().path();
-                if path.extension().is_some_and(|e| e == "rs") {
-                    sources.push_str(&std::fs::read_to_string(path).unwrap());
-                }
-            }
-        }
-        for cause in DAEMON_CAUSES {
-            let said = [format!("\"{cause}\""), format!(": {cause}\"")];
-            assert!(said.iter().any(|s| sources.contains(s)), "{cause:?}");
-        }
-    }
-
-    #[test]
-    fn only_whole_listed_causes_are_translated() {
-        // No catalog is bound in unit tests: gettext hands the English back.
-        assert_eq!(
-            daemon_message("/dev/sdb1: wrong password"),
-            "/dev/sdb1: wrong password"
-        );
-        assert_eq!(
-            daemon_message("/dev/sdb1: wrong password, and more"),
-            "/dev/sdb1: wrong password, and more"
-        );
     }
 }

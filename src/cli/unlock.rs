@@ -84,7 +84,7 @@ fn stdin_line(device: &str) -> Result<SecretString, Failure> {
 
 fn recovery_secret(device: &str, value: SecretString) -> Result<UnlockSecret, Failure> {
     let key = recovery::normalize(value.expose())
-        .map_err(|e| Failure::new(exit::WRONG_SECRET, format!("{device}: {e}")))?;
+        .map_err(|e| Failure::new(exit::WRONG_SECRET, format!("{device}: {}", e.localized())))?;
     Ok(UnlockSecret::RecoveryPassword {
         value: SecretString::from(key.as_str()),
     })

@@ -213,24 +213,11 @@ fn is_separator(c: char) -> bool {
 }
 
 fn bad_group(group: usize, cause: recovery::GroupError) -> KeyCheck {
-    use recovery::GroupError;
-    KeyCheck::Invalid(match cause {
-        GroupError::NotSixDigits => {
-            tr!("Group {group} of the recovery key must be 6 digits", group)
-        }
-        GroupError::NotDivisibleBy11 => tr!(
-            "Group {group} of the recovery key is not divisible by 11 (a typo?)",
-            group
-        ),
-        GroupError::TooLarge => tr!(
-            "Group {group} of the recovery key is 720896 or more (a typo?)",
-            group
-        ),
-    })
+    KeyCheck::Invalid(RecoveryKeyError::BadGroup { group, cause }.localized())
 }
 
 fn bad_character() -> KeyCheck {
-    KeyCheck::Invalid(tr!("A recovery key has only digits and dashes"))
+    KeyCheck::Invalid(RecoveryKeyError::BadCharacter.localized())
 }
 
 /// Checks a recovery key as it is typed or pasted: each finished 6-digit group is checked as
@@ -285,14 +272,12 @@ pub fn check_recovery_key(text: &str) -> KeyCheck {
     }
     match recovery::normalize(text) {
         Ok(key) => KeyCheck::Valid(SecretString::from(key.as_str())),
-        Err(RecoveryKeyError::BadGroup { group, cause }) => bad_group(group, cause),
-        Err(RecoveryKeyError::BadCharacter) => bad_character(),
-        Err(RecoveryKeyError::WrongLength { digits }) => KeyCheck::Invalid(too_many(digits)),
+        Err(e) => KeyCheck::Invalid(e.localized()),
     }
 }
 
 fn too_many(digits: usize) -> String {
-    tr!("A recovery key has 48 digits; this has {digits}.", digits)
+    RecoveryKeyError::WrongLength { digits }.localized()
 }
 
 #[cfg(test)]

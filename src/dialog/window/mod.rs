@@ -47,11 +47,11 @@ impl UnlockDialog {
     /// The unlock failed: shows why, clears the input and lets the person try again.
     pub fn show_failure(&self, kind: Option<ErrorKind>, message: Option<&str>) {
         let imp = self.imp();
-        // A wrong secret is said in the person's language, for the method in use; other
-        // causes are the daemon's own words (English: they name paths and programs).
+        // A wrong secret is said for the method in use; other causes are the daemon's
+        // sentences, in the person's language as far as we know them.
         let message = match (message.map(str::trim), kind) {
             (_, Some(ErrorKind::WrongSecret)) => imp.wrong_secret_message(),
-            (Some(text), _) if !text.is_empty() => sentence(text),
+            (Some(text), _) if !text.is_empty() => sentence(&crate::i18n::daemon_text(text)),
             _ => tr!("The drive could not be unlocked."),
         };
         imp.show_failure(&message);
