@@ -29,7 +29,7 @@ pub enum ClientError {
 
 impl ClientError {
     /// What a person reads of this error, in their language: the daemon's own sentences as
-    /// far as [`crate::i18n::daemon_text`] knows them. (`Display` stays English, for logs.)
+    /// far as [`crate::i18n::localize`] knows them. (`Display` stays English, for logs.)
     pub fn localized(&self) -> String {
         match self {
             Self::Connect { path, source } => tr!(
@@ -39,7 +39,7 @@ impl ClientError {
             ),
             Self::Frame(e) => tr!("talking to the daemon: {cause}", cause = e),
             Self::Closed => tr!("the daemon closed the connection"),
-            Self::Daemon { message, .. } => crate::i18n::daemon_text(message),
+            Self::Daemon { message, .. } => crate::i18n::localize(message),
             Self::Unexpected(reply) => tr!("the daemon sent an unexpected reply: {reply}", reply),
         }
     }

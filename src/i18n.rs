@@ -29,7 +29,8 @@ pub fn init() {
 
 /// The catalogs beside this executable's prefix: /usr/bin/guilocker and
 /// /usr/libexec/guilocker/guilocker-dialog both find /usr/share/locale, a build tree's
-/// target/debug/guilocker finds target/share/locale (where the tests compile `po/`).
+/// target/debug/guilocker finds target/share/locale if someone compiled `po/` there (the
+/// tests name their own catalogs with [`LOCALEDIR_ENV`] instead).
 pub fn locale_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(LOCALEDIR_ENV).filter(|d| !d.is_empty()) {
         return dir.into();
@@ -54,11 +55,12 @@ pub const fn n_(text: &'static str) -> &'static str {
     text
 }
 
-/// The daemon's causes, as its format strings write them (`{…}` a value), that people meet:
-/// wrong secrets, refusals, states, drives that cannot be opened here. The daemon speaks
-/// English (its log, bug reports); [`daemon_text`] shows these in the reader's language and
-/// any other as sent. A unit test holds each one to the daemon's sources, word for word.
-const DAEMON_TEMPLATES: &[&str] = &[
+/// The daemon's (and the BitLocker reader's and keyring's) sentences people meet, as their
+/// format strings write them (`{…}` a value): wrong secrets, refusals, states, drives that
+/// cannot be opened here. Those speak English (logs, bug reports); [`localize`] shows these
+/// in the reader's language and any other as sent. A unit test holds each one to the
+/// sources, word for word.
+const SENTENCES: &[&str] = &[
     n_("no such device"),
     n_("not a BitLocker volume"),
     n_("not a BitLocker volume (no -FVE-FS- or BitLocker To Go signature in the first sector)"),
@@ -95,43 +97,90 @@ const DAEMON_TEMPLATES: &[&str] = &[
     n_("encryption or decryption is paused"),
     n_("unsupported encryption method {method}"),
     n_("the volume has {total} protectors of this kind, far more than Windows makes (crafted or damaged metadata?); {tried} were tried in the time allowed and none opened it"),
+    n_("the volume is decrypted"),
+    n_("the encryption state is unknown"),
+    n_("cannot be read: {why}"),
+    n_("this drive has no {wanted} protector; {hint}"),
+    n_("use the {protector}"),
+    n_("it opens without a secret (its protection is suspended)"),
+    n_("password"),
+    n_("recovery key"),
+    n_("startup key"),
+    n_("clear key"),
+    n_("smart card"),
+    n_("TPM + PIN"),
+    // dislocker's last words, as the daemon puts them.
+    n_("wrong password (note: dislocker cannot check passwords with non-ASCII characters)"),
+    n_("this startup key (.BEK) does not open this drive, or dislocker cannot read its format"),
+    n_("the BitLocker metadata cannot be read; encryption may still be in progress (let Windows finish it)"),
+    n_("encryption is still in progress; let Windows finish it first"),
+    n_("FUSE is not available (is the fuse module loaded?)"),
+    n_("the device cannot be opened (was it removed?)"),
+    n_("dislocker could not unlock the drive"),
+    // A recovery key typed on the command line.
+    n_("recovery key: {cause}"),
+    n_("a recovery key has 8 groups of 6 digits; this has {digits} digits"),
+    n_("a recovery key has only digits and dashes"),
+    n_("group {group} of the recovery key {cause}"),
+    n_("must be 6 digits"),
+    n_("is not divisible by 11 (a typo?)"),
+    n_("is 720896 or more (a typo?)"),
+    // The keyring, for `guilocker remembered` and `forget`.
+    n_("cannot look up the remembered secret for {guid} in the keyring: {cause}"),
+    n_("cannot store the secret for {guid} in the keyring: {cause}"),
+    n_("cannot remove the remembered secret for {guid} from the keyring: {cause}"),
+    n_("cannot list the keyring's remembered BitLocker secrets: {cause}"),
 ];
 
-/// A daemon's "DEVICE: cause" in the reader's language, as far as [`DAEMON_TEMPLATES`]
-/// reach; the rest as sent. Values are kept, and translated in turn where they are
-/// themselves one of the sentences ("already unlocked (mounted at …)").
-pub fn daemon_text(message: &str) -> String {
-    match message.split_once(": ") {
-        Some((device, cause)) if !device.contains(' ') => {
-            format!("{device}: {}", translate_cause(cause, 0))
-        }
-        _ => translate_cause(message, 0),
-    }
+/// A daemon's "DEVICE: cause" (or a bare cause) in the reader's language, as far as
+/// [`SENTENCES`] reach; the rest as sent. Values are kept, and translated in turn where they
+/// are themselves one of the sentences ("already unlocked (mounted at …)"). The prefix is a
+/// path, spaces and all: the cause is looked for after a path first, then in the whole
+/// text, then after any ": ".
+pub fn localize(message: &str) -> String {
+    let splits = || message.match_indices(": ").map(|(at, _)| at);
+    let after =
+        |at: usize| known(&message[at + 2..], 0).map(|c| format!("{}: {c}", &message[..at]));
+    splits()
+        .filter(|&at| message[..at].contains('/'))
+        .find_map(after)
+        .or_else(|| known(message, 0))
+        .or_else(|| splits().find_map(after))
+        .unwrap_or_else(|| message.to_owned())
 }
 
 /// Nested sentences go this deep at most.
 const MAX_DEPTH: usize = 3;
 
 fn translate_cause(text: &str, depth: usize) -> String {
+    known(text, depth).unwrap_or_else(|| text.to_owned())
+}
+
+/// `text` translated if it is one of [`SENTENCES`].
+fn known(text: &str, depth: usize) -> Option<String> {
     if depth > MAX_DEPTH {
-        return text.to_owned();
+        return None;
     }
-    for template in DAEMON_TEMPLATES {
-        let Some(values) = fill(template, text) else {
-            continue;
-        };
-        let translated = gettextrs::dgettext(DOMAIN, *template);
-        let values: Vec<(&str, String)> = values
-            .into_iter()
-            .map(|(name, value)| (name, translate_cause(value, depth + 1)))
-            .collect();
-        let args: Vec<(&str, &dyn std::fmt::Display)> = values
-            .iter()
-            .map(|(name, value)| (*name, value as &dyn std::fmt::Display))
-            .collect();
-        return tr::runtime_format::display_string(&translated, &args);
-    }
-    text.to_owned()
+    // Sentences that start with words before those that start with a value, which would
+    // take any text in front of their words.
+    let (words_first, value_first): (Vec<&&str>, Vec<&&str>) =
+        SENTENCES.iter().partition(|t| !t.starts_with('{'));
+    words_first
+        .into_iter()
+        .chain(value_first)
+        .find_map(|template| {
+            let values = fill(template, text)?;
+            let translated = gettextrs::dgettext(DOMAIN, *template);
+            let values: Vec<(&str, String)> = values
+                .into_iter()
+                .map(|(name, value)| (name, translate_cause(value, depth + 1)))
+                .collect();
+            let args: Vec<(&str, &dyn std::fmt::Display)> = values
+                .iter()
+                .map(|(name, value)| (*name, value as &dyn std::fmt::Display))
+                .collect();
+            Some(tr::runtime_format::display_string(&translated, &args))
+        })
 }
 
 /// A template's literal text and `{name}` holes, in order.
@@ -226,7 +275,7 @@ mod tests {
     fn every_template_is_the_daemons_own_sentence() {
         let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
         let mut sources = String::new();
-        for dir in ["daemon", "bitlocker"] {
+        for dir in ["daemon", "bitlocker", "dialog"] {
             for entry in std::fs::read_dir(format!("{src}/{dir}")).unwrap() {
                 let path = entry.unwrap().path();
                 if path.extension().is_some_and(|e| e == "rs") {
@@ -236,10 +285,10 @@ mod tests {
         }
         // Long literals are broken over lines there.
         let sources = holes_as_braces(&sources.replace("\\\n", ""));
-        for template in DAEMON_TEMPLATES {
+        for template in SENTENCES {
             assert!(
                 sources.contains(&holes_as_braces(template)),
-                "{template:?} is not in src/daemon or src/bitlocker"
+                "{template:?} is not in src/daemon, src/bitlocker or src/dialog"
             );
         }
     }
@@ -255,9 +304,13 @@ mod tests {
             "/media/alice/STICK: in use by bash (pid 7), vim (pid 9); close them, or use --force",
             "/dev/sdb1: cannot be opened here: encryption is still in progress; let Windows finish it, then try again",
             "/dev/sdb1: something nobody listed: 42",
+            "/media/alice/USB DISK: in use by bash (pid 7); close them, or use --force",
+            "my images/x.img: not a BitLocker volume",
+            "x.img: not a BitLocker volume",
+            "/dev/sdb1: not allowed: bob is not in the group 'plugdev' (see allowed_group in the config)",
             "no colon at all",
         ] {
-            assert_eq!(daemon_text(message), message);
+            assert_eq!(localize(message), message);
         }
     }
 

@@ -212,7 +212,10 @@ impl Agent {
                 DeviceState::Failed => {
                     let label = self.memory().mine.remove(&device.device);
                     if let (Some(label), Some(error)) = (label, &device.error) {
-                        notifications::problem(&tr!("‘{label}’ stopped working", label), error);
+                        notifications::problem(
+                            &tr!("‘{label}’ stopped working", label),
+                            &crate::i18n::localize(error),
+                        );
                     }
                 }
                 DeviceState::Unlocking

@@ -27,7 +27,7 @@ pub fn run(args: InspectArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::new(exit::FAILED, format!("{}: {e}", args.device)))?;
         let meta = crate::bitlocker::read_metadata(&file).map_err(|e| {
             let message = format!("{}: {e}", args.device);
-            Failure::new(exit::FAILED, crate::i18n::daemon_text(&message))
+            Failure::new(exit::FAILED, crate::i18n::localize(&message))
         })?;
         (args.device.clone(), meta.info)
     } else {

@@ -55,7 +55,7 @@ fn table(devices: &[DeviceInfo]) -> String {
                 d.mountpoint
                     .clone()
                     .or_else(|| d.decrypted.clone())
-                    .or_else(|| d.error.clone())
+                    .or_else(|| d.error.as_deref().map(crate::i18n::localize))
                     .unwrap_or_else(|| "-".into()),
             ]
             .map(|cell| crate::text::escaped(&cell))

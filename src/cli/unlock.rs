@@ -67,8 +67,8 @@ fn read_limited(
     Ok(buf)
 }
 
-/// One line from stdin, without its line ending.
-fn stdin_line(device: &str) -> Result<SecretString, Failure> {
+/// One line from stdin, without its line ending. `recovery`: it should be a recovery key.
+fn stdin_line(device: &str, recovery: bool) -> Result<SecretString, Failure> {
     let mut raw = read_limited(device, std::io::stdin().lock(), &tr!("standard input"))?;
     while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         raw.pop();
@@ -76,15 +76,26 @@ fn stdin_line(device: &str) -> Result<SecretString, Failure> {
     let text = std::str::from_utf8(&raw).map_err(|_| {
         Failure::new(
             exit::FAILED,
-            format!("{device}: {}", tr!("standard input is not UTF-8")),
+            format!(
+                "{device}: {}",
+                if recovery {
+                    tr!("the recovery key on standard input is not UTF-8")
+                } else {
+                    tr!("the password on standard input is not UTF-8")
+                }
+            ),
         )
     })?;
     Ok(SecretString::from(text))
 }
 
 fn recovery_secret(device: &str, value: SecretString) -> Result<UnlockSecret, Failure> {
-    let key = recovery::normalize(value.expose())
-        .map_err(|e| Failure::new(exit::WRONG_SECRET, format!("{device}: {}", e.localized())))?;
+    let key = recovery::normalize(value.expose()).map_err(|e| {
+        Failure::new(
+            exit::WRONG_SECRET,
+            crate::i18n::localize(&format!("{device}: {e}")),
+        )
+    })?;
     Ok(UnlockSecret::RecoveryPassword {
         value: SecretString::from(key.as_str()),
     })
@@ -127,10 +138,10 @@ pub fn run(args: UnlockArgs) -> Result<(), Failure> {
     let device = args.device.as_str();
     let given = if args.password_stdin {
         Some(UnlockSecret::Password {
-            value: stdin_line(device)?,
+            value: stdin_line(device, false)?,
         })
     } else if args.recovery_key_stdin {
-        Some(recovery_secret(device, stdin_line(device)?)?)
+        Some(recovery_secret(device, stdin_line(device, true)?)?)
     } else if let Some(path) = &args.bek {
         let file = std::fs::File::open(path).map_err(|e| {
             Failure::new(

@@ -193,7 +193,7 @@ fn print_list() -> i32 {
     let entries = match list() {
         Ok(entries) => entries,
         Err(e) => {
-            eprintln!("guilocker: {e}");
+            eprintln!("guilocker: {}", crate::i18n::localize(&e.to_string()));
             return 1;
         }
     };
@@ -252,7 +252,7 @@ fn forget_one(guid: &str) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("guilocker: {e}");
+            eprintln!("guilocker: {}", crate::i18n::localize(&e.to_string()));
             1
         }
     }

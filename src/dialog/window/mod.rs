@@ -47,11 +47,15 @@ impl UnlockDialog {
     /// The unlock failed: shows why, clears the input and lets the person try again.
     pub fn show_failure(&self, kind: Option<ErrorKind>, message: Option<&str>) {
         let imp = self.imp();
-        // A wrong secret is said for the method in use; other causes are the daemon's
-        // sentences, in the person's language as far as we know them.
+        // The plain "wrong password" is said for the method in use; anything more specific
+        // (a remembered password that was forgotten, dislocker and non-ASCII, a drive
+        // without that protector) in the daemon's or our words, in the person's language.
         let message = match (message.map(str::trim), kind) {
-            (_, Some(ErrorKind::WrongSecret)) => imp.wrong_secret_message(),
-            (Some(text), _) if !text.is_empty() => sentence(&crate::i18n::daemon_text(text)),
+            (
+                None | Some("" | "wrong password" | "wrong recovery key"),
+                Some(ErrorKind::WrongSecret),
+            ) => imp.wrong_secret_message(),
+            (Some(text), _) if !text.is_empty() => sentence(&crate::i18n::localize(text)),
             _ => tr!("The drive could not be unlocked."),
         };
         imp.show_failure(&message);
