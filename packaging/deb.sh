@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 source packaging/lib.sh
 ensure_cargo
 ensure_cargo_deb
+# msgfmt compiles the translations the package ships.
+command -v msgfmt >/dev/null || { [[ $(id -u) == 0 ]] && ensure_packages gettext; }
 
 cargo build --release --locked >&2
 out=target/deb-assets

@@ -66,26 +66,33 @@ ensure_xtr() {
 
 # Writes the translation template to $1: the messages marked with tr! in the Rust sources and
 # translatable="yes" in the .ui templates. Locations name files, not lines, so the template
-# only changes when a message does.
-extract_messages() {
-  local out=$1 tmp
+# only changes when a message does. A subshell: its own `set -e` and cleanup, whoever calls.
+extract_messages() (
+  set -euo pipefail
+  out=$1
   tmp=$(mktemp -d)
-  # tr!: the messages; n_(): the daemon's fixed causes, which the CLI translates (src/cli/mod.rs).
+  trap 'rm -rf "$tmp"' EXIT
+  # tr!: the messages; n_(): sentences of the daemon and others, which the clients
+  # translate (src/i18n.rs).
   xtr src/lib.rs -k tr -k n_ --add-location file --package-name guilocker -o "$tmp/rust.pot"
   # The ITS rules for GtkBuilder are Debian's fallback copy: xgettext warns that it is.
   LC_ALL=C.UTF-8 xgettext --from-code=UTF-8 --add-location=file --package-name=guilocker \
-    -o "$tmp/ui.pot" ui/*.ui 2> >(grep -v 'fallback ITS rule' >&2)
+    -o "$tmp/ui.pot" ui/*.ui 2>"$tmp/warnings"
+  grep -v 'fallback ITS rule' "$tmp/warnings" >&2 || true
   LC_ALL=C.UTF-8 msgcat --use-first --add-location=file -o "$out" "$tmp/rust.pot" "$tmp/ui.pot"
-  rm -rf "$tmp"
-}
+)
 
 # Compiles every po/LANG.po into $1/LANG/LC_MESSAGES/guilocker.mo (a locale directory:
-# /usr/share/locale, or target/share/locale for a build tree).
-compile_translations() {
-  local dest=$1 po lang
+# /usr/share/locale, or target/deb-assets/locale), readable by everyone whatever the umask.
+compile_translations() (
+  set -euo pipefail
+  dest=$1
+  command -v msgfmt >/dev/null || { echo "guilocker: msgfmt is missing (Debian: apt install gettext)" >&2; exit 1; }
+  tmp=$(mktemp)
+  trap 'rm -f "$tmp"' EXIT
   for po in po/*.po; do
     lang=$(basename "$po" .po)
-    mkdir -p "$dest/$lang/LC_MESSAGES"
-    msgfmt --check -o "$dest/$lang/LC_MESSAGES/guilocker.mo" "$po"
+    msgfmt --check -o "$tmp" "$po"
+    install -D -m 0644 "$tmp" "$dest/$lang/LC_MESSAGES/guilocker.mo"
   done
-}
+)

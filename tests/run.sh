@@ -35,8 +35,12 @@ ensure_cargo
 ensure_cargo_deb
 ensure_xtr
 ensure_vng
-# The Korean session the translation tests run in.
-locale -a | grep -qix 'ko_KR.utf8' || localedef -i ko_KR -c -f UTF-8 ko_KR.UTF-8
+# The Korean session the translation tests run in; listed in locale.gen, so a later
+# locale-gen (a locales upgrade) keeps it.
+if ! locale -a | grep -qix 'ko_KR.utf8'; then
+  grep -qx 'ko_KR.UTF-8 UTF-8' /etc/locale.gen 2>/dev/null || echo 'ko_KR.UTF-8 UTF-8' >> /etc/locale.gen
+  locale-gen
+fi
 
 # The kernel pieces the end-to-end tests use (built in on some kernels: then this is a no-op).
 modprobe fuse 2>/dev/null || true
