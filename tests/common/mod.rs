@@ -119,6 +119,22 @@ fn open_up(dir: &Path) {
     }
 }
 
+/// Whether the fixture images are there (../shared/fixtures, or GUILOCKER_FIXTURES); if not,
+/// says why and returns `false`, and fails under CI=true.
+pub fn fixtures_present() -> bool {
+    let present = std::env::var_os("GUILOCKER_FIXTURES").is_some() || fixture_tarball().exists();
+    if !present {
+        let reason = format!(
+            "the fixture images are missing ({})",
+            fixture_tarball().display()
+        );
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{reason}");
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "skipping: {reason}");
+    }
+    present
+}
+
 /// The unpacked fixture images (done once, shared by all tests).
 pub fn fixtures() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -863,4 +879,16 @@ pub fn compile_catalogs(dest: &Path) {
         );
     }
     run_ok(Command::new("chmod").arg("-R").arg("a+rX").arg(dest));
+}
+
+/// The translations compiled once for this test process (tests run in parallel: a catalog
+/// rewritten under a running program would read as none).
+pub fn catalogs() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("locale-{}", std::process::id()));
+        compile_catalogs(&dir);
+        dir
+    })
 }
