@@ -64,8 +64,8 @@ ensure_xtr() {
   GETTEXT_SYSTEM=1 cargo install --locked -q xtr
 }
 
-# Writes the translation template to $1: the messages marked with tr! in the Rust sources and
-# translatable="yes" in the .ui templates. Locations name files, not lines, so the template
+# Writes the translation template to $1: the messages marked with tr! in the Rust sources,
+# the --help texts, and translatable="yes" in the .ui templates. Locations name files, not lines, so the template
 # only changes when a message does. A subshell: its own `set -e` and cleanup, whoever calls.
 extract_messages() (
   set -euo pipefail
@@ -79,7 +79,15 @@ extract_messages() (
   LC_ALL=C.UTF-8 xgettext --from-code=UTF-8 --add-location=file --package-name=guilocker \
     -o "$tmp/ui.pot" ui/*.ui 2>"$tmp/warnings"
   grep -v 'fallback ITS rule' "$tmp/warnings" >&2 || true
-  LC_ALL=C.UTF-8 msgcat --use-first --add-location=file -o "$out" "$tmp/rust.pot" "$tmp/ui.pot"
+  # --help: clap's texts from the doc comments, which a built guilocker prints.
+  bin=${GUILOCKER_BIN:-}
+  if [[ -z $bin ]]; then
+    cargo build -q --locked --bin guilocker
+    bin=target/debug/guilocker
+  fi
+  "$bin" messages > "$tmp/help.pot"
+  LC_ALL=C.UTF-8 msgcat --use-first --add-location=file -o "$out" \
+    "$tmp/rust.pot" "$tmp/help.pot" "$tmp/ui.pot"
 )
 
 # Compiles every po/LANG.po into $1/LANG/LC_MESSAGES/guilocker.mo (a locale directory:

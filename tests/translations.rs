@@ -57,6 +57,7 @@ fn fresh_template() -> PathBuf {
             .current_dir(ROOT)
             .arg("-c")
             .arg("source packaging/lib.sh && extract_messages \"$1\"")
+            .env("GUILOCKER_BIN", common::bin())
             .arg("extract")
             .arg(&out),
     );
@@ -216,6 +217,28 @@ fn the_cli_speaks_korean() {
         err.contains("guilocker 데몬에 연결할 수 없습니다") && err.contains("/nonexistent"),
         "{err}"
     );
+
+    // --help: clap's headings and every help text of ours in Korean.
+    let english = guilocker::cli::help::texts();
+    for args in [
+        &["--help"][..],
+        &["unlock", "--help"],
+        &["unmount", "-h"],
+        &["help", "inspect"],
+    ] {
+        let (code, out, err) = korean_cli(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.contains("사용법: guilocker"), "{args:?}:\n{out}");
+        assert!(
+            out.contains("옵션:") && out.contains("도움말 보기"),
+            "{args:?}:\n{out}"
+        );
+        let left: Vec<&String> = english
+            .iter()
+            .filter(|t| out.contains(t.as_str()))
+            .collect();
+        assert!(left.is_empty(), "English left in {args:?}: {left:?}\n{out}");
+    }
 
     if !common::fixtures_present() {
         return;

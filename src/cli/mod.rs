@@ -2,6 +2,7 @@
 
 mod dialog;
 pub mod docs;
+pub mod help;
 mod inspect;
 mod keyring;
 mod monitor;
@@ -113,6 +114,9 @@ pub enum Command {
     /// Write the manual pages into DIR (for packaging)
     #[command(hide = true)]
     ManPages { dir: PathBuf },
+    /// Print the help texts as a translation template (for po/guilocker.pot)
+    #[command(hide = true)]
+    Messages,
     /// Print daemon events as they happen
     Monitor {
         /// One JSON object per line
@@ -180,15 +184,27 @@ impl From<std::io::Error> for Failure {
     }
 }
 
-pub fn run(cli: Cli) -> ExitCode {
-    // What people read follows their locale; the daemon, the engine and the generated
-    // documentation stay in English.
-    if !matches!(
-        cli.command,
-        Command::Daemon { .. } | Command::Engine { .. } | Command::ManPages { .. }
-    ) {
+/// The `guilocker` binary: what people read follows their locale, `--help` included; the
+/// daemon, the engine and the generated documentation stay in English.
+pub fn main() -> ExitCode {
+    let english = ["daemon", "engine", "man-pages", "messages"];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let asks_help = args.iter().any(|a| a == "-h" || a == "--help");
+    if asks_help
+        || !args
+            .first()
+            .is_some_and(|first| english.contains(&first.as_str()))
+    {
         crate::i18n::init();
     }
+    let matches = help::localized_command().get_matches();
+    match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => run(cli),
+        Err(e) => e.exit(),
+    }
+}
+
+pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Daemon {
             foreground,
@@ -225,6 +241,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Completions { shell } => docs::completions(shell),
         Command::ManPages { dir } => docs::man_pages(&dir).map(|_| ()),
+        Command::Messages => help::messages(),
         Command::Remembered => keyring::remembered(),
         Command::Forget(args) => keyring::forget(args),
         Command::Agent { socket } => crate::agent::run(crate::agent::Options {
