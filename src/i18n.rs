@@ -49,6 +49,12 @@ fn nearest_locale_dir(exe: &Path) -> Option<PathBuf> {
         .find(|dir| dir.is_dir())
 }
 
+/// `text` in the reader's language, if the catalog has it: for texts that are not literals
+/// in our sources (clap's help, the sentences below).
+pub fn lookup(text: &str) -> String {
+    gettextrs::dgettext(DOMAIN, text)
+}
+
 /// Marks a text for translation where `tr!` cannot go (a constant): xtr extracts it
 /// (`-k n_`), and it is looked up when used.
 pub const fn n_(text: &'static str) -> &'static str {
@@ -138,6 +144,11 @@ const SENTENCES: &[&str] = &[
 /// path, spaces and all: the cause is looked for after a path first, then in the whole
 /// text, then after any ": ".
 pub fn localize(message: &str) -> String {
+    recognized(message).unwrap_or_else(|| message.to_owned())
+}
+
+/// [`localize`], or `None` where no sentence is recognized.
+fn recognized(message: &str) -> Option<String> {
     let splits = || message.match_indices(": ").map(|(at, _)| at);
     let after =
         |at: usize| known(&message[at + 2..], 0).map(|c| format!("{}: {c}", &message[..at]));
@@ -146,7 +157,6 @@ pub fn localize(message: &str) -> String {
         .find_map(after)
         .or_else(|| known(message, 0))
         .or_else(|| splits().find_map(after))
-        .unwrap_or_else(|| message.to_owned())
 }
 
 /// Nested sentences go this deep at most.
@@ -170,7 +180,7 @@ fn known(text: &str, depth: usize) -> Option<String> {
         .chain(value_first)
         .find_map(|template| {
             let values = fill(template, text)?;
-            let translated = gettextrs::dgettext(DOMAIN, *template);
+            let translated = lookup(template);
             let values: Vec<(&str, String)> = values
                 .into_iter()
                 .map(|(name, value)| (name, translate_cause(value, depth + 1)))
@@ -272,7 +282,7 @@ mod tests {
     /// Each template is what the daemon or the BitLocker reader writes, word for word (with
     /// its values anywhere): a sentence reworded there would silently stop being translated.
     #[test]
-    fn every_template_is_the_daemons_own_sentence() {
+    fn every_sentence_is_written_so_in_the_sources() {
         let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
         let mut sources = String::new();
         for dir in ["daemon", "bitlocker", "dialog"] {
@@ -294,22 +304,25 @@ mod tests {
     }
 
     #[test]
-    fn sentences_are_taken_apart_and_put_back() {
-        // No catalog is bound in unit tests: gettext hands the English back, so every
-        // sentence must come back exactly as sent.
+    fn sentences_are_recognized_and_put_back() {
+        // No catalog is bound in unit tests: gettext hands the English back, so a
+        // recognized sentence must come back exactly as sent.
         for message in [
             "/dev/sdb1: wrong password",
             "/dev/sdb1: already unlocked (mounted at /media/alice/STICK (2))",
             "/dev/sdb1: not allowed: bob is not in the group 'plugdev' (see allowed_group in the config)",
+            "not allowed: bob is not in the group 'plugdev' (see allowed_group in the config)",
             "/media/alice/STICK: in use by bash (pid 7), vim (pid 9); close them, or use --force",
-            "/dev/sdb1: cannot be opened here: encryption is still in progress; let Windows finish it, then try again",
-            "/dev/sdb1: something nobody listed: 42",
             "/media/alice/USB DISK: in use by bash (pid 7); close them, or use --force",
+            "/dev/sdb1: cannot be opened here: encryption is still in progress; let Windows finish it, then try again",
+            "/dev/sdb1: recovery key: group 3 of the recovery key is not divisible by 11 (a typo?)",
             "my images/x.img: not a BitLocker volume",
             "x.img: not a BitLocker volume",
-            "/dev/sdb1: not allowed: bob is not in the group 'plugdev' (see allowed_group in the config)",
-            "no colon at all",
         ] {
+            assert_eq!(recognized(message).as_deref(), Some(message));
+        }
+        for message in ["/dev/sdb1: something nobody listed: 42", "no colon at all"] {
+            assert_eq!(recognized(message), None, "{message}");
             assert_eq!(localize(message), message);
         }
     }

@@ -334,3 +334,22 @@ fn a_file_that_is_not_bitlocker_is_said_in_korean() {
         "{err}"
     );
 }
+
+/// The locale is chosen before parsing, from the raw arguments: one that is not UTF-8 (a
+/// file name) must reach clap's own refusal, not panic.
+#[test]
+fn an_argument_that_is_not_utf8_is_refused_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let out = Command::new(common::bin())
+        .arg("inspect")
+        .arg(std::ffi::OsStr::from_bytes(b"/tmp/\xff.img"))
+        .env("LANG", "C.UTF-8")
+        .output()
+        .expect("run guilocker");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("invalid UTF-8") && !err.contains("panicked"),
+        "{err}"
+    );
+}

@@ -5,7 +5,6 @@
 //! a person mistyped, without revealing the digits in any message.
 
 use thiserror::Error;
-use tr::tr;
 use zeroize::Zeroizing;
 
 pub const GROUPS: usize = 8;
@@ -31,32 +30,6 @@ pub enum RecoveryKeyError {
     BadCharacter,
     #[error("group {group} of the recovery key {cause}")]
     BadGroup { group: usize, cause: GroupError },
-}
-
-impl RecoveryKeyError {
-    /// A sentence for the person typing the key, in their language (`Display` stays
-    /// English, for logs). Never shows digits.
-    pub fn localized(&self) -> String {
-        match self {
-            Self::BadGroup { group, cause } => match cause {
-                GroupError::NotSixDigits => {
-                    tr!("Group {group} of the recovery key must be 6 digits", group)
-                }
-                GroupError::NotDivisibleBy11 => tr!(
-                    "Group {group} of the recovery key is not divisible by 11 (a typo?)",
-                    group
-                ),
-                GroupError::TooLarge => tr!(
-                    "Group {group} of the recovery key is 720896 or more (a typo?)",
-                    group
-                ),
-            },
-            Self::BadCharacter => tr!("A recovery key has only digits and dashes"),
-            Self::WrongLength { digits } => {
-                tr!("A recovery key has 48 digits; this has {digits}.", digits)
-            }
-        }
-    }
 }
 
 /// Checks one group as typed; returns its 16-bit value.

@@ -40,13 +40,11 @@ impl Headings {
     }
 }
 
-fn look_up(text: &str) -> String {
-    gettextrs::dgettext(crate::i18n::DOMAIN, text)
-}
-
 fn translate(cmd: Command, headings: &Headings) -> Command {
-    let about = cmd.get_about().map(|s| look_up(&s.to_string()));
-    let long_about = cmd.get_long_about().map(|s| look_up(&s.to_string()));
+    let about = cmd.get_about().map(|s| crate::i18n::lookup(&s.to_string()));
+    let long_about = cmd
+        .get_long_about()
+        .map(|s| crate::i18n::lookup(&s.to_string()));
     let mut cmd = cmd.mut_args(|arg| translate_arg(arg, headings));
     if let Some(about) = about {
         cmd = cmd.about(about);
@@ -66,8 +64,10 @@ fn translate(cmd: Command, headings: &Headings) -> Command {
 }
 
 fn translate_arg(arg: Arg, headings: &Headings) -> Arg {
-    let help = arg.get_help().map(|s| look_up(&s.to_string()));
-    let long_help = arg.get_long_help().map(|s| look_up(&s.to_string()));
+    let help = arg.get_help().map(|s| crate::i18n::lookup(&s.to_string()));
+    let long_help = arg
+        .get_long_help()
+        .map(|s| crate::i18n::lookup(&s.to_string()));
     let mut arg = arg;
     if let Some(help) = help {
         arg = arg.help(help);

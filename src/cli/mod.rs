@@ -188,13 +188,11 @@ impl From<std::io::Error> for Failure {
 /// daemon, the engine and the generated documentation stay in English.
 pub fn main() -> ExitCode {
     let english = ["daemon", "engine", "man-pages", "messages"];
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // args_os: an argument that is not UTF-8 (a file name) is clap's to judge, not a panic.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let asks_help = args.iter().any(|a| a == "-h" || a == "--help");
-    if asks_help
-        || !args
-            .first()
-            .is_some_and(|first| english.contains(&first.as_str()))
-    {
+    let first = args.first().and_then(|a| a.to_str());
+    if asks_help || !first.is_some_and(|first| english.contains(&first)) {
         crate::i18n::init();
     }
     let matches = help::localized_command().get_matches();

@@ -212,12 +212,22 @@ fn is_separator(c: char) -> bool {
     matches!(c, '-' | ' ' | '\t' | '\n' | '\r')
 }
 
+/// The reader's sentence for a recovery key's fault, as the CLI says it, as a sentence.
+fn invalid(e: &RecoveryKeyError) -> KeyCheck {
+    let text = crate::i18n::localize(&e.to_string());
+    let mut chars = text.chars();
+    KeyCheck::Invalid(match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    })
+}
+
 fn bad_group(group: usize, cause: recovery::GroupError) -> KeyCheck {
-    KeyCheck::Invalid(RecoveryKeyError::BadGroup { group, cause }.localized())
+    invalid(&RecoveryKeyError::BadGroup { group, cause })
 }
 
 fn bad_character() -> KeyCheck {
-    KeyCheck::Invalid(RecoveryKeyError::BadCharacter.localized())
+    invalid(&RecoveryKeyError::BadCharacter)
 }
 
 /// Checks a recovery key as it is typed or pasted: each finished 6-digit group is checked as
@@ -272,12 +282,12 @@ pub fn check_recovery_key(text: &str) -> KeyCheck {
     }
     match recovery::normalize(text) {
         Ok(key) => KeyCheck::Valid(SecretString::from(key.as_str())),
-        Err(e) => KeyCheck::Invalid(e.localized()),
+        Err(e) => invalid(&e),
     }
 }
 
 fn too_many(digits: usize) -> String {
-    RecoveryKeyError::WrongLength { digits }.localized()
+    tr!("A recovery key has 48 digits; this has {digits}.", digits)
 }
 
 #[cfg(test)]
