@@ -180,7 +180,7 @@ fn main() {
 
 /// `-- --kernel-vm`: this benchmark again, inside a VM with Debian's kernel.
 fn in_kernel_vm() {
-    let missing = vm::missing();
+    let missing = vm::missing(vm::Kernel::Debian6_1);
     if !missing.is_empty() {
         eprintln!(
             "throughput benchmark in the VM: needs {}; skipped",
@@ -207,7 +207,12 @@ fn in_kernel_vm() {
         eprintln!("throughput benchmark in the VM: {e}");
         return;
     }
-    if let Err(e) = vm::run(&script, &target, Duration::from_secs(40 * 60)) {
+    if let Err(e) = vm::run(
+        vm::Kernel::Debian6_1,
+        &script,
+        &target,
+        Duration::from_secs(40 * 60),
+    ) {
         eprintln!("throughput benchmark in the VM: {e}");
     }
 }

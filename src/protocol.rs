@@ -320,6 +320,41 @@ pub struct DeviceInfo {
     /// (`leave_bitlocker_to_desktop`): the login agent does not ask for this one.
     #[serde(default)]
     pub left_to_desktop: bool,
+    /// Plugged in by a person (a USB stick, a memory card, an attached image), as udisks
+    /// tells them from the disks inside the machine. The login agent asks only about these.
+    #[serde(default)]
+    pub removable: bool,
+    /// How its disk is attached.
+    #[serde(default)]
+    pub connection: Option<Connection>,
+}
+
+/// How a drive is attached: `"usb"`, `"mmc"` (a memory card), `"ieee1394"`, `"loop"` (an
+/// attached image) or `"internal"` (a disk inside the machine: SATA, NVMe, virtio).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Connection {
+    Usb,
+    Mmc,
+    Ieee1394,
+    Loop,
+    Internal,
+    /// A kind this build does not know (a newer daemon's).
+    #[serde(other)]
+    Unknown,
+}
+
+impl Connection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Usb => "usb",
+            Self::Mmc => "mmc",
+            Self::Ieee1394 => "ieee1394",
+            Self::Loop => "loop",
+            Self::Internal => "internal",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 /// A filesystem the daemon mounts: `"ntfs"`, `"exfat"`, `"vfat"`.
@@ -524,6 +559,8 @@ mod tests {
             recovery_key_ids: Vec::new(),
             diskseq: Some(n as u64),
             left_to_desktop: false,
+            removable: true,
+            connection: None,
         };
         let few: Vec<_> = (0..3).map(|n| device(n, n == 1)).collect();
         let reply = Response::status(few.clone());

@@ -416,6 +416,8 @@ fn device(protectors: &[&str]) -> DeviceInfo {
         },
         diskseq: None,
         left_to_desktop: false,
+        removable: true,
+        connection: None,
     }
 }
 

@@ -66,7 +66,7 @@ fn kernel_path_in_a_vm() {
     if in_kernel_vm() {
         return;
     }
-    if !vm::can_boot("the kernel-path VM") {
+    if !vm::can_boot("the kernel-path VM", vm::Kernel::Debian6_1) {
         return;
     }
     if !prerequisites(&[
@@ -88,7 +88,14 @@ fn kernel_path_in_a_vm() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 
-    vm::run_group("kernel-vm", script, GROUPS.len(), VM_TIMEOUT, None);
+    vm::run_group(
+        "kernel-vm",
+        vm::Kernel::Debian6_1,
+        script,
+        GROUPS.len(),
+        VM_TIMEOUT,
+        None,
+    );
 }
 
 /// Tests that need the VM for more than dm-crypt: its udev.

@@ -43,7 +43,7 @@ fn logind_in_a_vm() {
     if in_kernel_vm() {
         return;
     }
-    if !vm::can_boot("the logind VM") {
+    if !vm::can_boot("the logind VM", vm::Kernel::Debian6_1) {
         return;
     }
     if !prerequisites(&["losetup", "mkntfs", "runuser", "mount"]) {
@@ -68,7 +68,14 @@ fn logind_in_a_vm() {
     }
 
     let root = vm::SystemdRoot::mount(&scratch("logind-vm-root")).unwrap_or_else(|e| panic!("{e}"));
-    vm::run_group("logind-vm", script, 1, VM_TIMEOUT, Some(&root));
+    vm::run_group(
+        "logind-vm",
+        vm::Kernel::Debian6_1,
+        script,
+        1,
+        VM_TIMEOUT,
+        Some(&root),
+    );
 }
 
 /// Where packaging/deb.sh leaves the package.

@@ -29,6 +29,8 @@ packages=(
   # The kernel path: cryptsetup, and Debian's kernel booted under QEMU (tests/kernel_vm.rs).
   # vng builds a small initramfs for Debian's kernel with busybox.
   cryptsetup-bin linux-image-amd64 qemu-system-x86 busybox-static
+  # Debian 12's newer kernel, with ntfs3 as the kernels of Ubuntu, Fedora and Arch have it.
+  linux-image-6.12-amd64
 )
 ensure_packages "${packages[@]}"
 ensure_cargo

@@ -10,6 +10,7 @@
 use super::auth::{self, Caller};
 use super::device::{AfterClose, Device, Phase, Probed};
 use super::error::DaemonError;
+use super::host::sysfs::Sysfs;
 use super::jobs::UnlockJob;
 use super::mailbox::Inbox;
 use super::probe;
@@ -212,6 +213,7 @@ impl Core {
             let path = paths.dev.join(&name).display().to_string();
             let mut dev = Device::new(appearance, generation, path);
             (dev.vendor, dev.model) = probe::vendor_model(&paths.sys_block, &name);
+            dev.attachment = Sysfs::new(&paths.sys_block).attachment(&name);
             dev.left_to_desktop = config.leave_bitlocker_to_desktop;
             self.table.devices.insert(name, dev);
         }
@@ -580,12 +582,13 @@ impl Core {
             return;
         };
         // A stick is safe to remove once nothing on it is unlocked.
+        let sys = Sysfs::new(&self.shared.paths.sys_block);
         let mut disks: Vec<(String, String)> = present
             .iter()
-            .map(|(name, path)| (eject::disk_of(name), path.clone()))
+            .map(|(name, path)| (sys.disk_of(name), path.clone()))
             .filter(|(disk, _)| {
                 !self.table.devices.values().any(|d| {
-                    (d.is_busy() || d.session().is_some()) && eject::disk_of(&d.name) == *disk
+                    (d.is_busy() || d.session().is_some()) && sys.disk_of(&d.name) == *disk
                 })
             })
             .collect();
@@ -600,7 +603,8 @@ impl Core {
         }
         self.spawn("eject", For::Devices(Vec::new()), move |shared| {
             for (disk, path) in disks {
-                match eject::safe_to_remove(&shared.paths.dev, &disk, power_off) {
+                let sys = Sysfs::new(&shared.paths.sys_block);
+                match eject::safe_to_remove(&shared.paths.dev, sys, &disk, power_off) {
                     Ok(done) => log::info!("{path}: {done}; it can be removed"),
                     Err(e) => log::warn!("{path}: {e}"),
                 }

@@ -24,11 +24,12 @@
 //! when not Locking) changes nothing and hands its session back to be closed.
 
 use super::error::DaemonError;
+use super::host::sysfs::Attachment;
 use super::probe::{Probe, ProbeError};
 use super::session::Session;
 use super::watch::Appearance;
 use crate::bitlocker::Metadata;
-use crate::protocol::{DeviceInfo, DeviceState, Protector};
+use crate::protocol::{Connection, DeviceInfo, DeviceState, Protector};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,6 +132,8 @@ pub struct Device {
     pub metadata: Option<Arc<Metadata>>,
     /// The config, when this device appeared, left BitLocker drives to the desktop.
     pub left_to_desktop: bool,
+    /// How its disk is attached (read from sysfs when it appeared).
+    pub attachment: Attachment,
     pub phase: Phase,
 }
 
@@ -146,6 +149,10 @@ impl Device {
             volume: VolumeFacts::default(),
             metadata: None,
             left_to_desktop: false,
+            attachment: Attachment {
+                connection: Connection::Internal,
+                removable: false,
+            },
             phase: Phase::Probing {
                 attempts: 0,
                 running: None,
@@ -403,6 +410,8 @@ impl Device {
             recovery_key_ids: self.volume.recovery_key_ids.clone(),
             diskseq: self.appearance.diskseq,
             left_to_desktop: self.left_to_desktop,
+            removable: self.attachment.removable,
+            connection: Some(self.attachment.connection),
         }
     }
 }

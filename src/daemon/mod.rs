@@ -18,6 +18,7 @@ pub mod dmcrypt;
 pub mod eject;
 pub mod error;
 pub mod filesystem;
+pub mod host;
 pub mod jobs;
 pub mod mailbox;
 pub mod mount;

@@ -374,6 +374,8 @@ mod tests {
             diskseq: None,
             recovery_key_ids: vec![],
             left_to_desktop: false,
+            removable: true,
+            connection: None,
         };
         assert_eq!(title(&d), "BitLocker drive");
         assert_eq!(details(&d), "15.5 GB · SanDisk Cruzer Blade");

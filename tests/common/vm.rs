@@ -12,8 +12,35 @@ use std::time::Duration;
 /// hold a socket).
 pub const VM_SCRATCH: &str = "/run/guilocker-vm";
 
-/// Debian's kernel image in /boot (linux-image-amd64), the newest if there are several.
-pub fn debian_kernel() -> Option<PathBuf> {
+/// Debian 12's own kernel series: 6.1 (`linux-image-amd64`, no ntfs3) and 6.12
+/// (`linux-image-6.12-amd64`, ntfs3 as a module, as the kernels of Ubuntu, Fedora and Arch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Debian6_1,
+    Debian6_12,
+}
+
+impl Kernel {
+    /// The prefix of its `vmlinuz-` version.
+    fn series(self) -> &'static str {
+        match self {
+            Self::Debian6_1 => "6.1.",
+            Self::Debian6_12 => "6.12.",
+        }
+    }
+
+    /// The Debian package that brings it.
+    pub fn package(self) -> &'static str {
+        match self {
+            Self::Debian6_1 => "linux-image-amd64",
+            Self::Debian6_12 => "linux-image-6.12-amd64",
+        }
+    }
+}
+
+/// Debian's kernel image of `kernel`'s series in /boot, the newest if there are several.
+pub fn debian_kernel(kernel: Kernel) -> Option<PathBuf> {
+    let prefix = format!("vmlinuz-{}", kernel.series());
     let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
         .ok()?
         .flatten()
@@ -21,7 +48,7 @@ pub fn debian_kernel() -> Option<PathBuf> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with("-amd64"))
         })
         .collect();
     kernels.sort();
@@ -38,11 +65,15 @@ pub fn vng() -> Option<PathBuf> {
     (!path.is_empty()).then(|| PathBuf::from(path))
 }
 
-/// What is missing to boot the VM, in words; empty when nothing is.
-pub fn missing() -> Vec<String> {
+/// What is missing to boot the VM on `kernel`, in words; empty when nothing is.
+pub fn missing(kernel: Kernel) -> Vec<String> {
     let mut missing = Vec::new();
-    if debian_kernel().is_none() {
-        missing.push("a Debian kernel in /boot (linux-image-amd64)".to_owned());
+    if debian_kernel(kernel).is_none() {
+        missing.push(format!(
+            "a Debian {} kernel in /boot ({})",
+            kernel.series().trim_end_matches('.'),
+            kernel.package()
+        ));
     }
     if vng().is_none() {
         missing.push("vng (pip install virtme-ng)".to_owned());
@@ -120,8 +151,8 @@ impl Drop for SystemdRoot {
 
 /// Whether the VM can boot here; if not, says why and the test skips, except under CI=true,
 /// where it fails.
-pub fn can_boot(what: &str) -> bool {
-    let missing = missing();
+pub fn can_boot(what: &str, kernel: Kernel) -> bool {
+    let missing = missing(kernel);
     if missing.is_empty() {
         return true;
     }
@@ -140,6 +171,7 @@ pub fn can_boot(what: &str) -> bool {
 /// and failed none.
 pub fn run_group(
     name: &str,
+    kernel: Kernel,
     script: impl FnOnce(&Path) -> String,
     binaries: usize,
     timeout: Duration,
@@ -157,7 +189,7 @@ pub fn run_group(
 
     let started = std::time::Instant::now();
     let (out, errors) =
-        run_in(&script_path, &target, timeout, systemd).unwrap_or_else(|e| panic!("{e}"));
+        run_in(kernel, &script_path, &target, timeout, systemd).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(&log_path, out.join("\n")).unwrap();
     println!(
         "{name} group: {:.0} s in all, boot included",
@@ -183,19 +215,29 @@ pub fn run_group(
 /// Boots the VM once with `rw` writable, runs `script` (a shell file on this machine) in it,
 /// relays each line it prints (prefixed `vm| `) and returns them, with vng's stderr, once it
 /// has powered off. Fails after `timeout`.
-pub fn run(script: &Path, rw: &Path, timeout: Duration) -> Result<(Vec<String>, String), String> {
-    run_in(script, rw, timeout, None)
+pub fn run(
+    kernel: Kernel,
+    script: &Path,
+    rw: &Path,
+    timeout: Duration,
+) -> Result<(Vec<String>, String), String> {
+    run_in(kernel, script, rw, timeout, None)
 }
 
 /// [`run`], with systemd as the VM's init over `systemd` (logind, the system bus, sessions)
 /// when given.
 pub fn run_in(
+    kernel: Kernel,
     script: &Path,
     rw: &Path,
     timeout: Duration,
     systemd: Option<&SystemdRoot>,
 ) -> Result<(Vec<String>, String), String> {
-    let kernel = debian_kernel().ok_or("no Debian kernel in /boot")?;
+    let kernel = debian_kernel(kernel).ok_or(format!(
+        "no Debian {} kernel in /boot ({})",
+        kernel.series().trim_end_matches('.'),
+        kernel.package()
+    ))?;
     let vng = vng().ok_or("vng is not installed")?;
     let mut vng = Command::new(vng);
     vng.arg("--disable-kvm")

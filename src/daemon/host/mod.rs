@@ -1,0 +1,4 @@
+//! The machine around the daemon: what sysfs says of block devices (how a disk is attached,
+//! who holds it, what sits on the same USB device).
+
+pub mod sysfs;
