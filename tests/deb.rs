@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -108,6 +108,26 @@ fn the_package_builds_lints_installs_and_removes_cleanly() {
     }
     lint(&deb);
 
+    // A guilocker installed by packaging/install.sh keeps its configuration in /etc/guilocker,
+    // which the package would take over and its purge remove: set it aside for the test and
+    // put it back after the purge, whatever happens (dropped after `Purge`).
+    struct KeepConfig(Option<PathBuf>);
+    impl Drop for KeepConfig {
+        fn drop(&mut self) {
+            if let Some(saved) = &self.0 {
+                let _ = std::fs::remove_dir_all("/etc/guilocker");
+                if let Err(e) = std::fs::rename(saved, "/etc/guilocker") {
+                    eprintln!("cannot put {} back: {e}", saved.display());
+                }
+            }
+        }
+    }
+    let saved = PathBuf::from("/etc/guilocker.before-tests");
+    let _keep = KeepConfig(Path::new("/etc/guilocker").exists().then(|| {
+        let _ = std::fs::remove_dir_all(&saved);
+        std::fs::rename("/etc/guilocker", &saved).expect("set /etc/guilocker aside");
+        saved.clone()
+    }));
     // Whatever happens from here, the host does not keep the package.
     struct Purge;
     impl Drop for Purge {

@@ -48,6 +48,33 @@ fi
 modprobe fuse 2>/dev/null || true
 modprobe loop 2>/dev/null || true
 
+# A guilocker installed on this machine (packaging/install.sh, or the .deb) runs a daemon; the
+# tests need the machine's drives, its pidfile and its udev flag to themselves, and install
+# their own package. Stop it for the run and start it again after, however the run ends.
+restart_installed=()
+if [[ -d /run/systemd/system ]] && systemctl -q is-active guilocker.service 2>/dev/null; then
+  echo "tests/run.sh: stopping the installed guilocker.service for the tests (restarted after)"
+  systemctl stop guilocker.service
+  restart_installed=(systemctl start guilocker.service)
+elif [[ -s /run/guilocker/guilocker.pid ]] && installed_pid=$(</run/guilocker/guilocker.pid) \
+    && kill -0 "$installed_pid" 2>/dev/null; then
+  installed_exe=$(readlink "/proc/$installed_pid/exe")
+  echo "tests/run.sh: stopping the installed daemon ($installed_exe, pid $installed_pid) for the tests (restarted after)"
+  # It puts its volumes away on SIGTERM; wait for it to exit.
+  kill -TERM "$installed_pid"
+  timeout 90 tail --pid="$installed_pid" -f /dev/null
+  restart_installed=("$installed_exe" daemon)
+fi
+restart_daemon() {
+  local status=$?
+  if ((${#restart_installed[@]})); then
+    echo "tests/run.sh: starting the installed guilocker again"
+    "${restart_installed[@]}" || echo "tests/run.sh: could not restart it: ${restart_installed[*]}" >&2
+  fi
+  return "$status"
+}
+trap restart_daemon EXIT
+
 # Style and lints first: a failure here is cheap to see.
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -129,8 +129,16 @@ impl SystemdRoot {
             ))
             .arg(&root))?;
         // Docker's policy-rc.d (exit 101) would also keep a package's service from starting
-        // under the guest's real systemd.
-        for artifact in [".dockerenv", "usr/sbin/policy-rc.d"] {
+        // under the guest's real systemd. A guilocker installed on this machine
+        // (packaging/install.sh) would start in the guest too, beside the daemons the tests
+        // start and the package they install.
+        for artifact in [
+            ".dockerenv",
+            "usr/sbin/policy-rc.d",
+            "etc/systemd/system/guilocker.service",
+            "etc/systemd/system/multi-user.target.wants/guilocker.service",
+            "etc/xdg/autostart/guilocker-agent.desktop",
+        ] {
             match std::fs::remove_file(root.join(artifact)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
