@@ -41,6 +41,9 @@ getent group plugdev >/dev/null || groupadd --system plugdev
 install -D -m 0644 packaging/autostart/guilocker-agent.desktop /etc/xdg/autostart/guilocker-agent.desktop
 install -D -m 0644 packaging/org.guilocker.Dialog.desktop \
   "$prefix/share/applications/org.guilocker.Dialog.desktop"
+# The applications menu's "BitLocker Drives": opens a disk inside the computer on demand.
+install -D -m 0644 packaging/org.guilocker.Open.desktop \
+  "$prefix/share/applications/org.guilocker.Open.desktop"
 install -D -m 0644 assets/guilocker.svg "$prefix/share/icons/hicolor/scalable/apps/guilocker.svg"
 if [[ -f $prefix/share/icons/hicolor/index.theme ]] && command -v gtk-update-icon-cache >/dev/null; then
   gtk-update-icon-cache -q "$prefix/share/icons/hicolor"

@@ -1178,6 +1178,77 @@ fn recovery_key_chosen_by_keyboard_unlocks() {
 
 /// Escape cancels, and the agent does not ask again about that stick while it stays
 /// plugged in; unplugging a stick closes its open dialog; plugging it in again asks again.
+/// `guilocker open` (the applications menu's "BitLocker Drives"): a drive the agent will not
+/// ask about again (here: its dialog was cancelled; in the USB VM, a disk inside the machine)
+/// is asked about on demand, in the same dialog, and opened; the command returns once done.
+#[test]
+fn open_from_the_menu_asks_again_and_unlocks() {
+    let _serial = serial();
+    if !desktop_prerequisites() {
+        return;
+    }
+    let mut scene = Scene::start("desktop-open");
+    let (dev, _) = scene.plug();
+    let (pid, window) = scene.dialog(&dev, 1);
+    scene
+        .desktop
+        .wait_focused(pid, "password text", "BitLocker password");
+    scene.desktop.closing_key(&window, "Escape");
+    scene
+        .agent()
+        .wait_lines(&format!("{dev}: the person cancelled"), 1);
+    scene.desktop.wait_window_gone(&window);
+
+    // Nothing named and nothing else locked: this stick is the one asked about.
+    let mut cmd = scene.desktop.as_user(&[]);
+    cmd.arg(user_bins().join("guilocker"))
+        .args(["open", "--socket"])
+        .arg(&scene.daemon.socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut open = UserProcess::spawn("guilocker open", cmd);
+    let mut log = Lines::spawn("open", open.runuser.stderr.take().unwrap(), true);
+    let marker = format!("{dev}: asking for the password (dialog pid ");
+    let dialog: u32 = log.wait("the open command's dialog", GUI_WAIT, |lines| {
+        lines.iter().find_map(|l| {
+            let at = l.find(&marker)?;
+            l[at + marker.len()..].trim_end_matches(')').parse().ok()
+        })
+    });
+    let window = scene.desktop.wait_window(dialog);
+    scene
+        .desktop
+        .wait_focused(dialog, "password text", "BitLocker password");
+    scene.desktop.type_text(&window, PASSWORD);
+    scene.desktop.key(&window, "Return");
+    let mountpoint = scene.wait_mounted(&dev);
+    scene.desktop.wait_window_gone(&window);
+    let status = open.wait(WAIT);
+    assert!(status.success(), "guilocker open: {status}");
+    assert_eq!(
+        scene.agent().dialog_count(&dev),
+        1,
+        "the login agent asked again"
+    );
+    note(&format!(
+        "{dev} opened on demand at {}",
+        mountpoint.display()
+    ));
+
+    // Now nothing is locked: said in one line, and as a notification for the menu's sake.
+    let (code, _, err) =
+        scene
+            .desktop
+            .guilocker(&["open", "--socket", scene.daemon.socket.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim(), "guilocker: no locked BitLocker drive to open");
+    scene
+        .desktop
+        .wait_notification("saying nothing to open", |s| {
+            s.contains("No BitLocker drive")
+        });
+}
+
 #[test]
 fn cancel_holds_until_replug_and_unplug_closes_the_dialog() {
     let _serial = serial();

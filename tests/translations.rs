@@ -299,7 +299,16 @@ fn status_and_unmount_in_korean() {
         .collect();
     assert_eq!(
         header,
-        ["장치", "상태", "연결", "크기", "레이블", "소유자", "마운트", "위치"],
+        [
+            "장치",
+            "상태",
+            "연결",
+            "크기",
+            "레이블",
+            "소유자",
+            "마운트",
+            "위치"
+        ],
         "{out}"
     );
     let (code, _, err) = korean_cli(&["unmount", "--all", "--socket", socket]);

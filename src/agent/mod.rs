@@ -4,6 +4,7 @@
 
 mod dialogs;
 mod notifications;
+mod open;
 mod reconnect;
 mod seat;
 
@@ -13,11 +14,12 @@ use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tr::tr;
 
 pub use dialogs::DialogHandle;
+pub use open::{run as open, OpenError};
 
 pub struct Options {
     pub socket: PathBuf,
@@ -63,8 +65,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct Agent {
     socket: PathBuf,
     memory: Mutex<Memory>,
+    /// Told when a dialog ends (`guilocker open` waits for its dialogs on it).
+    ended: Condvar,
     /// The agent's login session is in the foreground (logind); dialogs only then.
     active: AtomicBool,
+    /// Started by a person to open drives now (`guilocker open`), not at login: a disk
+    /// inside the machine is asked about too, and an opened drive is shown in the file
+    /// manager at once.
+    on_demand: bool,
 }
 
 /// The agent's pidfile: one agent per user session.
@@ -130,7 +138,9 @@ impl Agent {
         Self {
             socket,
             memory: Mutex::default(),
+            ended: Condvar::new(),
             active: AtomicBool::new(true),
+            on_demand: false,
         }
     }
 
@@ -261,13 +271,16 @@ impl Agent {
     /// Starts a dialog for a locked BitLocker drive, unless one is open or it is settled, or
     /// the session is in the background.
     fn offer(self: &Arc<Self>, device: DeviceInfo) {
-        if !device.bitlocker || device.state != DeviceState::Locked || device.left_to_desktop {
+        if !device.bitlocker
+            || device.state != DeviceState::Locked
+            || (device.left_to_desktop && !self.on_demand)
+        {
             return;
         }
         // A disk inside the machine (on a dual-boot laptop, Windows' own C: drive) is opened
         // on demand, never asked about at login or boot, as GNOME leaves system disks alone;
         // nor is a drive no secret opens here.
-        if !device.removable || device.cannot_open.is_some() {
+        if (!device.removable && !self.on_demand) || device.cannot_open.is_some() {
             log::debug!(
                 "{}: not asking ({})",
                 device.device,
@@ -295,6 +308,11 @@ impl Agent {
             // Protection is suspended: it opens without a secret, so nothing to ask.
             memory.settled.insert(appearance(&device));
             drop(memory);
+            if self.on_demand {
+                // `guilocker open` returns once this drive is open.
+                self.open_without_secret(device);
+                return;
+            }
             let agent = Arc::clone(self);
             let spawned = std::thread::Builder::new()
                 .name("guilocker-clear-key".into())
@@ -352,13 +370,19 @@ impl Agent {
                 memory.settled.insert((device.to_owned(), dialog.diskseq()));
             }
         }
+        self.ended.notify_all();
     }
 
     /// `remembered`: opened with a secret from the keyring, which the notification says.
     fn unlocked(&self, device: &DeviceInfo, remembered: bool) {
         let label = notifications::label(device);
         self.memory().mine.insert(device.device.clone(), label);
-        notifications::unlocked(self.socket.clone(), device.clone(), remembered);
+        if self.on_demand {
+            // The person asked for this drive from the applications menu: show it.
+            notifications::open(device);
+        } else {
+            notifications::unlocked(self.socket.clone(), device.clone(), remembered);
+        }
     }
 }
 

@@ -70,7 +70,7 @@ pub fn problem(summary: &str, body: &str) {
     }
 }
 
-fn show_problem(summary: &str, body: &str) {
+pub(super) fn show_problem(summary: &str, body: &str) {
     let shown = Notification::new()
         .appname(APP)
         .hint(Hint::DesktopEntry(DESKTOP_ENTRY.into()))
@@ -85,7 +85,7 @@ fn show_problem(summary: &str, body: &str) {
 }
 
 /// Opens the mountpoint with the desktop's default handler (the file manager).
-fn open(device: &DeviceInfo) {
+pub fn open(device: &DeviceInfo) {
     let Some(mountpoint) = &device.mountpoint else {
         return;
     };

@@ -87,6 +87,15 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Ask for a locked drive's password in a window and open it (a disk inside the
+    /// computer too, which is never asked about at login); every locked drive when none is named
+    Open {
+        /// The drives to open (e.g. /dev/nvme0n1p3)
+        #[arg(value_name = "DEVICE")]
+        devices: Vec<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// The unlock dialog, for the agent (secrets travel on stdin/stdout, never argv)
     #[command(hide = true)]
     Dialog,
@@ -242,6 +251,15 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Messages => help::messages(),
         Command::Remembered => keyring::remembered(),
         Command::Forget(args) => keyring::forget(args),
+        Command::Open { devices, socket } => {
+            crate::agent::open(socket.socket, &devices).map_err(|e| {
+                let code = match e {
+                    crate::agent::OpenError::CannotOpen { .. } => exit::CANNOT_OPEN,
+                    _ => exit::FAILED,
+                };
+                Failure::new(code, crate::i18n::localize(&e.to_string()))
+            })
+        }
         Command::Agent { socket } => crate::agent::run(crate::agent::Options {
             socket: socket.socket,
         })
