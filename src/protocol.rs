@@ -419,7 +419,7 @@ pub enum DialogInput {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DialogOutput {
-    /// `{"type":"unlock","secret":{"kind":"password","value":"…"},"read_only":false,"remembered":false}`
+    /// `{"type":"unlock","secret":{"kind":"password","value":"…"},"read_only":false,"remembered":false,"open_at_login":false}`
     Unlock {
         secret: UnlockSecret,
         #[serde(default)]
@@ -428,6 +428,10 @@ pub enum DialogOutput {
         /// answer makes the dialog forget it (if it was wrong) and ask.
         #[serde(default)]
         remembered: bool,
+        /// The person asked to have this drive (one inside the computer) opened at every
+        /// login, with the secret the dialog keeps in the keyring once it works.
+        #[serde(default)]
+        open_at_login: bool,
     },
     /// `{"type":"cancel"}`: the person closed the dialog. Not an error.
     Cancel,

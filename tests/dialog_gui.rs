@@ -428,6 +428,7 @@ fn expect_password(frame: DialogOutput, want: &str, want_read_only: bool) {
             secret: UnlockSecret::Password { value },
             read_only,
             remembered: false,
+            open_at_login: false,
         } => {
             assert!(
                 value.expose() == want,
@@ -588,6 +589,7 @@ fn recovery_key_is_checked_group_by_group() {
             secret: UnlockSecret::RecoveryPassword { value },
             read_only: false,
             remembered: false,
+            open_at_login: false,
         } => assert!(value.expose() == GOOD_KEY, "key not normalized"),
         other => panic!("expected a recovery key unlock, got {other:?}"),
     }

@@ -114,6 +114,7 @@ pub fn start(agent: Arc<Agent>, device: DeviceInfo, id: u64) -> std::io::Result<
                         secret,
                         read_only,
                         remembered,
+                        open_at_login,
                     })) => {
                         if remembered {
                             log::info!(
@@ -142,6 +143,9 @@ pub fn start(agent: Arc<Agent>, device: DeviceInfo, id: u64) -> std::io::Result<
                         drop(pipe);
                         if let Ok(Response::Unlocked { device: info }) = answer {
                             settle = true;
+                            if let (true, Some(list)) = (open_at_login, &agent.at_login) {
+                                super::at_login::chosen(list, &info);
+                            }
                             agent.unlocked(&info, remembered);
                         }
                     }

@@ -2,6 +2,7 @@
 //! GTK dialog (a child process; the agent never loads GTK) for each BitLocker drive that is
 //! plugged in, sends the unlock, and tells the person what happened with notifications.
 
+pub mod at_login;
 mod dialogs;
 mod notifications;
 mod open;
@@ -73,6 +74,9 @@ pub struct Agent {
     /// inside the machine is asked about too, and an opened drive is shown in the file
     /// manager at once.
     on_demand: bool,
+    /// The person's list of drives to open at every login (a disk inside the computer is
+    /// asked about only if it is in it).
+    at_login: Option<PathBuf>,
 }
 
 /// The agent's pidfile: one agent per user session.
@@ -141,6 +145,7 @@ impl Agent {
             ended: Condvar::new(),
             active: AtomicBool::new(true),
             on_demand: false,
+            at_login: at_login::path(),
         }
     }
 
@@ -280,7 +285,15 @@ impl Agent {
         // A disk inside the machine (on a dual-boot laptop, Windows' own C: drive) is opened
         // on demand, never asked about at login or boot, as GNOME leaves system disks alone;
         // nor is a drive no secret opens here.
-        if (!device.removable && !self.on_demand) || device.cannot_open.is_some() {
+        let chosen_for_login = || {
+            let (Some(list), Some(guid)) = (&self.at_login, &device.guid) else {
+                return false;
+            };
+            at_login::load(list).contains(&guid.to_ascii_lowercase())
+        };
+        if (!device.removable && !self.on_demand && !chosen_for_login())
+            || device.cannot_open.is_some()
+        {
             log::debug!(
                 "{}: not asking ({})",
                 device.device,
@@ -450,6 +463,28 @@ mod tests {
         let memory = agent.memory();
         assert!(memory.dialogs.is_empty());
         assert!(memory.settled.is_empty());
+    }
+
+    /// A disk inside the computer is asked about at login only when the person chose to have
+    /// it opened then (the dialog's "Remember forever and open at every login").
+    #[test]
+    fn an_internal_disk_chosen_for_login_is_asked_about() {
+        let dir =
+            std::env::temp_dir().join(format!("guilocker-agent-login-{}", std::process::id()));
+        let list = dir.join("open-at-login");
+        let agent = Arc::new(Agent {
+            at_login: Some(list.clone()),
+            ..agent()
+        });
+        let mut internal = device("/dev/nvme0n1p3");
+        internal.removable = false;
+        internal.guid = Some("0F8C1E7E-2B3A-4C5D-8E9F-0A1B2C3D4E5F".into());
+        agent.offer(internal.clone());
+        assert_eq!(agent.memory().last_dialog, 0, "asked before it was chosen");
+        at_login::set(&list, "0f8c1e7e-2b3a-4c5d-8e9f-0a1b2c3d4e5f", true).unwrap();
+        agent.offer(internal);
+        assert_eq!(agent.memory().last_dialog, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// In the background: open dialogs are withdrawn, and none starts, but nothing is

@@ -27,6 +27,8 @@ pub fn forget(args: ForgetArgs) -> Result<(), Failure> {
         Some(guid) => guid,
         None => guid_of(&args)?,
     };
+    // Without its secret a drive cannot be opened at login: out of that list too.
+    crate::agent::at_login::forget(&guid);
     keyring_command(&["--forget", &guid])
 }
 

@@ -211,6 +211,7 @@ impl Conversation {
                 secret,
                 read_only,
                 remember,
+                open_at_login,
             }) => {
                 if remember != Remember::Never {
                     self.to_remember = Some((secret.clone(), remember));
@@ -219,6 +220,7 @@ impl Conversation {
                     secret,
                     read_only,
                     remembered: false,
+                    open_at_login,
                 };
                 if let Err(e) = write_frame(&mut std::io::stdout().lock(), &frame) {
                     let device = &self.device.device;

@@ -40,6 +40,7 @@ pub async fn try_unlock(input: &mut InputReader, device: &DeviceInfo) -> Outcome
         secret: model::remembered_secret(text, &device.protectors),
         read_only: false,
         remembered: true,
+        open_at_login: false,
     };
     if let Err(e) = write_frame(&mut std::io::stdout().lock(), &frame) {
         eprintln!(

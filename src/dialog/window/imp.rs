@@ -57,6 +57,8 @@ pub struct UnlockDialog {
     #[template_child]
     remember_forever: TemplateChild<gtk::CheckButton>,
     #[template_child]
+    remember_at_login: TemplateChild<gtk::CheckButton>,
+    #[template_child]
     error_label: TemplateChild<gtk::Label>,
     #[template_child]
     spinner: TemplateChild<gtk::Spinner>,
@@ -153,6 +155,8 @@ impl UnlockDialog {
         self.drive_title.set_label(&model::title(device));
         self.drive_details.set_label(&model::details(device));
         self.drive_path.set_label(&device.device);
+        // A disk inside the computer is never asked about at login unless the person asks.
+        self.remember_at_login.set_visible(!device.removable);
         // Long by-id paths are ellipsized; the whole path is a hover away.
         self.drive_path.set_tooltip_text(Some(&device.device));
         if let Some(text) = model::description(device) {
@@ -336,9 +340,12 @@ impl UnlockDialog {
             None => return,
         };
         let read_only = self.read_only_check.is_active();
+        let open_at_login = self.remember_box.is_visible()
+            && self.remember_at_login.is_visible()
+            && self.remember_at_login.is_active();
         let remember = if !self.remember_box.is_visible() {
             Remember::Never
-        } else if self.remember_forever.is_active() {
+        } else if self.remember_forever.is_active() || open_at_login {
             Remember::Forever
         } else if self.remember_session.is_active() {
             Remember::UntilLogout
@@ -353,6 +360,7 @@ impl UnlockDialog {
             secret,
             read_only,
             remember,
+            open_at_login,
         });
     }
 

@@ -18,6 +18,8 @@ pub enum DialogRequest {
         read_only: bool,
         /// Whether, and how long, to keep the secret in the keyring once it works.
         remember: Remember,
+        /// Open this drive (one inside the computer) at every login, with that secret.
+        open_at_login: bool,
     },
     /// Cancel, Escape or the window's close button.
     Cancel,
