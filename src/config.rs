@@ -36,6 +36,21 @@ pub struct Config {
     /// (logind), as udisks' `allow_active`: not over SSH, not from a session in the
     /// background. Where logind is absent, the group alone decides (said once in the log).
     pub require_active_session: bool,
+    /// BitLocker drives inside the machine (on a dual-boot laptop, Windows' own C: drive):
+    /// opened on demand, never asked about (`on_demand`), or not handled at all (`ignore`).
+    pub internal_drives: InternalDrives,
+}
+
+/// The `internal_drives` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InternalDrives {
+    /// Listed, never asked about; `guilocker unlock` (or the applications menu) opens one,
+    /// from the active local session or as root.
+    #[default]
+    OnDemand,
+    /// Neither listed nor opened: the daemon leaves them alone.
+    Ignore,
 }
 
 /// The `engine` key.
@@ -67,6 +82,7 @@ impl Default for Config {
             engine: EngineChoice::Auto,
             leave_bitlocker_to_desktop: false,
             require_active_session: true,
+            internal_drives: InternalDrives::OnDemand,
         }
     }
 }

@@ -327,6 +327,10 @@ pub struct DeviceInfo {
     /// How its disk is attached.
     #[serde(default)]
     pub connection: Option<Connection>,
+    /// Why no secret opens this BitLocker volume here (only a TPM or a smart card protects
+    /// it, encryption is under way, an unknown cipher): such a drive is never asked about.
+    #[serde(default)]
+    pub cannot_open: Option<String>,
 }
 
 /// How a drive is attached: `"usb"`, `"mmc"` (a memory card), `"ieee1394"`, `"loop"` (an
@@ -561,6 +565,7 @@ mod tests {
             left_to_desktop: false,
             removable: true,
             connection: None,
+            cannot_open: None,
         };
         let few: Vec<_> = (0..3).map(|n| device(n, n == 1)).collect();
         let reply = Response::status(few.clone());

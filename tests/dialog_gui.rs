@@ -418,6 +418,7 @@ fn device(protectors: &[&str]) -> DeviceInfo {
         left_to_desktop: false,
         removable: true,
         connection: None,
+        cannot_open: None,
     }
 }
 

@@ -264,6 +264,20 @@ impl Agent {
         if !device.bitlocker || device.state != DeviceState::Locked || device.left_to_desktop {
             return;
         }
+        // A disk inside the machine (on a dual-boot laptop, Windows' own C: drive) is opened
+        // on demand, never asked about at login or boot, as GNOME leaves system disks alone;
+        // nor is a drive no secret opens here.
+        if !device.removable || device.cannot_open.is_some() {
+            log::debug!(
+                "{}: not asking ({})",
+                device.device,
+                device
+                    .cannot_open
+                    .as_deref()
+                    .unwrap_or("a disk inside the machine: open it with guilocker unlock")
+            );
+            return;
+        }
         let mut memory = self.memory();
         if !self.active.load(Ordering::SeqCst) {
             log::debug!(
@@ -375,8 +389,31 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "device": name, "bitlocker": true, "state": "locked", "mountpoint": null,
             "decrypted": null, "label": null, "size_bytes": 1, "owner": null,
+            "removable": true, "connection": "usb",
         }))
         .unwrap()
+    }
+
+    /// A disk inside the machine, or a drive only a TPM opens: never asked about. A
+    /// removable one of the same kind is (its dialog fails to start here, with no display,
+    /// but the attempt is counted).
+    #[test]
+    fn internal_disks_and_drives_no_secret_opens_get_no_dialog() {
+        let agent = Arc::new(agent());
+        let mut internal = device("/dev/nvme0n1p3");
+        internal.removable = false;
+        internal.connection = Some(crate::protocol::Connection::Internal);
+        agent.offer(internal);
+        let mut tpm_only = device("/dev/sdc1");
+        tpm_only.cannot_open = Some("/dev/sdc1: cannot be opened here: TPM only".into());
+        agent.offer(tpm_only);
+        let memory = agent.memory();
+        assert!(memory.dialogs.is_empty());
+        assert!(memory.settled.is_empty());
+        assert_eq!(memory.last_dialog, 0, "no dialog was even tried");
+        drop(memory);
+        agent.offer(device("/dev/sdb1"));
+        assert_eq!(agent.memory().last_dialog, 1);
     }
 
     /// `leave_bitlocker_to_desktop`: the desktop's own dialog asks; ours never starts.

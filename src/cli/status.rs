@@ -2,7 +2,7 @@
 
 use super::Failure;
 use crate::client::Client;
-use crate::protocol::{DeviceInfo, DeviceState};
+use crate::protocol::{Connection, DeviceInfo, DeviceState};
 use crate::units::human_size;
 use std::io::Write;
 use std::path::Path;
@@ -28,34 +28,33 @@ pub fn run(socket: &Path, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// One row per device with its state, how it is attached, and where it is mounted; what went
+/// wrong with a device (or why it cannot be opened here) follows the table, one line each,
+/// so a long cause neither hides the state nor breaks the columns.
 fn table(devices: &[DeviceInfo]) -> String {
     let header = [
         tr!("DEVICE"),
         tr!("STATE"),
+        tr!("CONNECTION"),
         tr!("SIZE"),
         tr!("LABEL"),
         tr!("OWNER"),
         tr!("MOUNTPOINT"),
     ];
-    let rows: Vec<[String; 6]> = devices
+    let rows: Vec<[String; 7]> = devices
         .iter()
         .map(|d| {
-            let state = if d.bitlocker || d.state == DeviceState::Failed {
-                state_word(d.state)
-            } else {
-                "-".to_owned()
-            };
             // Whatever a daemon sends, nothing reaches the terminal as a control sequence.
             [
                 d.device.clone(),
-                state,
+                state_word(d.state),
+                d.connection.map_or_else(|| "-".into(), connection_word),
                 human_size(d.size_bytes),
                 d.label.clone().unwrap_or_else(|| "-".into()),
                 d.owner.clone().unwrap_or_else(|| "-".into()),
                 d.mountpoint
                     .clone()
                     .or_else(|| d.decrypted.clone())
-                    .or_else(|| d.error.as_deref().map(crate::i18n::localize))
                     .unwrap_or_else(|| "-".into()),
             ]
             .map(|cell| crate::text::escaped(&cell))
@@ -84,7 +83,32 @@ fn table(devices: &[DeviceInfo]) -> String {
     for row in &rows {
         line(row);
     }
+    for d in devices {
+        for why in [&d.error, &d.cannot_open].into_iter().flatten() {
+            let why = crate::i18n::localize(why);
+            // The daemon's causes name the device already; one that does not gets it.
+            let line = if why.starts_with(&format!("{}:", d.device)) {
+                why
+            } else {
+                format!("{}: {why}", d.device)
+            };
+            out.push_str(&crate::text::escaped(&line));
+            out.push('\n');
+        }
+    }
     out
+}
+
+/// How a drive is attached, in the reader's words.
+fn connection_word(connection: Connection) -> String {
+    match connection {
+        Connection::Usb => tr!("Drive connection" => "USB"),
+        Connection::Mmc => tr!("Drive connection" => "memory card"),
+        Connection::Ieee1394 => tr!("Drive connection" => "FireWire"),
+        Connection::Loop => tr!("Drive connection" => "image"),
+        Connection::Internal => tr!("Drive connection" => "internal"),
+        Connection::Unknown => tr!("Drive connection" => "unknown"),
+    }
 }
 
 /// A state as the table shows it to people (`--json` keeps the wire names).
@@ -119,5 +143,41 @@ mod tests {
         let out = table(&[device]);
         assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
         assert!(out.contains("\\u{1b}]0;pwned\\u{7}\\u{1b}[2J"), "{out}");
+    }
+
+    #[test]
+    fn every_device_shows_its_state_and_causes_follow_the_table() {
+        let devices: Vec<DeviceInfo> = serde_json::from_value(serde_json::json!([
+            {"device": "/dev/vda1", "bitlocker": true, "state": "locked", "mountpoint": null,
+             "decrypted": null, "label": null, "size_bytes": 104857600, "owner": null,
+             "removable": false, "connection": "internal",
+             "cannot_open": "/dev/vda1: cannot be opened here: only TPM protects it"},
+            {"device": "/dev/sdc", "bitlocker": false, "state": "unreadable", "mountpoint": null,
+             "decrypted": null, "label": null, "size_bytes": 0, "owner": null,
+             "removable": true, "connection": "usb",
+             "error": "/dev/sdc: cannot read the first sector: Input/output error"},
+            {"device": "/dev/sdb2", "bitlocker": false, "state": "plain", "mountpoint": null,
+             "decrypted": null, "label": null, "size_bytes": 1024, "owner": null,
+             "error": "a cause without its device"},
+        ]))
+        .unwrap();
+        let out = table(&devices);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 7, "{out}");
+        let cells = |i: usize| lines[i].split_whitespace().collect::<Vec<_>>();
+        assert_eq!(cells(1)[..3], ["/dev/vda1", "locked", "internal"], "{out}");
+        assert_eq!(cells(2)[..3], ["/dev/sdc", "unreadable", "USB"], "{out}");
+        assert_eq!(cells(3)[..3], ["/dev/sdb2", "plain", "-"], "{out}");
+        // The mountpoint column holds no cause.
+        assert!(lines[1..4].iter().all(|l| !l.contains("cannot")), "{out}");
+        assert_eq!(
+            lines[4],
+            "/dev/vda1: cannot be opened here: only TPM protects it"
+        );
+        assert_eq!(
+            lines[5],
+            "/dev/sdc: cannot read the first sector: Input/output error"
+        );
+        assert_eq!(lines[6], "/dev/sdb2: a cause without its device");
     }
 }

@@ -19,7 +19,7 @@ pub use super::shared::{Ask, Closing, Done, For, Msg, Paths, Reply, Shared, Unlo
 use super::table::Table;
 use super::{eject, jobs, watch};
 use crate::bitlocker::VolumeInfo;
-use crate::config::Config;
+use crate::config::{Config, InternalDrives};
 use crate::process::ExitStatus;
 use crate::protocol::{DeviceInfo, EventKind};
 use nix::unistd::Pid;
@@ -211,9 +211,14 @@ impl Core {
             self.table.next_generation += 1;
             let name = appearance.partition.name.clone();
             let path = paths.dev.join(&name).display().to_string();
+            let attachment = Sysfs::new(&paths.sys_block).attachment(&name);
+            if !attachment.removable && config.internal_drives == InternalDrives::Ignore {
+                log::debug!("{path}: inside the machine; left alone (internal_drives = ignore)");
+                continue;
+            }
             let mut dev = Device::new(appearance, generation, path);
             (dev.vendor, dev.model) = probe::vendor_model(&paths.sys_block, &name);
-            dev.attachment = Sysfs::new(&paths.sys_block).attachment(&name);
+            dev.attachment = attachment;
             dev.left_to_desktop = config.leave_bitlocker_to_desktop;
             self.table.devices.insert(name, dev);
         }

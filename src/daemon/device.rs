@@ -89,6 +89,8 @@ pub enum Probed {
 /// What the BitLocker metadata says of a volume, for status and the dialog.
 #[derive(Debug, Clone, Default)]
 pub struct VolumeFacts {
+    /// Why no secret opens it here, if none does.
+    pub cannot_open: Option<String>,
     pub guid: Option<String>,
     pub description: Option<String>,
     pub protectors: Vec<Protector>,
@@ -101,6 +103,7 @@ impl VolumeFacts {
         let mut protectors: Vec<Protector> = info.protectors.iter().map(|p| p.kind).collect();
         protectors.dedup();
         Self {
+            cannot_open: meta.check_openable().err().map(|e| e.to_string()),
             guid: Some(info.guid.to_string()),
             // Text from a stranger's disk.
             description: crate::text::from_disk(&info.description, 256),
@@ -412,6 +415,13 @@ impl Device {
             left_to_desktop: self.left_to_desktop,
             removable: self.attachment.removable,
             connection: Some(self.attachment.connection),
+            cannot_open: self.volume.cannot_open.as_ref().map(|why| {
+                DaemonError::CannotOpen {
+                    device: self.path.clone(),
+                    cause: why.clone(),
+                }
+                .to_string()
+            }),
         }
     }
 }

@@ -4,6 +4,7 @@
 use super::auth::{self, Caller};
 use super::bus::Bus;
 use super::error::DaemonError;
+use super::host::sysfs::Sysfs;
 use super::mailbox::Mailbox;
 use super::mountpoint::Reservations;
 use super::probe::{Probe, ProbeError};
@@ -201,7 +202,12 @@ impl Shared {
         // Here, not on the loop: the user database and logind may be slow to answer.
         let owner =
             auth::authorize_unlock(caller, target, &config.allowed_group, owner.as_deref())?;
-        if config.require_active_session {
+        // A disk inside the machine asks at least what udisks asks for system devices: the
+        // active local session, whatever the config says of sticks.
+        let sys = Sysfs::new(&self.paths.sys_block);
+        let name = super::table::device_name(target);
+        let internal = sys.knows(name) && !sys.attachment(name).removable;
+        if config.require_active_session || internal {
             self.seat.authorize(caller, target)?;
         }
         self.ask(target, |reply| {

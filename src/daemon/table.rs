@@ -17,8 +17,7 @@ impl Table {
     /// Finds a device by `/dev/NAME`, `NAME`, its mountpoint or its decrypted view.
     pub fn find(&self, target: &str) -> Option<&Device> {
         let trimmed = target.trim_end_matches('/');
-        let name = trimmed.strip_prefix("/dev/").unwrap_or(trimmed);
-        if let Some(d) = self.devices.get(name) {
+        if let Some(d) = self.devices.get(device_name(target)) {
             return Some(d);
         }
         self.devices.values().find(|d| {
@@ -43,4 +42,10 @@ impl Table {
             .get_mut(name)
             .filter(|d| d.generation == generation)
     }
+}
+
+/// The kernel name a request's target names (`/dev/sdb1` → `sdb1`), when it names a device.
+pub fn device_name(target: &str) -> &str {
+    let trimmed = target.trim_end_matches('/');
+    trimmed.strip_prefix("/dev/").unwrap_or(trimmed)
 }

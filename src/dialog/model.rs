@@ -376,6 +376,7 @@ mod tests {
             left_to_desktop: false,
             removable: true,
             connection: None,
+            cannot_open: None,
         };
         assert_eq!(title(&d), "BitLocker drive");
         assert_eq!(details(&d), "15.5 GB · SanDisk Cruzer Blade");

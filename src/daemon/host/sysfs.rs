@@ -22,6 +22,11 @@ impl<'a> Sysfs<'a> {
         Self { class_block }
     }
 
+    /// Whether sysfs has a block device of this name (a plain name, no `/`).
+    pub fn knows(&self, name: &str) -> bool {
+        !name.is_empty() && !name.contains('/') && self.class_block.join(name).exists()
+    }
+
     /// The device's directory under /sys/devices (the link behind `/sys/class/block/NAME`).
     fn real_dir(&self, name: &str) -> Option<PathBuf> {
         std::fs::canonicalize(self.class_block.join(name)).ok()
