@@ -1,12 +1,12 @@
-//! A real USB bus: a VM (Debian's 6.1 kernel under QEMU, virtme-ng, systemd as PID 1) with
-//! QEMU's xhci controller, into which the host plugs BitLocker stick images as usb-storage
-//! devices over QMP when a test inside asks (tests/common/usb.rs), so a stick arrives as
-//! `/dev/sdX` through the kernel's usb-storage and SCSI drivers as on a laptop; and a disk
-//! inside the machine, present at boot (virtio, `/dev/vda`), holding a BitLocker partition as a
-//! dual-boot laptop's Windows drive does.
+//! A real USB bus: a VM (Debian's kernels, 6.1 then 6.12, under QEMU, virtme-ng, systemd as
+//! PID 1) with QEMU's xhci controller, into which the host plugs BitLocker stick images as
+//! usb-storage devices over QMP when a test inside asks (tests/common/usb.rs), so a stick
+//! arrives as `/dev/sdX` through the kernel's usb-storage and SCSI drivers as on a laptop; and a
+//! disk inside the machine, present at boot (virtio, `/dev/vda`), holding a BitLocker partition
+//! as a dual-boot laptop's Windows drive does.
 //!
-//! One boot runs the `#[ignore]`d tests in [`in_vm`], each with a guilocker daemon of its own.
-//! Prerequisites as for tests/kernel_vm.rs; under CI=true a missing one fails.
+//! One boot per kernel runs the `#[ignore]`d tests in [`in_vm`], each with a guilocker daemon
+//! of its own. Prerequisites as for tests/kernel_vm.rs; under CI=true a missing one fails.
 
 mod common;
 
@@ -28,22 +28,23 @@ const STICKS: [(&str, &str); 4] = [
 ];
 const SOURCE: &str = "bitlk-aes-xts-128";
 
-/// Where the images are kept: a fixed path without spaces (vng hands `--disk` to a shell).
-fn images_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("usb-vm")
+/// Where a boot's images are kept: a fixed path without spaces (vng hands `--disk` to a
+/// shell).
+fn images_dir(kernel: vm::Kernel) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("usb-vm-{}", kernel.version()))
 }
 
-fn script(status_file: &Path) -> String {
+fn script(kernel: vm::Kernel, status_file: &Path) -> String {
     let bin = vm::test_binary("usb_vm");
     format!(
         "set -u\n\
          # logind starts before virtme-ng-init makes /var/lib writable; start it again.\n\
          systemctl reset-failed systemd-logind.service; systemctl start systemd-logind.service\n\
-         echo '== VM: usb_vm in_vm'\n\
+         echo \"== VM: usb_vm in_vm on $(uname -r)\"\n\
          {KERNEL_VM_ENV}=1 CI=\"${{CI:-}}\" {IMAGES_ENV}='{images}' GUILOCKER_SCRATCH={scratch} GUILOCKER_SHARED='{shared}' '{bin}' in_vm --ignored --test-threads=1 --nocapture\n\
          status=$?\n\
          echo \"== VM: done, status $status\"\necho $status > '{status}'\nexit $status\n",
-        images = images_dir().display(),
+        images = images_dir(kernel).display(),
         scratch = vm::VM_SCRATCH,
         shared = shared_dir().display(),
         bin = bin.display(),
@@ -51,21 +52,29 @@ fn script(status_file: &Path) -> String {
     )
 }
 
+/// Every case once per kernel people run: Debian 12's 6.1 (NTFS through ntfs-3g) and 6.12
+/// (ntfs3), one boot each, one after the other.
 #[test]
 fn usb_bus_in_a_vm() {
     if in_kernel_vm() {
         return;
     }
-    if !vm::can_boot("the USB VM", vm::Kernel::Debian6_1) {
-        return;
-    }
     if !prerequisites(STICK_TOOLS) {
         return;
     }
-    // Made here, in the lower layer the VM sees: the users and the images.
+    // Made here, in the lower layer the VM sees: the users, the fixtures.
     ensure_user(TEST_USER, true);
     let _ = images();
-    let dir = images_dir();
+    for kernel in [vm::Kernel::Debian6_1, vm::Kernel::Debian6_12] {
+        if vm::can_boot("the USB VM", kernel) {
+            boot(kernel);
+        }
+    }
+}
+
+/// One boot on `kernel`, with fresh images (the boot before wrote to its own).
+fn boot(kernel: vm::Kernel) {
+    let dir = images_dir(kernel);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     for (file, label) in STICKS {
@@ -79,9 +88,18 @@ fn usb_bus_in_a_vm() {
         systemd: Some(&root),
         qemu_opts: host.qemu_opts(),
         disks: vec![dir.join("internal.img")],
-        ..vm::Boot::new(vm::Kernel::Debian6_1)
+        ..vm::Boot::new(kernel)
     };
-    vm::run_group_on("usb-vm", &boot, script, 1, VM_TIMEOUT);
+    vm::run_group_on(
+        &format!("usb-vm-{}", kernel.version()),
+        &boot,
+        |status| script(kernel, status),
+        1,
+        VM_TIMEOUT,
+    );
+    drop(root);
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Inside the VM: the USB bus and the internal disk are real.
@@ -100,6 +118,10 @@ mod in_vm {
     fn image(file: &str) -> PathBuf {
         let dir = std::env::var_os(super::IMAGES_ENV).expect("the images' folder");
         Path::new(&dir).join(file)
+    }
+
+    fn uname_r() -> String {
+        run_ok(Command::new("uname").arg("-r")).trim().to_owned()
     }
 
     /// `guilocker status --json`, as a person would run it: the entry for `dev`.
@@ -170,6 +192,8 @@ mod in_vm {
         let info = daemon.device(&dev).unwrap();
         assert_eq!(info.state, DeviceState::Mounted);
         let mountpoint = PathBuf::from(info.mountpoint.clone().expect("a mountpoint"));
+        let driver = guilocker::daemon::mounts::mounted_at(&mountpoint).unwrap_or_default();
+        println!("mounted as {driver} on {}", uname_r());
         let hello = find_file(&mountpoint, "hello.txt").expect("hello.txt on the stick");
         assert_eq!(
             std::fs::read_to_string(hello).unwrap(),

@@ -29,6 +29,11 @@ impl Kernel {
         }
     }
 
+    /// Its series as people name it (`6.1`, `6.12`).
+    pub fn version(self) -> &'static str {
+        self.series().trim_end_matches('.')
+    }
+
     /// The Debian package that brings it.
     pub fn package(self) -> &'static str {
         match self {
