@@ -7,6 +7,7 @@
 
 pub mod atspi;
 pub mod sticks;
+pub mod usb;
 pub mod vm;
 
 // Not every test binary uses them.

@@ -29,6 +29,11 @@ impl Kernel {
         }
     }
 
+    /// Its series as people name it (`6.1`, `6.12`).
+    pub fn version(self) -> &'static str {
+        self.series().trim_end_matches('.')
+    }
+
     /// The Debian package that brings it.
     pub fn package(self) -> &'static str {
         match self {
@@ -185,6 +190,45 @@ pub fn run_group(
     timeout: Duration,
     systemd: Option<&SystemdRoot>,
 ) {
+    let boot = Boot {
+        systemd,
+        ..Boot::new(kernel)
+    };
+    run_group_on(name, &boot, script, binaries, timeout);
+}
+
+/// How a group's VM boots: the kernel, systemd as PID 1 over an overlay root, extra QEMU
+/// options (a USB controller, a QMP socket), and disks present at boot.
+pub struct Boot<'a> {
+    pub kernel: Kernel,
+    pub systemd: Option<&'a SystemdRoot>,
+    /// Handed to QEMU as is (vng's `--qemu-opts` takes one string, which its shell splits:
+    /// no spaces or quotes inside an option).
+    pub qemu_opts: Vec<String>,
+    /// Image files attached at boot as virtio-blk disks (vng `--disk`): `/dev/vda`, `/dev/vdb`…
+    /// in this order, as a disk inside the machine.
+    pub disks: Vec<PathBuf>,
+}
+
+impl Boot<'_> {
+    pub fn new(kernel: Kernel) -> Self {
+        Self {
+            kernel,
+            systemd: None,
+            qemu_opts: Vec::new(),
+            disks: Vec::new(),
+        }
+    }
+}
+
+/// [`run_group`], booted as `boot` says.
+pub fn run_group_on(
+    name: &str,
+    boot: &Boot,
+    script: impl FnOnce(&Path) -> String,
+    binaries: usize,
+    timeout: Duration,
+) {
     let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap()
@@ -197,7 +241,7 @@ pub fn run_group(
 
     let started = std::time::Instant::now();
     let (out, errors) =
-        run_in(kernel, &script_path, &target, timeout, systemd).unwrap_or_else(|e| panic!("{e}"));
+        run_on(boot, &script_path, &target, timeout).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(&log_path, out.join("\n")).unwrap();
     println!(
         "{name} group: {:.0} s in all, boot included",
@@ -241,6 +285,21 @@ pub fn run_in(
     timeout: Duration,
     systemd: Option<&SystemdRoot>,
 ) -> Result<(Vec<String>, String), String> {
+    let boot = Boot {
+        systemd,
+        ..Boot::new(kernel)
+    };
+    run_on(&boot, script, rw, timeout)
+}
+
+/// [`run`], booted as `boot` says.
+pub fn run_on(
+    boot: &Boot,
+    script: &Path,
+    rw: &Path,
+    timeout: Duration,
+) -> Result<(Vec<String>, String), String> {
+    let (kernel, systemd) = (boot.kernel, boot.systemd);
     let kernel = debian_kernel(kernel).ok_or(format!(
         "no Debian {} kernel in /boot ({})",
         kernel.series().trim_end_matches('.'),
@@ -261,9 +320,19 @@ pub fn run_in(
             .arg(format!("--rwdir={0}={0}", rw.display())),
         None => vng.arg(format!("--rwdir={}", rw.display())),
     };
+    // vng puts virtme-run's command line together for a shell: a path with a space would split.
+    for disk in &boot.disks {
+        let path = disk.to_str().filter(|p| !p.contains(char::is_whitespace));
+        vng.arg("--disk").arg(path.ok_or(format!(
+            "{}: vng cannot pass a path with spaces as a disk",
+            disk.display()
+        ))?);
+    }
+    vng.arg("--exec").arg(format!("bash {}", script.display()));
+    if !boot.qemu_opts.is_empty() {
+        vng.arg(format!("--qemu-opts={}", boot.qemu_opts.join(" ")));
+    }
     let mut child = vng
-        .arg("--exec")
-        .arg(format!("bash {}", script.display()))
         .current_dir(rw)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
