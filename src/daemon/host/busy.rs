@@ -338,6 +338,39 @@ mod tests {
         assert_eq!(found, None);
     }
 
+    /// The real /proc: this test process, with a block device of the machine open, is found
+    /// with that device's numbers (a disk other than a loop device, which other tests' sticks
+    /// use; skipped where none can be opened, e.g. not as root).
+    #[test]
+    fn the_real_proc_walk_finds_this_process_with_a_device_open() {
+        let sys_block = Path::new("/sys/class/block");
+        let opened = std::fs::read_dir(sys_block)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("loop"))
+            .find_map(|n| {
+                let file = std::fs::File::open(Path::new("/dev").join(&n)).ok()?;
+                Some((n, file))
+            });
+        let Some((name, _file)) = opened else {
+            eprintln!("skipped: no block device can be opened here");
+            return;
+        };
+        let numbers = Sysfs::new(sys_block).dev_numbers(&name).unwrap();
+        let me = std::process::id() as i32;
+        let found = block_openers(Path::new("/proc"), 0);
+        assert!(
+            found.iter().any(|o| o.pid == me && o.device == numbers),
+            "{name} {numbers:?} not found open by {me}: {found:?}"
+        );
+        // The daemon's own opens do not count.
+        assert!(!block_openers(Path::new("/proc"), me)
+            .iter()
+            .any(|o| o.pid == me));
+    }
+
     /// A fake /proc whose processes hold a real block device node of this machine: stat
     /// follows the fd link to it as it would follow a real open file (no open, no root).
     #[test]
