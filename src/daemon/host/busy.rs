@@ -20,8 +20,9 @@ pub struct Opener {
 }
 
 /// udev's workers open a device for a moment after each change (our own close among them),
-/// read-only, to probe it: not a use.
-const PROBERS: &[&str] = &["systemd-udevd", "(udev-worker)", "udevd"];
+/// and udisksd's poller for media every few seconds, read-only, to probe it: not a use
+/// (what udisks runs on a device, mkfs or fsck, is a program of its own and counts).
+const PROBERS: &[&str] = &["systemd-udevd", "(udev-worker)", "udevd", "udisksd"];
 
 /// Every block device open in a process under `proc_dir` (`/proc`), but for the daemon's
 /// (`me`) and its children's: those are a flush or a probe of the moment, and what
@@ -407,6 +408,7 @@ mod tests {
         process(me, 1, "guilocker", &node);
         process(12, me, "guilocker", &node);
         process(13, 1, "(udev-worker)", &node);
+        process(14, 1, "udisksd", &node);
         std::fs::create_dir_all(root.join("self")).unwrap();
         let found = block_openers(&root, me);
         let sys_block = Path::new("/sys/class/block");
