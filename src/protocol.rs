@@ -31,6 +31,7 @@ use crate::secret::{SecretBytes, SecretString};
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufRead, Write};
 use thiserror::Error;
+use tr::tr;
 use zeroize::Zeroizing;
 
 /// Protocol version spoken by this build.
@@ -136,8 +137,14 @@ pub enum Response {
     },
     /// `{"type":"unlocked","device":{…,"state":"mounted","mountpoint":"/media/alice/STICK"}}`
     Unlocked { device: DeviceInfo },
-    /// `{"type":"unmounted","devices":["/dev/sdb1"]}`
-    Unmounted { devices: Vec<String> },
+    /// `{"type":"unmounted","devices":["/dev/sdb1"],"power":[{"disk":"/dev/sdb","powered_off":true}]}`
+    Unmounted {
+        devices: Vec<String>,
+        /// What "safe to remove" did to each disk left with nothing of guilocker's on it
+        /// (see [`PowerOff`]); absent when none was.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        power: Vec<PowerOff>,
+    },
     /// `{"type":"inspected","device":"/dev/sdb1","volume":{…}}`
     Inspected {
         device: String,
@@ -155,6 +162,98 @@ pub enum Response {
     },
     /// `{"type":"error","kind":"wrong_secret","message":"/dev/sdb1: wrong password"}`
     Error { kind: ErrorKind, message: String },
+}
+
+/// "Safe to remove" for one disk whose last guilocker volume was put away: it is flushed,
+/// and a USB stick is powered off unless something else on the same USB device is in use.
+/// ```json
+/// {"disk":"/dev/sdb","powered_off":true}
+/// {"disk":"/dev/loop0","powered_off":false}
+/// {"disk":"/dev/sdb","powered_off":false,"in_use":{"device":"/dev/sdb2","cause":"mounted","mountpoint":"/media/alice/DATA"}}
+/// {"disk":"/dev/sdb","powered_off":false,"error":"cannot flush /dev/sdb: Input/output error"}
+/// ```
+/// Left powered with neither `in_use` nor `error`: not on USB, or `no_power_off` asked so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerOff {
+    /// The whole disk, `/dev/sdb`.
+    pub disk: String,
+    /// Its USB device was powered off: it can be pulled out, and its light is out.
+    pub powered_off: bool,
+    /// Why it was left powered: the first thing found in use on the same USB device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_use: Option<InUse>,
+    /// The flush or the power-off failed: why (English).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl PowerOff {
+    /// Why it was not powered off, for people: `not powered off: /dev/sdb2 is mounted at
+    /// /media/alice/DATA`; `None` when nothing stands in the way of pulling it out.
+    pub fn refusal(&self) -> Option<String> {
+        let why = match (&self.in_use, &self.error) {
+            (Some(in_use), _) => in_use.sentence(),
+            (None, Some(error)) => error.clone(),
+            (None, None) => return None,
+        };
+        Some(tr!("not powered off: {why}", why))
+    }
+}
+
+/// A block device in use, and by what.
+/// `{"device":"/dev/sdb2","cause":"open","program":"cp","pid":4242}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InUse {
+    /// `/dev/sdb2`
+    pub device: String,
+    #[serde(flatten)]
+    pub cause: UseCause,
+}
+
+/// What uses a block device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cause", rename_all = "snake_case")]
+pub enum UseCause {
+    /// `"cause":"mounted","mountpoint":"/media/alice/DATA"`
+    Mounted { mountpoint: String },
+    /// `"cause":"swap"`: swapped on.
+    Swap,
+    /// `"cause":"held","holder":"/dev/dm-3"`: a device-mapper table, a RAID, a loop device.
+    Held { holder: String },
+    /// `"cause":"open","program":"cp","pid":4242`
+    Open { program: String, pid: i32 },
+    /// `"cause":"unlocked"`: a guilocker volume still unlocked.
+    Unlocked,
+    /// `"cause":"busy"`: guilocker is unlocking it or putting it away.
+    Busy,
+    /// A cause this build does not know (a newer daemon's).
+    #[serde(other)]
+    Unknown,
+}
+
+impl InUse {
+    /// `/dev/sdb2 is mounted at /media/alice/DATA`, in the reader's language.
+    pub fn sentence(&self) -> String {
+        let device = &self.device;
+        match &self.cause {
+            UseCause::Mounted { mountpoint } => {
+                tr!("{device} is mounted at {mountpoint}", device, mountpoint)
+            }
+            UseCause::Swap => tr!("{device} is used as swap", device),
+            UseCause::Held { holder } => tr!("{device} is held by {holder}", device, holder),
+            UseCause::Open { program, pid } => {
+                tr!(
+                    "{device} is open by {program} (pid {pid})",
+                    device,
+                    program,
+                    pid
+                )
+            }
+            UseCause::Unlocked => tr!("{device} is still unlocked", device),
+            UseCause::Busy => tr!("{device} is being unlocked or put away", device),
+            UseCause::Unknown => tr!("{device} is in use", device),
+        }
+    }
 }
 
 /// What happened to a device.
@@ -662,6 +761,36 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// The `unmounted` reply's `power` as documented, from an older daemon (none), and with
+    /// a cause this build does not know.
+    #[test]
+    fn unmounted_says_what_safe_to_remove_did() {
+        let kept = r#"{"type":"unmounted","devices":["/dev/sdb1"],"power":[{"disk":"/dev/sdb","powered_off":false,"in_use":{"device":"/dev/sdb2","cause":"mounted","mountpoint":"/media/alice/DATA"}}]}"#;
+        let reply: Response = serde_json::from_str(kept).unwrap();
+        assert_eq!(serde_json::to_string(&reply).unwrap(), kept);
+        let Response::Unmounted { power, .. } = reply else {
+            panic!("{reply:?}");
+        };
+        assert_eq!(
+            power[0].refusal().as_deref(),
+            Some("not powered off: /dev/sdb2 is mounted at /media/alice/DATA")
+        );
+        let off = r#"{"type":"unmounted","devices":["/dev/sdb1"],"power":[{"disk":"/dev/sdb","powered_off":true}]}"#;
+        let reply: Response = serde_json::from_str(off).unwrap();
+        assert_eq!(serde_json::to_string(&reply).unwrap(), off);
+        let old = r#"{"type":"unmounted","devices":["/dev/sdb1"]}"#;
+        let reply: Response = serde_json::from_str(old).unwrap();
+        assert!(matches!(&reply, Response::Unmounted { power, .. } if power.is_empty()));
+        assert_eq!(serde_json::to_string(&reply).unwrap(), old);
+        let open = r#"{"device":"/dev/sdb","cause":"open","program":"cp","pid":4242}"#;
+        let open: InUse = serde_json::from_str(open).unwrap();
+        assert_eq!(open.sentence(), "/dev/sdb is open by cp (pid 4242)");
+        let newer = r#"{"device":"/dev/sdb2","cause":"swapped_on","priority":5}"#;
+        let newer: InUse = serde_json::from_str(newer).unwrap();
+        assert_eq!(newer.cause, UseCause::Unknown);
+        assert_eq!(newer.sentence(), "/dev/sdb2 is in use");
     }
 
     #[test]

@@ -362,3 +362,72 @@ fn an_argument_that_is_not_utf8_is_refused_not_a_panic() {
         "{err}"
     );
 }
+
+/// A daemon of one reply for the CLI: answers `hello`, then `unmount` with `reply`, on one
+/// connection, and says what the CLI asked.
+fn fake_daemon(reply: &'static str) -> (PathBuf, std::thread::JoinHandle<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "fake-daemon-{}-{}",
+        std::process::id(),
+        reply.len()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("control.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let serve = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        let mut asked = String::new();
+        for answer in [
+            format!(
+                r#"{{"type":"hello","version":{},"server":"fake"}}"#,
+                guilocker::protocol::VERSION
+            ),
+            reply.to_owned(),
+        ] {
+            asked.clear();
+            reader.read_line(&mut asked).unwrap();
+            writeln!(writer, "{answer}").unwrap();
+        }
+        asked
+    });
+    (socket, serve)
+}
+
+/// A stick left powered: `unmount` succeeds and says why, in English and in Korean.
+#[test]
+fn a_stick_left_powered_is_said_with_its_reason() {
+    const KEPT: &str = r#"{"type":"unmounted","devices":["/dev/sdb1"],"power":[{"disk":"/dev/sdb","powered_off":false,"in_use":{"device":"/dev/sdb2","cause":"mounted","mountpoint":"/media/alice/DATA"}}]}"#;
+    let (socket, serve) = fake_daemon(KEPT);
+    let (code, _, err) = common::output_of(
+        Command::new(common::bin())
+            .args(["unmount", "/dev/sdb1", "--socket"])
+            .arg(&socket)
+            .env("LANG", "C.UTF-8")
+            .env_remove("LC_ALL")
+            .env_remove("LC_MESSAGES")
+            .env_remove("LANGUAGE"),
+        "",
+    );
+    assert!(serve.join().unwrap().contains(r#""type":"unmount""#));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.trim(),
+        "guilocker: /dev/sdb: not powered off: /dev/sdb2 is mounted at /media/alice/DATA"
+    );
+    if !tools_present(&["msgfmt"]) || !common::korean_locale_present() {
+        return;
+    }
+    let (socket, serve) = fake_daemon(KEPT);
+    let (code, _, err) =
+        korean_cli(&["unmount", "/dev/sdb1", "--socket", socket.to_str().unwrap()]);
+    serve.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.trim(),
+        "guilocker: /dev/sdb: 전원을 끄지 않았습니다: /dev/sdb2이(가) /media/alice/DATA에 마운트되어 있습니다"
+    );
+}

@@ -304,20 +304,6 @@ impl Agent {
             );
             return;
         }
-        // A disk inside the machine (on a dual-boot laptop, Windows' own C: drive) is opened
-        // on demand, never asked about at login or boot, as GNOME leaves system disks alone;
-        // nor is a drive no secret opens here.
-        if !device.removable || device.cannot_open.is_some() {
-            log::debug!(
-                "{}: not asking ({})",
-                device.device,
-                device
-                    .cannot_open
-                    .as_deref()
-                    .unwrap_or("a disk inside the machine: open it with guilocker unlock")
-            );
-            return;
-        }
         let mut memory = self.memory();
         if !self.active.load(Ordering::SeqCst) {
             log::debug!(

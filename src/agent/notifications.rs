@@ -2,7 +2,7 @@
 //! Unmount, and problems that need attention.
 
 use crate::client::Client;
-use crate::protocol::{DeviceInfo, Request};
+use crate::protocol::{DeviceInfo, PowerOff, Request, Response};
 use notify_rust::{Hint, Notification, Timeout, Urgency};
 use std::path::PathBuf;
 use tr::tr;
@@ -115,13 +115,18 @@ fn unmount(socket: &std::path::Path, device: &DeviceInfo, label: &str) {
         })
     });
     match result {
-        Ok(_) => {
+        Ok(reply) => {
+            let power = match reply {
+                Response::Unmounted { power, .. } => power,
+                _ => Vec::new(),
+            };
+            let (summary, body) = put_away(label, &power);
             let _ = Notification::new()
                 .appname(APP)
                 .hint(Hint::DesktopEntry(DESKTOP_ENTRY.into()))
                 .icon(ICON)
-                .summary(&tr!("‘{label}’ can be removed", label))
-                .body(&tr!("It was unmounted and locked."))
+                .summary(&summary)
+                .body(&body)
                 .show();
         }
         Err(e) => show_problem(
@@ -131,10 +136,71 @@ fn unmount(socket: &std::path::Path, device: &DeviceInfo, label: &str) {
     }
 }
 
+/// What to say once a drive is put away: that it can be removed, or, when its stick was
+/// left powered because something else on it is in use, why.
+fn put_away(label: &str, power: &[PowerOff]) -> (String, String) {
+    match power.iter().find_map(PowerOff::refusal) {
+        None => (
+            tr!("‘{label}’ can be removed", label),
+            tr!("It was unmounted and locked."),
+        ),
+        Some(refusal) => {
+            // "not powered off: …" as a sentence.
+            let mut chars = refusal.chars();
+            let mut body: String = chars
+                .next()
+                .map(|c| c.to_uppercase().chain(chars).collect())
+                .unwrap_or_default();
+            body.push('.');
+            (tr!("‘{label}’ was unmounted and locked", label), body)
+        }
+    }
+}
+
 /// How notifications name a drive: its label, or a generic name.
 pub fn label(device: &DeviceInfo) -> String {
     device
         .label
         .clone()
         .unwrap_or_else(|| tr!("BitLocker drive"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{InUse, UseCause};
+
+    #[test]
+    fn a_stick_left_powered_says_why_instead_of_can_be_removed() {
+        let powered_off = PowerOff {
+            disk: "/dev/sdb".into(),
+            powered_off: true,
+            in_use: None,
+            error: None,
+        };
+        assert_eq!(
+            put_away("STICK", std::slice::from_ref(&powered_off)),
+            (
+                "‘STICK’ can be removed".to_owned(),
+                "It was unmounted and locked.".to_owned()
+            )
+        );
+        let kept = PowerOff {
+            powered_off: false,
+            in_use: Some(InUse {
+                device: "/dev/sdb2".into(),
+                cause: UseCause::Mounted {
+                    mountpoint: "/media/alice/DATA".into(),
+                },
+            }),
+            ..powered_off
+        };
+        assert_eq!(
+            put_away("STICK", &[kept]),
+            (
+                "‘STICK’ was unmounted and locked".to_owned(),
+                "Not powered off: /dev/sdb2 is mounted at /media/alice/DATA.".to_owned()
+            )
+        );
+    }
 }

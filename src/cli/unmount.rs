@@ -42,9 +42,16 @@ pub fn run(args: UnmountArgs) -> Result<(), Failure> {
         force: args.force,
         no_power_off: args.no_power_off,
     })? {
-        Response::Unmounted { devices } => {
+        Response::Unmounted { devices, power } => {
             if devices.is_empty() && args.all {
                 eprintln!("guilocker: {}", tr!("nothing to unmount"));
+            }
+            // Put away all the same: only the stick stays powered, and the person must
+            // know why before pulling it out.
+            for disk in &power {
+                if let Some(refusal) = disk.refusal() {
+                    eprintln!("guilocker: {}: {refusal}", disk.disk);
+                }
             }
             Ok(())
         }

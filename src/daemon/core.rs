@@ -10,21 +10,25 @@
 use super::auth::{self, Caller};
 use super::device::{AfterClose, Device, Phase, Probed};
 use super::error::DaemonError;
+use super::host::power::{self, Host};
 use super::host::sysfs::Sysfs;
 use super::jobs::UnlockJob;
 use super::mailbox::Inbox;
+use super::mounts::MOUNTINFO;
 use super::probe;
 use super::session::{CloseMode, Session};
-pub use super::shared::{Ask, Closing, Done, For, Msg, Paths, Reply, Shared, UnlockAsk, VIEWS_DIR};
+pub use super::shared::{
+    Ask, Closing, Done, For, Msg, Paths, Reply, Shared, UnlockAsk, Unmounted, VIEWS_DIR,
+};
 use super::table::Table;
-use super::{eject, jobs, watch};
+use super::{jobs, watch};
 use crate::bitlocker::VolumeInfo;
 use crate::config::{Config, InternalDrives};
 use crate::process::ExitStatus;
-use crate::protocol::{DeviceInfo, EventKind};
+use crate::protocol::{DeviceInfo, EventKind, InUse, PowerOff, UseCause};
 use nix::unistd::Pid;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::channel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -542,7 +546,7 @@ impl Core {
         }
     }
 
-    fn closed(&mut self, closes: Vec<Closing>, reply: Option<(Reply<Vec<String>>, bool)>) {
+    fn closed(&mut self, closes: Vec<Closing>, reply: Option<(Reply<Unmounted>, bool)>) {
         let mut done = Vec::new();
         // Devices put away that are still the ones unmounted: only their sticks are ejected.
         let mut present = Vec::new();
@@ -586,35 +590,78 @@ impl Core {
         let Some((reply, power_off)) = reply else {
             return;
         };
-        // A stick is safe to remove once nothing on it is unlocked.
-        let sys = Sysfs::new(&self.shared.paths.sys_block);
+        // Guilocker's volumes still unlocked, or being worked on: a disk with one of them is
+        // left alone, and the eject job looks for them on the rest of each USB device.
+        let ours: Vec<(String, UseCause)> = self
+            .table
+            .devices
+            .values()
+            .filter_map(|d| match (d.session(), d.is_busy()) {
+                (Some(_), _) => Some((d.name.clone(), UseCause::Unlocked)),
+                (None, true) => Some((d.name.clone(), UseCause::Busy)),
+                (None, false) => None,
+            })
+            .collect();
+        let paths = &self.shared.paths;
+        let sys = Sysfs::new(&paths.sys_block);
         let mut disks: Vec<(String, String)> = present
             .iter()
             .map(|(name, path)| (sys.disk_of(name), path.clone()))
-            .filter(|(disk, _)| {
-                !self.table.devices.values().any(|d| {
-                    (d.is_busy() || d.session().is_some()) && sys.disk_of(&d.name) == *disk
-                })
-            })
             .collect();
+        disks.sort();
         disks.dedup_by(|a, b| a.0 == b.0);
-        let answer = match first_error {
+        let mut power = Vec::new();
+        // A stick is safe to remove once nothing on it is unlocked.
+        disks.retain(|(disk, path)| {
+            let Some((name, cause)) = ours.iter().find(|(n, _)| sys.disk_of(n) == *disk) else {
+                return true;
+            };
+            if power_off {
+                let kept = PowerOff {
+                    disk: paths.dev.join(disk).display().to_string(),
+                    powered_off: false,
+                    in_use: Some(InUse {
+                        device: paths.dev.join(name).display().to_string(),
+                        cause: cause.clone(),
+                    }),
+                    error: None,
+                };
+                log::info!("{path}: {}", kept.refusal().unwrap_or_default());
+                power.push(kept);
+            }
+            false
+        });
+        let answer = |power| match first_error {
             Some(e) => Err(e),
-            None => Ok(done),
+            None => Ok(Unmounted {
+                devices: done,
+                power,
+            }),
         };
         if disks.is_empty() {
-            let _ = reply.send(answer);
+            let _ = reply.send(answer(power));
             return;
         }
         self.spawn("eject", For::Devices(Vec::new()), move |shared| {
+            let paths = &shared.paths;
+            let host = Host {
+                dev: &paths.dev,
+                sys: Sysfs::new(&paths.sys_block),
+                mountinfo: Path::new(MOUNTINFO),
+                proc: Path::new("/proc"),
+                me: std::process::id() as i32,
+            };
             for (disk, path) in disks {
-                let sys = Sysfs::new(&shared.paths.sys_block);
-                match eject::safe_to_remove(&shared.paths.dev, sys, &disk, power_off) {
-                    Ok(done) => log::info!("{path}: {done}; it can be removed"),
-                    Err(e) => log::warn!("{path}: {e}"),
+                let done = power::safe_to_remove(&host, &disk, power_off, &ours);
+                let said = power::describe(&done, power_off);
+                if done.error.is_some() {
+                    log::warn!("{path}: {said}");
+                } else {
+                    log::info!("{path}: {said}");
                 }
+                power.push(done);
             }
-            let _ = reply.send(answer);
+            let _ = reply.send(answer(power));
             Done::Finished
         });
     }

@@ -15,7 +15,6 @@ pub mod daemonize;
 pub mod desktop;
 pub mod device;
 pub mod dmcrypt;
-pub mod eject;
 pub mod error;
 pub mod filesystem;
 pub mod host;

@@ -207,7 +207,10 @@ fn handle(daemon: &Daemon, caller: &Caller, request: Request) -> Response {
             no_power_off,
         } => daemon
             .unmount(caller, target.as_deref(), all, force, !no_power_off)
-            .map(|devices| Response::Unmounted { devices }),
+            .map(|done| Response::Unmounted {
+                devices: done.devices,
+                power: done.power,
+            }),
         Request::Inspect { device } => {
             let config = daemon.config();
             match Sees::of(caller, &config.allowed_group) {

@@ -12,7 +12,7 @@ use super::seat::Seat;
 use super::session::Session;
 use crate::bitlocker::VolumeInfo;
 use crate::config::Config;
-use crate::protocol::{DeviceInfo, EventKind, UnlockSecret};
+use crate::protocol::{DeviceInfo, EventKind, PowerOff, UnlockSecret};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::RwLock;
@@ -64,8 +64,15 @@ pub enum Ask {
         all: bool,
         force: bool,
         power_off: bool,
-        reply: Reply<Vec<String>>,
+        reply: Reply<Unmounted>,
     },
+}
+
+/// An unmount's answer: the devices put away, and what "safe to remove" did to their disks.
+#[derive(Debug, Clone, Default)]
+pub struct Unmounted {
+    pub devices: Vec<String>,
+    pub power: Vec<PowerOff>,
 }
 
 pub struct UnlockAsk {
@@ -99,7 +106,7 @@ pub enum Done {
     Closed {
         closes: Vec<Closing>,
         /// For an unmount request: who to answer, and whether to power the stick off.
-        reply: Option<(Reply<Vec<String>>, bool)>,
+        reply: Option<(Reply<Unmounted>, bool)>,
     },
     /// A job that changes no device: the close of a vanished device, an eject.
     Finished,
@@ -231,7 +238,7 @@ impl Shared {
         all: bool,
         force: bool,
         power_off: bool,
-    ) -> Result<Vec<String>, DaemonError> {
+    ) -> Result<Unmounted, DaemonError> {
         self.ask(target.unwrap_or("unmount"), |reply| Ask::Unmount {
             caller: *caller,
             caller_name: caller.describe(),

@@ -153,18 +153,18 @@ fn bus_of(dir: &Path) -> Option<Connection> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
     /// A small sysfs: a USB stick `sda` (two partitions, `sda1` held by `dm-0`), an internal
-    /// NVMe disk with a partition, an SD card, and a loop device.
-    struct Tree {
-        root: PathBuf,
+    /// NVMe disk with a partition, an SD card, and a loop device. Other host tests use it too.
+    pub(crate) struct Tree {
+        pub(crate) root: PathBuf,
     }
 
     impl Tree {
-        fn new(tag: &str) -> Self {
+        pub(crate) fn new(tag: &str) -> Self {
             let root =
                 std::env::temp_dir().join(format!("guilocker-sysfs-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&root);
@@ -194,7 +194,7 @@ mod tests {
             t
         }
 
-        fn file(&self, path: &str, text: &str) {
+        pub(crate) fn file(&self, path: &str, text: &str) {
             let path = self.root.join(path);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, text).unwrap();
@@ -206,7 +206,7 @@ mod tests {
             symlink(self.root.join(bus), self.root.join(dev).join("subsystem")).unwrap();
         }
 
-        fn disk(&self, dir: &str, name: &str, removable: &str, dev: &str) {
+        pub(crate) fn disk(&self, dir: &str, name: &str, removable: &str, dev: &str) {
             self.file(&format!("{dir}/removable"), removable);
             self.file(&format!("{dir}/dev"), dev);
             std::fs::create_dir_all(self.root.join(dir).join("holders")).unwrap();
@@ -218,7 +218,7 @@ mod tests {
             .unwrap();
         }
 
-        fn partition(&self, disk: &str, name: &str, dev: &str) {
+        pub(crate) fn partition(&self, disk: &str, name: &str, dev: &str) {
             let dir = format!("{disk}/{name}");
             self.file(&format!("{dir}/partition"), "1");
             self.file(&format!("{dir}/dev"), dev);
@@ -230,7 +230,7 @@ mod tests {
             .unwrap();
         }
 
-        fn holder(&self, of: &str, holder: &str) {
+        pub(crate) fn holder(&self, of: &str, holder: &str) {
             let link = self
                 .root
                 .join("class/block")
@@ -240,7 +240,7 @@ mod tests {
             symlink(self.root.join("class/block").join(holder), link).unwrap();
         }
 
-        fn sysfs(&self) -> (PathBuf, PathBuf) {
+        pub(crate) fn sysfs(&self) -> (PathBuf, PathBuf) {
             (self.root.join("class/block"), self.root.clone())
         }
     }
