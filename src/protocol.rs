@@ -327,6 +327,15 @@ pub struct DeviceInfo {
     /// How its disk is attached.
     #[serde(default)]
     pub connection: Option<Connection>,
+    /// The driver that mounted the filesystem, while mounted: `ntfs3` or `ntfs-3g` (NTFS),
+    /// `exfat` or `exfat-fuse`, `vfat` or `fusefat`.
+    #[serde(default)]
+    pub fs_driver: Option<String>,
+    /// Why the filesystem was mounted otherwise than asked, in a sentence for the person:
+    /// read-only because Windows was hibernated, or by ntfs-3g because the kernel's ntfs3
+    /// refused a volume Windows did not close.
+    #[serde(default)]
+    pub notice: Option<String>,
 }
 
 /// How a drive is attached: `"usb"`, `"mmc"` (a memory card), `"ieee1394"`, `"loop"` (an
@@ -561,6 +570,8 @@ mod tests {
             left_to_desktop: false,
             removable: true,
             connection: None,
+            fs_driver: None,
+            notice: None,
         };
         let few: Vec<_> = (0..3).map(|n| device(n, n == 1)).collect();
         let reply = Response::status(few.clone());

@@ -418,6 +418,8 @@ fn device(protectors: &[&str]) -> DeviceInfo {
         left_to_desktop: false,
         removable: true,
         connection: None,
+        fs_driver: None,
+        notice: None,
     }
 }
 

@@ -387,6 +387,7 @@ impl Device {
 
     pub fn info(&self) -> DeviceInfo {
         let s = self.session();
+        let mounted = s.and_then(|s| s.mounted.as_ref());
         DeviceInfo {
             device: self.path.clone(),
             bitlocker: self.is_bitlocker(),
@@ -400,7 +401,8 @@ impl Device {
             size_bytes: self.appearance.partition.size_bytes(),
             owner: s.map(|s| s.owner.name.clone()),
             fs_type: s.and_then(|s| s.fs.as_ref()).map(|f| f.fs_type),
-            read_only: s.is_some_and(|s| s.read_only),
+            read_only: s
+                .is_some_and(|s| s.read_only || s.mounted.as_ref().is_some_and(|m| m.read_only)),
             error: self.error().map(str::to_owned),
             vendor: self.vendor.clone(),
             model: self.model.clone(),
@@ -412,6 +414,8 @@ impl Device {
             left_to_desktop: self.left_to_desktop,
             removable: self.attachment.removable,
             connection: Some(self.attachment.connection),
+            fs_driver: mounted.map(|m| m.driver.to_owned()),
+            notice: mounted.and_then(|m| m.notice.clone()),
         }
     }
 }
@@ -457,6 +461,9 @@ mod tests {
                 fs_type: crate::protocol::FsType::Ntfs,
                 loop_device: None,
                 made_dirs: Vec::new(),
+                driver: crate::daemon::mount::NTFS3,
+                read_only: false,
+                notice: None,
             }),
             read_only: false,
         }

@@ -376,6 +376,8 @@ mod tests {
             left_to_desktop: false,
             removable: true,
             connection: None,
+            fs_driver: None,
+            notice: None,
         };
         assert_eq!(title(&d), "BitLocker drive");
         assert_eq!(details(&d), "15.5 GB · SanDisk Cruzer Blade");
