@@ -36,6 +36,22 @@ pub struct Config {
     /// (logind), as udisks' `allow_active`: not over SSH, not from a session in the
     /// background. Where logind is absent, the group alone decides (said once in the log).
     pub require_active_session: bool,
+    /// Which driver mounts NTFS: the kernel's ntfs3 where it has it, else ntfs-3g (`auto`),
+    /// or always ntfs-3g.
+    pub ntfs_driver: NtfsDriver,
+}
+
+/// The `ntfs_driver` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum NtfsDriver {
+    /// ntfs3 where the kernel has it (a volume it refuses as dirty goes to ntfs-3g), else
+    /// ntfs-3g.
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// Always ntfs-3g (FUSE).
+    #[serde(rename = "ntfs-3g")]
+    Ntfs3g,
 }
 
 /// The `engine` key.
@@ -67,6 +83,7 @@ impl Default for Config {
             engine: EngineChoice::Auto,
             leave_bitlocker_to_desktop: false,
             require_active_session: true,
+            ntfs_driver: NtfsDriver::Auto,
         }
     }
 }

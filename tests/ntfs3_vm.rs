@@ -180,6 +180,7 @@ fn pulled(engine: Engine) {
         assert_eq!(info.notice.as_deref(), Some(DIRTY_BY_NTFS_3G), "{info:?}");
         assert!(out.contains("Windows did not close this drive"), "{out}");
     }
+    println!("pulled: {}", out.trim());
     let mountpoint = PathBuf::from(info.mountpoint.clone().unwrap());
     read_hello(&mountpoint);
     let sum = write_pseudo_random(&mountpoint.join("written.bin"), 1 << 20, 2);
@@ -233,6 +234,7 @@ fn hibernated(engine: Engine) {
         out.contains("Windows was hibernated (Fast Startup)") && out.contains("Shift+Shut down"),
         "{out}"
     );
+    println!("hibernated: {}", out.trim());
     let mountpoint = PathBuf::from(info.mountpoint.unwrap());
     read_hello(&mountpoint);
     let write = std::fs::write(mountpoint.join("new.txt"), "x");
@@ -266,6 +268,7 @@ fn refusal_says_why(engine: Engine) {
         "{err}"
     );
     assert!(!err.contains("status 32"), "{err}");
+    println!("refused: {}", err.trim());
 }
 
 /// Run inside the VM, on 6.12's ntfs3, through dm-crypt.

@@ -236,6 +236,7 @@ mod tests {
             engine: _,
             leave_bitlocker_to_desktop: _,
             require_active_session: _,
+            ntfs_driver: _,
         } = Config::default();
         vec![
             "include_loop_devices",
@@ -247,6 +248,7 @@ mod tests {
             "engine",
             "leave_bitlocker_to_desktop",
             "require_active_session",
+            "ntfs_driver",
         ]
     }
 

@@ -4,7 +4,7 @@ use super::error::DaemonError;
 use super::filesystem::{FsInfo, FsType};
 use super::host::kmsg::{self, KernelLog};
 use super::mounts::{self, holders, openers};
-use crate::config::Config;
+use crate::config::{Config, NtfsDriver};
 use crate::process::{pidfd_open, Command, ProcessError};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::unistd::Pid;
@@ -244,7 +244,9 @@ pub fn mount(
             loop_device = Some(dev.clone());
             dev
         };
-        let how = match kernel_driver(fs.fs_type) {
+        let kernel = kernel_driver(fs.fs_type)
+            .filter(|_| fs.fs_type != FsType::Ntfs || config.ntfs_driver == NtfsDriver::Auto);
+        let how = match kernel {
             Some(NTFS3) => mount_ntfs3(device, &dev, mountpoint, &options, read_only)?,
             Some(driver) => {
                 mount_kernel(driver, &dev, mountpoint, &options)
