@@ -418,7 +418,11 @@ fn mount_ntfs3(
             notice: Some(HIBERNATED.into()),
         });
     }
-    unmount_path(mountpoint, false).map_err(step_err(device, "cannot unmount the filesystem"))?;
+    if let Err(e) = unmount_path(mountpoint, false) {
+        // Nothing of ours uses it yet; whatever holds it, it must not stay mounted.
+        let _ = unmount_path(mountpoint, true);
+        return Err(step_err(device, "cannot unmount the read-only look")(e));
+    }
     match mount_kernel(NTFS3, source, mountpoint, options) {
         Ok(()) => Ok(Mounted::by(NTFS3)),
         Err(refusal) if refusal.is_dirty_volume() => {
