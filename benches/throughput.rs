@@ -10,7 +10,9 @@
 //!
 //! `-- --kernel-vm` boots Debian's kernel in a VM (tests/common/vm.rs) and measures the kernel
 //! path there: guilocker on dm-crypt beside the native engine in the same VM. Emulation makes
-//! the absolute figures meaningless; the ratios are the result.
+//! the absolute figures meaningless; the ratios are the result. `-- --kernel-vm --ntfs3` boots
+//! Debian's 6.12 instead and measures NTFS only, the kernel's ntfs3 against ntfs-3g
+//! (`ntfs_driver`), through dm-crypt and through the native engine.
 //!
 //! Every wait is on a real condition (a daemon log line, an event on the socket, a process exit,
 //! the mount table) with a deadline; whatever was made is put away on drop, even after a failure.
@@ -56,6 +58,8 @@ const RAW_START: u64 = 32 * MIB;
 const GUILOCKER: &str = env!("CARGO_BIN_EXE_guilocker");
 /// Set inside the VM of `--kernel-vm`.
 const IN_VM_ENV: &str = "GUILOCKER_BENCH_IN_VM";
+/// Set inside the VM of `--kernel-vm --ntfs3`: ntfs3 against ntfs-3g.
+const NTFS3_ENV: &str = "GUILOCKER_BENCH_NTFS3";
 
 /// A failure, as the table shows it.
 type Res<T> = Result<T, String>;
@@ -153,6 +157,10 @@ fn main() {
     };
 
     let in_vm = std::env::var_os(IN_VM_ENV).is_some();
+    if in_vm && std::env::var_os(NTFS3_ENV).is_some() {
+        let rows = bench.ntfs_drivers();
+        return print_ntfs_drivers(&rows, &bench);
+    }
     let engines = if in_vm {
         [Engine::DmCrypt, Engine::Native]
     } else {
@@ -180,7 +188,13 @@ fn main() {
 
 /// `-- --kernel-vm`: this benchmark again, inside a VM with Debian's kernel.
 fn in_kernel_vm() {
-    let missing = vm::missing(vm::Kernel::Debian6_1);
+    let ntfs3 = std::env::args().any(|a| a == "--ntfs3");
+    let kernel = if ntfs3 {
+        vm::Kernel::Debian6_12
+    } else {
+        vm::Kernel::Debian6_1
+    };
+    let missing = vm::missing(kernel);
     if !missing.is_empty() {
         eprintln!(
             "throughput benchmark in the VM: needs {}; skipped",
@@ -195,8 +209,13 @@ fn in_kernel_vm() {
     let me = std::env::current_exe().expect("own path");
     let script = target.join("tmp/bench-throughput-vm.sh");
     let text = format!(
-        "modprobe loop\n\
-         {IN_VM_ENV}=1 GUILOCKER_SCRATCH={} GUILOCKER_SHARED='{}' '{}'\n",
+        "modprobe loop\nmodprobe ntfs3 2>/dev/null\n\
+         {IN_VM_ENV}=1 {} GUILOCKER_SCRATCH={} GUILOCKER_SHARED='{}' '{}'\n",
+        if ntfs3 {
+            format!("{NTFS3_ENV}=1")
+        } else {
+            String::new()
+        },
         vm::VM_SCRATCH,
         shared_dir().display(),
         me.display()
@@ -207,14 +226,55 @@ fn in_kernel_vm() {
         eprintln!("throughput benchmark in the VM: {e}");
         return;
     }
-    if let Err(e) = vm::run(
-        vm::Kernel::Debian6_1,
-        &script,
-        &target,
-        Duration::from_secs(40 * 60),
-    ) {
+    if let Err(e) = vm::run(kernel, &script, &target, Duration::from_secs(40 * 60)) {
         eprintln!("throughput benchmark in the VM: {e}");
     }
+}
+
+/// The NTFS driver rows of `--ntfs3`: (engine, `ntfs_driver` key) and its cell.
+type DriverRow = (Engine, &'static str, Cell);
+
+/// ntfs3 against ntfs-3g, per engine, and their ratios.
+fn print_ntfs_drivers(rows: &[DriverRow], bench: &Bench) {
+    println!();
+    println!(
+        "NTFS drivers on Debian's 6.12 in a VM: a new {} MiB file per run written in 1 MiB chunks + fsync + flush, read back cold; median of {RUNS} runs. ntfs3 mounts the dm-crypt mapping directly, or a loop device over the native engine's view; ntfs-3g the same device.",
+        bench.sizes[Fs::Ntfs as usize].unwrap_or(FULL) / MIB,
+    );
+    println!();
+    let mut table = vec![vec![
+        "stack".to_owned(),
+        "driver".to_owned(),
+        "NTFS write / read MB/s".to_owned(),
+    ]];
+    for (engine, driver, cell) in rows {
+        table.push(vec![
+            row(*engine).to_owned(),
+            (if *driver == "auto" { "ntfs3" } else { driver }).to_owned(),
+            match cell {
+                Ok(s) => format!("{:.1} / {:.1}", s.write, s.read),
+                Err(e) => na(e),
+            },
+        ]);
+    }
+    for engine in [Engine::DmCrypt, Engine::Native] {
+        let cell = |d: &str| {
+            rows.iter()
+                .find(|(e, driver, _)| *e == engine && *driver == d)
+                .and_then(|(_, _, c)| c.as_ref().ok())
+        };
+        table.push(vec![
+            row(engine).to_owned(),
+            "ntfs3 / ntfs-3g".to_owned(),
+            match (cell("auto"), cell("ntfs-3g")) {
+                (Some(k), Some(f)) => {
+                    format!("{:.2}× / {:.2}×", k.write / f.write, k.read / f.read)
+                }
+                _ => "n/a".to_owned(),
+            },
+        ]);
+    }
+    print_table(&table);
 }
 
 /// dm-crypt's figures over the native engine's, cell by cell (in the VM, where only ratios
@@ -289,6 +349,43 @@ impl Bench {
     fn stick_copy(&self, fs: Fs, tag: &str) -> Res<TempFile> {
         let stick = self.sticks[fs as usize].as_ref().map_err(Clone::clone)?;
         copy(stick, self.path(&format!("{tag}-{}.img", fs.name())))
+    }
+
+    /// `--ntfs3`: NTFS through each engine with each `ntfs_driver`, a daemon each.
+    fn ntfs_drivers(&mut self) -> Vec<DriverRow> {
+        let mut rows = Vec::new();
+        for engine in [Engine::DmCrypt, Engine::Native] {
+            for driver in ["auto", "ntfs-3g"] {
+                let tag = format!("{}-{driver}", engine.as_str());
+                let started = Daemon::start_with(
+                    &self.scratch.0,
+                    engine,
+                    &tag,
+                    &format!("ntfs_driver = \"{driver}\"\n"),
+                );
+                let daemon = started.as_ref().map_err(Clone::clone);
+                let cell = stack(&format!("{} / NTFS / {driver}", row(engine)), |who| {
+                    let image = self.stick_copy(Fs::Ntfs, &tag)?;
+                    self.through_daemon(daemon?, engine, &image.0, true, |me, info| {
+                        let mountpoint = info.mountpoint.as_deref().ok_or_else(|| {
+                            format!("{}: no mountpoint after unlock", info.device)
+                        })?;
+                        eprintln!(
+                            "  {who}: mounted at {mountpoint} by {}",
+                            info.fs_driver.as_deref().unwrap_or("?")
+                        );
+                        me.measure(
+                            who,
+                            Fs::Ntfs,
+                            Path::new(mountpoint),
+                            Path::new(&info.device),
+                        )
+                    })
+                });
+                rows.push((engine, driver, cell));
+            }
+        }
+        rows
     }
 
     /// Rows 1 and 2 and the raw view: a daemon with `engine = NAME`.
@@ -1394,15 +1491,20 @@ struct Daemon {
 
 impl Daemon {
     fn start(root: &Path, engine: Engine) -> Res<Self> {
+        Self::start_with(root, engine, engine.as_str(), "")
+    }
+
+    /// A daemon in `daemon-TAG` with `extra` config lines.
+    fn start_with(root: &Path, engine: Engine, tag: &str, extra: &str) -> Res<Self> {
         let name = engine.as_str();
-        let dir = root.join(format!("daemon-{name}"));
+        let dir = root.join(format!("daemon-{tag}"));
         let media = dir.join("media");
         mkdir(&media)?;
         let config = dir.join("config.toml");
         fs::write(
             &config,
             format!(
-                "include_loop_devices = true\nmount_root = \"{}\"\nengine = \"{name}\"\n",
+                "include_loop_devices = true\nmount_root = \"{}\"\nengine = \"{name}\"\n{extra}",
                 media.display()
             ),
         )

@@ -39,6 +39,9 @@ pub struct Config {
     /// BitLocker drives inside the machine (on a dual-boot laptop, Windows' own C: drive):
     /// opened on demand, never asked about (`on_demand`), or not handled at all (`ignore`).
     pub internal_drives: InternalDrives,
+    /// Which driver mounts NTFS: the kernel's ntfs3 where it has it, else ntfs-3g (`auto`),
+    /// or always ntfs-3g.
+    pub ntfs_driver: NtfsDriver,
 }
 
 /// The `internal_drives` key.
@@ -51,6 +54,19 @@ pub enum InternalDrives {
     OnDemand,
     /// Neither listed nor opened: the daemon leaves them alone.
     Ignore,
+}
+
+/// The `ntfs_driver` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum NtfsDriver {
+    /// ntfs3 where the kernel has it (a volume it refuses as dirty goes to ntfs-3g), else
+    /// ntfs-3g.
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// Always ntfs-3g (FUSE).
+    #[serde(rename = "ntfs-3g")]
+    Ntfs3g,
 }
 
 /// The `engine` key.
@@ -83,6 +99,7 @@ impl Default for Config {
             leave_bitlocker_to_desktop: false,
             require_active_session: true,
             internal_drives: InternalDrives::OnDemand,
+            ntfs_driver: NtfsDriver::Auto,
         }
     }
 }

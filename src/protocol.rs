@@ -430,6 +430,15 @@ pub struct DeviceInfo {
     /// it, encryption is under way, an unknown cipher): such a drive is never asked about.
     #[serde(default)]
     pub cannot_open: Option<String>,
+    /// The driver that mounted the filesystem, while mounted: `ntfs3` or `ntfs-3g` (NTFS),
+    /// `exfat` or `exfat-fuse`, `vfat` or `fusefat`.
+    #[serde(default)]
+    pub fs_driver: Option<String>,
+    /// Why the filesystem was mounted otherwise than asked, in a sentence for the person:
+    /// read-only because Windows was hibernated, or by ntfs-3g because the kernel's ntfs3
+    /// refused a volume Windows did not close.
+    #[serde(default)]
+    pub notice: Option<String>,
 }
 
 /// How a drive is attached: `"usb"`, `"mmc"` (a memory card), `"ieee1394"`, `"loop"` (an
@@ -669,6 +678,8 @@ mod tests {
             removable: true,
             connection: None,
             cannot_open: None,
+            fs_driver: None,
+            notice: None,
         };
         let few: Vec<_> = (0..3).map(|n| device(n, n == 1)).collect();
         let reply = Response::status(few.clone());

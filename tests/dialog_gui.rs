@@ -419,6 +419,8 @@ fn device(protectors: &[&str]) -> DeviceInfo {
         removable: true,
         connection: None,
         cannot_open: None,
+        fs_driver: None,
+        notice: None,
     }
 }
 

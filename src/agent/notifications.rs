@@ -25,6 +25,10 @@ pub fn unlocked(socket: PathBuf, device: DeviceInfo, remembered: bool) {
                 Some(mountpoint) => tr!("Mounted at {mountpoint}", mountpoint),
                 None => tr!("Unlocked; not mounted."),
             };
+            if let Some(notice) = &device.notice {
+                body.push('\n');
+                body.push_str(&crate::i18n::localize(notice));
+            }
             if remembered {
                 body.push('\n');
                 body.push_str(&tr!("Opened with the password remembered in your keyring."));

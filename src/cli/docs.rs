@@ -237,6 +237,7 @@ mod tests {
             leave_bitlocker_to_desktop: _,
             require_active_session: _,
             internal_drives: _,
+            ntfs_driver: _,
         } = Config::default();
         vec![
             "include_loop_devices",
@@ -249,6 +250,7 @@ mod tests {
             "leave_bitlocker_to_desktop",
             "require_active_session",
             "internal_drives",
+            "ntfs_driver",
         ]
     }
 

@@ -29,7 +29,8 @@ pub fn run(socket: &Path, json: bool) -> Result<(), Failure> {
 }
 
 /// One row per device with its state, how it is attached, and where it is mounted; what went
-/// wrong with a device (or why it cannot be opened here) follows the table, one line each,
+/// wrong with a device (or why it cannot be opened here, or was opened otherwise than
+/// asked) follows the table, one line each,
 /// so a long cause neither hides the state nor breaks the columns.
 fn table(devices: &[DeviceInfo]) -> String {
     let header = [
@@ -84,7 +85,7 @@ fn table(devices: &[DeviceInfo]) -> String {
         line(row);
     }
     for d in devices {
-        for why in [&d.error, &d.cannot_open].into_iter().flatten() {
+        for why in [&d.error, &d.cannot_open, &d.notice].into_iter().flatten() {
             let why = crate::i18n::localize(why);
             // The daemon's causes name the device already; one that does not gets it.
             let line = if why.starts_with(&format!("{}:", d.device)) {

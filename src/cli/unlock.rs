@@ -208,6 +208,14 @@ pub fn run(args: UnlockArgs) -> Result<(), Failure> {
                 ),
                 _ => println!("{}: {}", info.device, tr!("unlocked")),
             }
+            // Mounted otherwise than asked (read-only: Windows hibernated): say why.
+            if let Some(notice) = &info.notice {
+                println!(
+                    "{}: {}",
+                    info.device,
+                    crate::text::escaped(&crate::i18n::localize(notice))
+                );
+            }
             Ok(())
         }
         other => Err(super::unexpected(&args.device, &other)),

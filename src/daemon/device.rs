@@ -390,6 +390,7 @@ impl Device {
 
     pub fn info(&self) -> DeviceInfo {
         let s = self.session();
+        let mounted = s.and_then(|s| s.mounted.as_ref());
         DeviceInfo {
             device: self.path.clone(),
             bitlocker: self.is_bitlocker(),
@@ -403,7 +404,8 @@ impl Device {
             size_bytes: self.appearance.partition.size_bytes(),
             owner: s.map(|s| s.owner.name.clone()),
             fs_type: s.and_then(|s| s.fs.as_ref()).map(|f| f.fs_type),
-            read_only: s.is_some_and(|s| s.read_only),
+            read_only: s
+                .is_some_and(|s| s.read_only || s.mounted.as_ref().is_some_and(|m| m.read_only)),
             error: self.error().map(str::to_owned),
             vendor: self.vendor.clone(),
             model: self.model.clone(),
@@ -422,6 +424,8 @@ impl Device {
                 }
                 .to_string()
             }),
+            fs_driver: mounted.map(|m| m.driver.to_owned()),
+            notice: mounted.and_then(|m| m.notice.clone()),
         }
     }
 }
@@ -467,6 +471,9 @@ mod tests {
                 fs_type: crate::protocol::FsType::Ntfs,
                 loop_device: None,
                 made_dirs: Vec::new(),
+                driver: crate::daemon::mount::NTFS3,
+                read_only: false,
+                notice: None,
             }),
             read_only: false,
         }

@@ -37,6 +37,14 @@ pub enum DaemonError {
         path: String,
         source: std::io::Error,
     },
+    /// A filesystem driver refused to mount: `reason` is what the kernel logged about the
+    /// device during the attempt (or, without that, what the mount helper printed).
+    #[error("{device}: {driver} cannot mount the filesystem: {reason}")]
+    MountRefused {
+        device: String,
+        driver: &'static str,
+        reason: String,
+    },
     #[error("{device}: {message}")]
     Failed { device: String, message: String },
 }
@@ -52,7 +60,10 @@ impl DaemonError {
             Self::WrongSecret { .. } => ErrorKind::WrongSecret,
             Self::CannotOpen { .. } => ErrorKind::CannotOpen,
             Self::Busy { .. } => ErrorKind::Busy,
-            Self::Process { .. } | Self::Io { .. } | Self::Failed { .. } => ErrorKind::Failed,
+            Self::Process { .. }
+            | Self::Io { .. }
+            | Self::MountRefused { .. }
+            | Self::Failed { .. } => ErrorKind::Failed,
         }
     }
 

@@ -2,8 +2,9 @@
 
 use super::error::DaemonError;
 use super::filesystem::{FsInfo, FsType};
+use super::host::kmsg::{self, KernelLog};
 use super::mounts::{self, holders, openers};
-use crate::config::Config;
+use crate::config::{Config, NtfsDriver};
 use crate::process::{pidfd_open, Command, ProcessError};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::unistd::Pid;
@@ -17,6 +18,9 @@ pub const LOSETUP: &str = "losetup";
 pub const NTFS_3G: &str = "ntfs-3g";
 pub const EXFAT_FUSE: &str = "mount.exfat-fuse";
 pub const FUSEFAT: &str = "fusefat";
+/// The kernel's NTFS driver (Linux 5.15 on), and the names `fs_driver` gives the others.
+pub const NTFS3: &str = "ntfs3";
+pub const EXFAT_FUSE_DRIVER: &str = "exfat-fuse";
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The person a volume is mounted for.
@@ -36,13 +40,21 @@ pub struct MountedFs {
     pub loop_device: Option<String>,
     /// Directories we created, innermost first, removed with rmdir on unmount.
     pub made_dirs: Vec<PathBuf>,
+    /// The driver that mounted it: `ntfs3`, `ntfs-3g`, `exfat`, `exfat-fuse`, `vfat`,
+    /// `fusefat`.
+    pub driver: &'static str,
+    /// Mounted read-only, asked for or not.
+    pub read_only: bool,
+    /// Why it was mounted otherwise than asked (read-only, or by another driver), for the
+    /// person.
+    pub notice: Option<String>,
 }
 
 /// Does the running kernel have a driver for this filesystem: registered already, or a
 /// module `mount -t` will load (modules.dep or modules.builtin of the running kernel)?
 fn kernel_driver(fs: FsType) -> Option<&'static str> {
     let name = match fs {
-        FsType::Ntfs => "ntfs3",
+        FsType::Ntfs => NTFS3,
         FsType::Exfat => "exfat",
         FsType::Vfat => "vfat",
     };
@@ -232,34 +244,17 @@ pub fn mount(
             loop_device = Some(dev.clone());
             dev
         };
-        let cmd = if let Some(driver) = kernel_driver(fs.fs_type) {
-            Command::new(MOUNT).args(["-t", driver])
-        } else {
-            match fs.fs_type {
-                // ntfs-3g adds allow_other itself when run by root.
-                FsType::Ntfs => Command::new(NTFS_3G),
-                // allow_other lets the owner in; default_permissions makes the kernel check
-                // the modes (uid, umask=077) for everyone, as these drivers check nothing.
-                FsType::Exfat => {
-                    options.extend(["allow_other".into(), "default_permissions".into()]);
-                    Command::new(EXFAT_FUSE)
-                }
-                FsType::Vfat => {
-                    // fusefat mounts read-only unless told "rw+".
-                    if let Some(o) = options.iter_mut().find(|o| *o == "rw") {
-                        *o = "rw+".into();
-                    }
-                    options.extend(["allow_other".into(), "default_permissions".into()]);
-                    Command::new(FUSEFAT)
-                }
+        let kernel = kernel_driver(fs.fs_type)
+            .filter(|_| fs.fs_type != FsType::Ntfs || config.ntfs_driver == NtfsDriver::Auto);
+        let how = match kernel {
+            Some(NTFS3) => mount_ntfs3(device, &dev, mountpoint, &options, read_only)?,
+            Some(driver) => {
+                mount_kernel(driver, &dev, mountpoint, &options)
+                    .map_err(|r| r.into_error(device))?;
+                Mounted::by(driver)
             }
+            None => mount_fuse(device, fs.fs_type, &dev, mountpoint, options.clone())?,
         };
-        let cmd = cmd
-            .args(["-o", &options.join(",")])
-            .arg(dev)
-            .arg(mountpoint);
-        cmd.run(STEP_TIMEOUT)
-            .map_err(step_err(device, "cannot mount the filesystem"))?;
         if mounts::mounted_at(mountpoint).is_none() {
             return Err(DaemonError::failed(
                 device,
@@ -269,15 +264,29 @@ pub fn mount(
                 ),
             ));
         }
-        Ok(())
+        Ok(how)
     })();
     match result {
-        Ok(()) => Ok(MountedFs {
-            mountpoint: mountpoint.to_owned(),
-            fs_type: fs.fs_type,
-            loop_device,
-            made_dirs,
-        }),
+        Ok(how) => {
+            log::info!(
+                "{device}: {} mounted by {}{}",
+                fs.fs_type.as_str(),
+                how.driver,
+                if how.read_only { ", read-only" } else { "" }
+            );
+            if let Some(notice) = &how.notice {
+                log::warn!("{device}: {notice}");
+            }
+            Ok(MountedFs {
+                mountpoint: mountpoint.to_owned(),
+                fs_type: fs.fs_type,
+                loop_device,
+                made_dirs,
+                driver: how.driver,
+                read_only: read_only || how.read_only,
+                notice: how.notice,
+            })
+        }
         Err(e) => {
             if let Some(dev) = &loop_device {
                 detach_loop(dev);
@@ -286,6 +295,221 @@ pub fn mount(
             Err(e)
         }
     }
+}
+
+/// How a filesystem ended up mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mounted {
+    driver: &'static str,
+    read_only: bool,
+    notice: Option<String>,
+}
+
+impl Mounted {
+    fn by(driver: &'static str) -> Self {
+        Self {
+            driver,
+            read_only: false,
+            notice: None,
+        }
+    }
+}
+
+/// Said when a volume Windows hibernated is opened read-only.
+pub const HIBERNATED: &str = "Windows was hibernated (Fast Startup) with this drive in use, so it \
+     was opened read-only: writing to it now could lose what Windows still holds in memory; \
+     shut Windows down fully (Shift+Shut down) to write to it";
+/// Said when a volume Windows did not close is opened by ntfs-3g instead of ntfs3.
+pub const DIRTY_BY_NTFS_3G: &str = "Windows did not close this drive (removed without \
+     Eject), which the kernel's ntfs3 refuses, so ntfs-3g opened it; Windows checks it the \
+     next time it sees it";
+
+/// A kernel driver's refusal: what mount(8) said, and what the driver logged.
+#[derive(Debug)]
+struct Refusal {
+    driver: &'static str,
+    process: ProcessError,
+    kernel: Vec<String>,
+}
+
+impl Refusal {
+    fn is_dirty_volume(&self) -> bool {
+        self.kernel.iter().any(|l| l.contains("volume is dirty"))
+    }
+
+    /// The typed error, with the kernel's reason in place of mount(8)'s "status 32".
+    fn into_error(self, device: &str) -> DaemonError {
+        if self.kernel.is_empty() {
+            return step_err(device, "cannot mount the filesystem")(self.process);
+        }
+        DaemonError::MountRefused {
+            device: device.to_owned(),
+            driver: self.driver,
+            reason: refusal_reason(&self.kernel),
+        }
+    }
+}
+
+/// The kernel's lines in one sentence: the last ones, which say why (ntfs3 first advises
+/// chkdsk, then refuses), at most three.
+fn refusal_reason(lines: &[String]) -> String {
+    let from = lines.len().saturating_sub(3);
+    lines[from..].join("; ")
+}
+
+/// `mount -t DRIVER`, reading what the kernel logs about `source` meanwhile.
+fn mount_kernel(
+    driver: &'static str,
+    source: &str,
+    mountpoint: &Path,
+    options: &[String],
+) -> Result<(), Refusal> {
+    let log = KernelLog::open_at_end();
+    if let Err(e) = &log {
+        log::debug!("cannot read {}: {e}", kmsg::KMSG);
+    }
+    let result = Command::new(MOUNT)
+        .args(["-t", driver, "-o", &options.join(",")])
+        .arg(source)
+        .arg(mountpoint)
+        .run(STEP_TIMEOUT);
+    match result {
+        Ok(_) => Ok(()),
+        Err(process) => {
+            let name = kmsg::kernel_name(Path::new(source));
+            let kernel = log
+                .map(|mut l| kmsg::about(&l.read_new(), driver, &name))
+                .unwrap_or_default();
+            Err(Refusal {
+                driver,
+                process,
+                kernel,
+            })
+        }
+    }
+}
+
+/// NTFS through ntfs3. It is mounted read-only first, to look for Windows' hibernation
+/// before anything is written: ntfs3 would mount a hibernated volume read-write (Linux 6.12
+/// does not look at hiberfil.sys). Then read-write; a volume ntfs3 refuses as dirty (taken
+/// out of Windows without Eject) goes to ntfs-3g, which mounts it.
+fn mount_ntfs3(
+    device: &str,
+    source: &str,
+    mountpoint: &Path,
+    options: &[String],
+    read_only: bool,
+) -> Result<Mounted, DaemonError> {
+    let ro: Vec<String> = options
+        .iter()
+        .map(|o| if o == "rw" { "ro".into() } else { o.clone() })
+        .collect();
+    mount_kernel(NTFS3, source, mountpoint, &ro).map_err(|r| r.into_error(device))?;
+    if read_only {
+        return Ok(Mounted {
+            read_only: true,
+            ..Mounted::by(NTFS3)
+        });
+    }
+    if is_hibernated(mountpoint) {
+        return Ok(Mounted {
+            driver: NTFS3,
+            read_only: true,
+            notice: Some(HIBERNATED.into()),
+        });
+    }
+    if let Err(e) = unmount_path(mountpoint, false) {
+        // Nothing of ours uses it yet; whatever holds it, it must not stay mounted.
+        let _ = unmount_path(mountpoint, true);
+        return Err(step_err(device, "cannot unmount the read-only look")(e));
+    }
+    match mount_kernel(NTFS3, source, mountpoint, options) {
+        Ok(()) => Ok(Mounted::by(NTFS3)),
+        Err(refusal) if refusal.is_dirty_volume() => {
+            log::info!(
+                "{device}: ntfs3 refuses it ({}); trying ntfs-3g",
+                refusal_reason(&refusal.kernel)
+            );
+            let mut how = mount_fuse(device, FsType::Ntfs, source, mountpoint, options.to_vec())?;
+            how.notice.get_or_insert_with(|| DIRTY_BY_NTFS_3G.into());
+            Ok(how)
+        }
+        Err(refusal) => Err(refusal.into_error(device)),
+    }
+}
+
+/// The FUSE drivers, where the kernel has none (or ntfs3 refused a dirty volume).
+fn mount_fuse(
+    device: &str,
+    fs: FsType,
+    source: &str,
+    mountpoint: &Path,
+    mut options: Vec<String>,
+) -> Result<Mounted, DaemonError> {
+    let asked_rw = options.iter().any(|o| o == "rw");
+    let (cmd, driver) = match fs {
+        // ntfs-3g adds allow_other itself when run by root.
+        FsType::Ntfs => (Command::new(NTFS_3G), NTFS_3G),
+        // allow_other lets the owner in; default_permissions makes the kernel check
+        // the modes (uid, umask=077) for everyone, as these drivers check nothing.
+        FsType::Exfat => {
+            options.extend(["allow_other".into(), "default_permissions".into()]);
+            (Command::new(EXFAT_FUSE), EXFAT_FUSE_DRIVER)
+        }
+        FsType::Vfat => {
+            // fusefat mounts read-only unless told "rw+".
+            if let Some(o) = options.iter_mut().find(|o| *o == "rw") {
+                *o = "rw+".into();
+            }
+            options.extend(["allow_other".into(), "default_permissions".into()]);
+            (Command::new(FUSEFAT), FUSEFAT)
+        }
+    };
+    let output = cmd
+        .args(["-o", &options.join(",")])
+        .arg(source)
+        .arg(mountpoint)
+        .run(STEP_TIMEOUT)
+        .map_err(step_err(device, "cannot mount the filesystem"))?;
+    let mut how = Mounted::by(driver);
+    // ntfs-3g mounts a hibernated volume read-only by itself, exit status 0 ("Windows is
+    // hibernated, refused to mount … trying read-only").
+    if asked_rw && mounts::read_only_at(mountpoint) == Some(true) {
+        how.read_only = true;
+        how.notice = Some(if fs == FsType::Ntfs && is_hibernated(mountpoint) {
+            HIBERNATED.into()
+        } else {
+            format!(
+                "{driver} mounted it read-only: {}",
+                crate::process::one_line(&output)
+            )
+        });
+    }
+    Ok(how)
+}
+
+/// Did Windows hibernate with this volume in use? Its `hiberfil.sys` then starts with
+/// `hibr` (either case), as ntfs-3g checks it; after a resume it says `wake`, and a
+/// shut-down Windows leaves it zeroed or removes it. Read through the mounted filesystem,
+/// as root; a symlink or anything but a plain file is not a hibernation file.
+pub fn is_hibernated(mountpoint: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut file) = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(mountpoint.join("hiberfil.sys"))
+    else {
+        return false;
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let mut magic = [0u8; 4];
+    std::io::Read::read_exact(&mut file, &mut magic).is_ok() && is_hibernation_magic(&magic)
+}
+
+fn is_hibernation_magic(magic: &[u8; 4]) -> bool {
+    magic.eq_ignore_ascii_case(b"hibr")
 }
 
 /// `umount` (lazily when `lazy`).
@@ -405,6 +629,41 @@ impl MountedFs {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn hibernation_magic() {
+        assert!(is_hibernation_magic(b"HIBR"));
+        assert!(is_hibernation_magic(b"hibr"));
+        assert!(!is_hibernation_magic(b"wake"));
+        assert!(!is_hibernation_magic(b"\0\0\0\0"));
+    }
+
+    #[test]
+    fn a_refusal_carries_the_kernels_reason() {
+        let refusal = |kernel: &[&str]| Refusal {
+            driver: NTFS3,
+            process: ProcessError::Failed {
+                program: MOUNT.into(),
+                status: crate::process::ExitStatus::Code(32),
+                output: "dmesg(1) may have more information".into(),
+            },
+            kernel: kernel.iter().map(|l| l.to_string()).collect(),
+        };
+        let dirty = refusal(&[
+            "It is recommened to use chkdsk.",
+            "volume is dirty and \"force\" flag is not set!",
+        ]);
+        assert!(dirty.is_dirty_volume());
+        assert_eq!(
+            dirty.into_error("/dev/sdb1").to_string(),
+            "/dev/sdb1: ntfs3 cannot mount the filesystem: It is recommened to use chkdsk.; \
+             volume is dirty and \"force\" flag is not set!"
+        );
+        let silent = refusal(&[]);
+        assert!(!silent.is_dirty_volume());
+        let text = silent.into_error("/dev/sdb1").to_string();
+        assert!(text.contains("dmesg(1)"), "{text}");
+    }
 
     #[test]
     fn modules_lists() {

@@ -77,6 +77,22 @@ pub fn mounted_at(path: &Path) -> Option<String> {
         .map(|m| m.fs_type)
 }
 
+/// Whether what is mounted at `path` is read-only (its per-mount options, mountinfo's
+/// sixth field, start with `ro`).
+pub fn read_only_at(path: &Path) -> Option<bool> {
+    let text = std::fs::read_to_string(MOUNTINFO).ok()?;
+    read_only_in(&text, path)
+}
+
+fn read_only_in(mountinfo: &str, path: &Path) -> Option<bool> {
+    mountinfo.lines().rev().find_map(|line| {
+        let mut fields = line.split(' ');
+        let mountpoint = fields.nth(4)?;
+        let options = fields.next()?;
+        (Path::new(&unescape(mountpoint)) == path).then(|| options.split(',').any(|o| o == "ro"))
+    })
+}
+
 /// Is the block device with these numbers (`major:minor`) mounted anywhere?
 pub fn mounted_from(numbers: &str) -> bool {
     !numbers.is_empty() && mounts().iter().any(|m| m.numbers == numbers)
@@ -188,6 +204,18 @@ pub fn describe_holders(holders: &[(i32, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_only_from_mount_options() {
+        let text = "36 25 0:45 / /media/a/My\\040Stick ro,nosuid,nodev,relatime shared:1 - fuseblk /dev/loop0 ro,user_id=0\n\
+                    37 25 7:1 / /media/a/B rw,relatime - ntfs3 /dev/loop1 rw,uid=1000\n";
+        assert_eq!(
+            read_only_in(text, Path::new("/media/a/My Stick")),
+            Some(true)
+        );
+        assert_eq!(read_only_in(text, Path::new("/media/a/B")), Some(false));
+        assert_eq!(read_only_in(text, Path::new("/media/a/C")), None);
+    }
 
     #[test]
     fn parses_escaped_mountpoints() {

@@ -377,6 +377,8 @@ mod tests {
             removable: true,
             connection: None,
             cannot_open: None,
+            fs_driver: None,
+            notice: None,
         };
         assert_eq!(title(&d), "BitLocker drive");
         assert_eq!(details(&d), "15.5 GB · SanDisk Cruzer Blade");

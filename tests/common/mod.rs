@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod atspi;
+pub mod ntfs;
 pub mod sticks;
 pub mod usb;
 pub mod vm;
@@ -652,10 +653,26 @@ pub fn stick_cache() -> PathBuf {
 }
 
 fn build_stick(out: &Path, source: &str, fs: &str, label: &str, table: &str) {
+    build_stick_with(out, source, fs, label, table, &[]);
+}
+
+/// [`build_stick`] with `extra` files (name, contents) in the root beside `hello.txt`.
+fn build_stick_with(
+    out: &Path,
+    source: &str,
+    fs: &str,
+    label: &str,
+    table: &str,
+    extra: &[(&str, Vec<u8>)],
+) {
     let work = scratch(&format!("build-{fs}-{table}"));
     let payload = work.join("payload");
+    let _ = std::fs::remove_dir_all(&payload);
     std::fs::create_dir_all(&payload).unwrap();
     std::fs::write(payload.join("hello.txt"), "hello from windows\n").unwrap();
+    for (name, contents) in extra {
+        std::fs::write(payload.join(name), contents).unwrap();
+    }
     let partial = out.with_extension("part");
     let mut cmd = std::process::Command::new(shared_dir().join("tools/make-bitlocker-stick"));
     cmd.arg("-s")
