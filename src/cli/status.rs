@@ -29,9 +29,9 @@ pub fn run(socket: &Path, json: bool) -> Result<(), Failure> {
 }
 
 /// One row per device with its state, how it is attached, and where it is mounted; what went
-/// wrong with a device (or why it cannot be opened here, or was opened otherwise than
-/// asked) follows the table, one line each,
-/// so a long cause neither hides the state nor breaks the columns.
+/// wrong with a device (or why it cannot be opened here, or why it was opened otherwise than
+/// asked) follows the table, one line each, so a long cause neither hides the state nor
+/// breaks the columns.
 fn table(devices: &[DeviceInfo]) -> String {
     let header = [
         tr!("DEVICE"),
