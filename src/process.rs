@@ -361,11 +361,13 @@ pub struct Foreign {
 }
 
 impl Foreign {
-    /// The process `pid` if it still runs and started at `started` ([`start_time`]).
+    /// The process `pid` if it still runs (a zombie does not) and started at `started`
+    /// ([`start_time`]).
     pub fn open(pid: Pid, started: u64) -> Option<Self> {
         let pidfd = pidfd_open(pid).ok()?;
         // Checked after the pidfd is open: the fd then holds the process checked.
-        (start_time(pid) == Some(started)).then_some(Self { pid, pidfd })
+        let process = (start_time(pid) == Some(started)).then_some(Self { pid, pidfd })?;
+        (!process.has_exited()).then_some(process)
     }
 
     /// Has it exited?
@@ -805,6 +807,10 @@ mod tests {
         assert!(!foreign.has_exited());
         assert!(foreign.terminate(Duration::from_secs(5)));
         assert!(foreign.has_exited());
+        assert!(
+            Foreign::open(child.pid, start_time(child.pid).unwrap()).is_none(),
+            "a zombie is not taken for a running process"
+        );
         assert_eq!(
             child.wait_timeout(Duration::from_secs(5)).unwrap(),
             Some(ExitStatus::Signal(15))
