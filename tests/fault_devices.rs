@@ -487,10 +487,11 @@ fn killed_alone_is_adopted(engine: Engine) {
     replug_and_verify(&daemon, &mut events, &mut stick, &[("before.bin", &before)]);
 }
 
-/// Case 7b (issue 21). The daemon killed alone, then its engine: the next daemon finds the
+/// Case 7b (issue 21). The daemon killed alone, then its engine; or the daemon killed alone,
+/// then the filesystem unmounted by hand while the engine serves on: the next daemon finds the
 /// record half dead and puts everything away (filesystem detached, its driver gone, loop
-/// device freed, directories removed, record removed); the drive is `locked` and unlocks
-/// again with what was synced intact.
+/// device freed, engine stopped, directories removed, record removed); the drive is `locked`
+/// and unlocks again with what was synced intact.
 fn killed_alone_half_dead_is_put_away(engine: Engine) {
     let _serial = serial();
     let Some(Plugged {
@@ -535,8 +536,34 @@ fn killed_alone_half_dead_is_put_away(engine: Engine) {
     assert_clean(&daemon, &dev, &mountpoint, &view);
     assert!(!record.exists(), "the record of a volume put away is left");
     assert_eq!(daemon.device(&dev).unwrap().state, DeviceState::Locked);
-    let mut events = daemon.events();
     unlock_and_verify(&daemon, &dev, &[("before.bin", &before)]);
+
+    // The other half: the engine serves on, its filesystem was unmounted meanwhile.
+    let (mountpoint, view) = unlock_for_user(&daemon, &dev);
+    let engines = engines_for(&dev);
+    assert_eq!(engines.len(), 1, "{engines:?}");
+    daemon.crash();
+    run_ok(Command::new("umount").arg(&mountpoint));
+    let restarted = Instant::now();
+    let startup = daemon.respawn();
+    let took = assert_clean(&daemon, &dev, &mountpoint, &view);
+    eprintln!(
+        "case 7b ({}, unmounted by hand): listening after {:?}, clean {took:?} later",
+        engine.as_str(),
+        restarted.elapsed()
+    );
+    assert!(
+        startup
+            .iter()
+            .any(|l| l.contains("is not mounted any more; putting it away")),
+        "{startup:#?}"
+    );
+    assert!(
+        process_state(engines[0]).is_none_or(|s| s == 'Z'),
+        "the engine of a volume put away still runs"
+    );
+    assert_eq!(daemon.device(&dev).unwrap().state, DeviceState::Locked);
+    let mut events = daemon.events();
     replug_and_verify(&daemon, &mut events, &mut stick, &[("before.bin", &before)]);
 }
 
