@@ -51,6 +51,9 @@ pub enum ProcessError {
 pub enum ExitStatus {
     Code(i32),
     Signal(i32),
+    /// A process that is not our child (an engine adopted from an earlier daemon) ended:
+    /// only its parent learns how.
+    Unknown,
 }
 
 impl ExitStatus {
@@ -67,6 +70,7 @@ impl fmt::Display for ExitStatus {
                 Ok(sig) => write!(f, "was killed by {sig}"),
                 Err(_) => write!(f, "was killed by signal {s}"),
             },
+            Self::Unknown => write!(f, "exited"),
         }
     }
 }
@@ -332,6 +336,92 @@ pub fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
     }
     // SAFETY: the kernel just gave us this fd.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// When process `pid` started (field 22 of /proc/PID/stat, in clock ticks since boot): with
+/// the pid, names one process of this boot, never a later one that reuses the pid.
+pub fn start_time(pid: Pid) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+fn parse_start_time(stat: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces and parentheses: count from its last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A process that is not our child (an engine an earlier daemon started), held by a pidfd:
+/// its exit makes the pidfd readable, and a signal through it cannot reach a later process
+/// that reuses the pid.
+#[derive(Debug)]
+pub struct Foreign {
+    pub pid: Pid,
+    pub pidfd: OwnedFd,
+}
+
+impl Foreign {
+    /// The process `pid` if it still runs (a zombie does not) and started at `started`
+    /// ([`start_time`]).
+    pub fn open(pid: Pid, started: u64) -> Option<Self> {
+        let pidfd = pidfd_open(pid).ok()?;
+        // Checked after the pidfd is open: the fd then holds the process checked.
+        let process = (start_time(pid) == Some(started)).then_some(Self { pid, pidfd })?;
+        (!process.has_exited()).then_some(process)
+    }
+
+    /// Has it exited?
+    pub fn has_exited(&self) -> bool {
+        self.wait_timeout(Duration::ZERO)
+    }
+
+    /// Waits up to `timeout` for it to exit; true if it has.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+            let ms = if left.is_zero() {
+                PollTimeout::ZERO
+            } else {
+                poll_timeout(left)
+            };
+            match poll(&mut fds, ms) {
+                Ok(n) if n > 0 => return true,
+                Ok(_) if left.is_zero() => return false,
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Sends `signal` through the pidfd.
+    pub fn signal(&self, signal: Signal) -> Result<(), Errno> {
+        // SAFETY: plain syscall on an fd we own; no siginfo.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                signal as libc::c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(Errno::last());
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited after `grace`; true once it has exited.
+    pub fn terminate(&self, grace: Duration) -> bool {
+        let _ = self.signal(Signal::SIGTERM);
+        if self.wait_timeout(grace) {
+            return true;
+        }
+        let _ = self.signal(Signal::SIGKILL);
+        self.wait_timeout(Duration::from_secs(5))
+    }
 }
 
 /// Records exit statuses of our children, so whoever reaps one (the SIGCHLD handler or the
@@ -695,6 +785,37 @@ pub fn drain_into(file: &mut File, sink: &mut Zeroizing<Vec<u8>>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_time_survives_odd_command_names() {
+        let stat = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 180 0 0 0 0 0 0 0 20 0 1 0 987654 0";
+        assert_eq!(parse_start_time(stat), Some(987654));
+        assert_eq!(parse_start_time("garbage"), None);
+        let me = Pid::this();
+        let started = start_time(me).expect("our own start time");
+        assert!(Foreign::open(me, started).is_some());
+        assert!(
+            Foreign::open(me, started + 1).is_none(),
+            "another start time"
+        );
+    }
+
+    #[test]
+    fn a_foreign_process_is_seen_to_exit() {
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let foreign = Foreign::open(child.pid, start_time(child.pid).unwrap()).unwrap();
+        assert!(!foreign.has_exited());
+        assert!(foreign.terminate(Duration::from_secs(5)));
+        assert!(foreign.has_exited());
+        assert!(
+            Foreign::open(child.pid, start_time(child.pid).unwrap()).is_none(),
+            "a zombie is not taken for a running process"
+        );
+        assert_eq!(
+            child.wait_timeout(Duration::from_secs(5)).unwrap(),
+            Some(ExitStatus::Signal(15))
+        );
+    }
 
     #[test]
     fn runs_and_captures_output() {

@@ -1,7 +1,8 @@
-//! Fault injection, devices (issue 10, cases 1–6): a stick pulled out in the middle of a
-//! write, its engine killed with files open, the daemon killed or stopped under a mounted
-//! volume, the volume or the engine's view unmounted behind the daemon's back, and a stick
-//! whose reads fail or hang.
+//! Fault injection, devices (issue 10, cases 1–6; issue 21, case 7): a stick pulled out in
+//! the middle of a write, its engine killed with files open, the daemon killed or stopped
+//! under a mounted volume, the volume or the engine's view unmounted behind the daemon's
+//! back, a stick whose reads fail or hang, and the daemon killed alone (its engine keeps
+//! serving: the next daemon adopts the volume, or puts away what is half dead).
 //!
 //! Each case runs a daemon of its own on real loop devices, engines and mounts, and ends with
 //! the same check ([`assert_clean`]): the daemon alive and answering, nothing of the volume
@@ -44,6 +45,9 @@ on_engines!(
         dead_engine_is_noticed_and_cleaned_up,
         restart_after_a_crash_cleans_up,
         view_unmounted_by_another_program,
+        killed_alone_is_adopted,
+        killed_alone_half_dead_is_put_away,
+        adopted_engine_death_is_noticed,
     ],
 );
 
@@ -377,6 +381,251 @@ fn restart_after_a_crash_cleans_up(engine: Engine) {
     assert_eq!(daemon.device(&dev).unwrap().state, DeviceState::Locked);
     unlock_and_verify(&daemon, &dev, &[("before.bin", &before)]);
     replug_and_verify(&daemon, &mut events, &mut stick, &[("before.bin", &before)]);
+}
+
+/// The adoption record of `dev` in the daemon's runtime dir; checked private and free of the
+/// password.
+fn adoption_record(daemon: &TestDaemon, dev: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let name = dev.trim_start_matches("/dev/");
+    let record = daemon.runtime.join("volumes").join(format!("{name}.json"));
+    let meta = std::fs::metadata(&record)
+        .unwrap_or_else(|e| panic!("no adoption record {}: {e}", record.display()));
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert!(!text.contains("anaconda"), "the password is in {text}");
+    record
+}
+
+/// Case 7a (issue 21). The daemon killed alone (SIGKILL to its pid only, as without a service
+/// manager's cgroup): its engine keeps serving. The next daemon reports the volume mounted for
+/// the same owner at the same place, its files read back, and `guilocker unmount` puts it
+/// away as usual (engine stopped, loop device detached, directories removed).
+fn killed_alone_is_adopted(engine: Engine) {
+    let _serial = serial();
+    let Some(Plugged {
+        mut daemon,
+        events,
+        mut stick,
+        dev,
+    }) = plugged(
+        engine,
+        "killed_alone_is_adopted",
+        "bitlk-aes-xts-128",
+        "ALONE",
+        "mbr",
+    )
+    else {
+        return;
+    };
+    let (mountpoint, view) = unlock_for_user(&daemon, &dev);
+    let before = write_pseudo_random(&mountpoint.join("before.bin"), 4 << 20, 7);
+    let hello = find_file(&mountpoint, "hello.txt").expect("hello.txt");
+    let hello_sum = sha256_file(&hello);
+    let was = daemon.device(&dev).unwrap();
+    let record = adoption_record(&daemon, &dev);
+    let engines = engines_for(&dev);
+    assert_eq!(engines.len(), 1, "{engines:?}");
+    drop(events);
+
+    daemon.crash();
+    assert!(
+        process_state(engines[0]).is_some_and(|s| s != 'Z'),
+        "only the daemon was killed: its engine (pid {}) must still serve",
+        engines[0]
+    );
+    assert!(is_mounted(&mountpoint));
+
+    let restarted = Instant::now();
+    let startup = daemon.respawn();
+    let listening = restarted.elapsed();
+    let mut events = daemon.events();
+    let mut now = daemon.device(&dev).unwrap();
+    if now.state != DeviceState::Mounted {
+        now = wait_event(&mut events, "the volume to be adopted", |k, d| {
+            k == EventKind::Changed && d.device == dev && d.state == DeviceState::Mounted
+        });
+    }
+    let adopted = restarted.elapsed();
+    eprintln!(
+        "case 7a ({}): the new daemon was listening after {listening:?}; the volume was \
+         listed mounted after {adopted:?} from the new daemon's start",
+        engine.as_str()
+    );
+    assert!(
+        startup
+            .iter()
+            .any(|l| l.contains("adopted from an earlier guilocker")),
+        "{startup:#?}"
+    );
+    assert!(
+        !startup.iter().any(|l| l.contains("leaving it")),
+        "{startup:#?}"
+    );
+    assert_eq!(now.state, DeviceState::Mounted);
+    assert_eq!(now.owner, was.owner);
+    assert_eq!(now.mountpoint, was.mountpoint);
+    assert_eq!(now.engine, was.engine);
+    assert_eq!(now.decrypted, was.decrypted);
+    assert_eq!(now.label, was.label);
+    assert_eq!(now.fs_type, was.fs_type);
+    assert_eq!(sha256_file(&mountpoint.join("before.bin")), before);
+    assert_eq!(sha256_file(&hello), hello_sum);
+    assert!(record.exists(), "the adopted volume keeps its record");
+
+    // Its owner puts it away, as any volume of theirs.
+    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unmount", &dev], "");
+    assert_eq!(code, 0, "{err}");
+    assert_clean(&daemon, &dev, &mountpoint, &view);
+    assert_eq!(daemon.device(&dev).unwrap().state, DeviceState::Locked);
+    assert!(!record.exists(), "the record outlived its session");
+    assert!(
+        process_state(engines[0]).is_none_or(|s| s == 'Z'),
+        "the adopted engine still runs"
+    );
+    unlock_and_verify(&daemon, &dev, &[("before.bin", &before)]);
+    replug_and_verify(&daemon, &mut events, &mut stick, &[("before.bin", &before)]);
+}
+
+/// Case 7b (issue 21). The daemon killed alone, then its engine; or the daemon killed alone,
+/// then the filesystem unmounted by hand while the engine serves on: the next daemon finds the
+/// record half dead and puts everything away (filesystem detached, its driver gone, loop
+/// device freed, engine stopped, directories removed, record removed); the drive is `locked`
+/// and unlocks again with what was synced intact.
+fn killed_alone_half_dead_is_put_away(engine: Engine) {
+    let _serial = serial();
+    let Some(Plugged {
+        mut daemon,
+        events,
+        mut stick,
+        dev,
+    }) = plugged(
+        engine,
+        "killed_alone_half_dead_is_put_away",
+        "bitlk-aes-xts-128",
+        "HALF",
+        "mbr",
+    )
+    else {
+        return;
+    };
+    let (mountpoint, view) = unlock_for_user(&daemon, &dev);
+    let before = write_pseudo_random(&mountpoint.join("before.bin"), 4 << 20, 8);
+    let record = adoption_record(&daemon, &dev);
+    drop(events);
+
+    daemon.crash();
+    kill_and_wait(&engines_for(&dev));
+    let restarted = Instant::now();
+    let startup = daemon.respawn();
+    eprintln!(
+        "case 7b ({}): the new daemon was listening after {:?}",
+        engine.as_str(),
+        restarted.elapsed()
+    );
+    assert!(
+        startup
+            .iter()
+            .any(|l| l.contains("engine is gone; putting it away")),
+        "{startup:#?}"
+    );
+    assert!(
+        startup.iter().any(|l| l.contains("cleaned up 1 volume")),
+        "{startup:#?}"
+    );
+    assert_clean(&daemon, &dev, &mountpoint, &view);
+    assert!(!record.exists(), "the record of a volume put away is left");
+    assert_eq!(daemon.device(&dev).unwrap().state, DeviceState::Locked);
+    unlock_and_verify(&daemon, &dev, &[("before.bin", &before)]);
+
+    // The other half: the engine serves on, its filesystem was unmounted meanwhile.
+    let (mountpoint, view) = unlock_for_user(&daemon, &dev);
+    let engines = engines_for(&dev);
+    assert_eq!(engines.len(), 1, "{engines:?}");
+    daemon.crash();
+    run_ok(Command::new("umount").arg(&mountpoint));
+    let restarted = Instant::now();
+    let startup = daemon.respawn();
+    let took = assert_clean(&daemon, &dev, &mountpoint, &view);
+    eprintln!(
+        "case 7b ({}, unmounted by hand): listening after {:?}, clean {took:?} later",
+        engine.as_str(),
+        restarted.elapsed()
+    );
+    assert!(
+        startup
+            .iter()
+            .any(|l| l.contains("is not mounted any more; putting it away")),
+        "{startup:#?}"
+    );
+    assert!(
+        process_state(engines[0]).is_none_or(|s| s == 'Z'),
+        "the engine of a volume put away still runs"
+    );
+    assert_eq!(daemon.device(&dev).unwrap().state, DeviceState::Locked);
+    let mut events = daemon.events();
+    replug_and_verify(&daemon, &mut events, &mut stick, &[("before.bin", &before)]);
+}
+
+/// Case 7c (issue 21). An adopted engine is no child of the new daemon (no SIGCHLD): killed,
+/// it is still noticed at once (its pidfd), the volume put away with the reason, and the
+/// drive unlocks again with what was synced intact.
+fn adopted_engine_death_is_noticed(engine: Engine) {
+    let _serial = serial();
+    let Some(Plugged {
+        mut daemon,
+        events,
+        stick: _stick,
+        dev,
+    }) = plugged(
+        engine,
+        "adopted_engine_death",
+        "bitlk-aes-xts-128",
+        "ORPHAN",
+        "mbr",
+    )
+    else {
+        return;
+    };
+    let (mountpoint, view) = unlock_for_user(&daemon, &dev);
+    let before = write_pseudo_random(&mountpoint.join("before.bin"), 4 << 20, 9);
+    let record = adoption_record(&daemon, &dev);
+    drop(events);
+    daemon.crash();
+    daemon.respawn();
+    let mut events = daemon.events();
+    assert_eq!(daemon.device(&dev).unwrap().state, DeviceState::Mounted);
+
+    let pids = engines_for(&dev);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    daemon.wait_log("exited unexpectedly; cleaning up");
+    let noticed = killed.elapsed();
+    let after = wait_event(&mut events, "the daemon to put it away", |k, d| {
+        k == EventKind::Changed
+            && d.device == dev
+            && matches!(d.state, DeviceState::Failed | DeviceState::Locked)
+    });
+    eprintln!(
+        "case 7c ({}): the adopted engine's death noticed after {noticed:?}, put away ({}: {:?}) \
+         after {:?}",
+        engine.as_str(),
+        after.state.as_str(),
+        after.error,
+        killed.elapsed()
+    );
+    assert!(
+        noticed <= NOTICED_DEADLINE,
+        "noticed only after {noticed:?}"
+    );
+    assert_clean(&daemon, &dev, &mountpoint, &view);
+    assert!(!record.exists(), "the record outlived its session");
+    unlock_and_verify(&daemon, &dev, &[("before.bin", &before)]);
 }
 
 /// Case 4. SIGTERM while a program holds a file open that it wrote and did not close: the

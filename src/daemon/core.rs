@@ -7,6 +7,7 @@
 //! back. So the loop never waits on a device or a child, a device changes state in one
 //! thread in one order, and events are numbered in that order.
 
+use super::adopt::Adopted;
 use super::auth::{self, Caller};
 use super::device::{AfterClose, Device, Phase, Probed};
 use super::error::DaemonError;
@@ -49,6 +50,8 @@ pub struct Core {
     /// re-plugged stick is not unlocked while its predecessor's view is still being closed
     /// (they share the view directory and the mapping name).
     held: HashMap<String, usize>,
+    /// Volumes an earlier daemon left alive, waiting for their device's probe to settle.
+    adopting: Vec<Adopted>,
     shutting_down: bool,
 }
 
@@ -61,6 +64,7 @@ impl Core {
             inbox,
             jobs: 0,
             held: HashMap::new(),
+            adopting: Vec::new(),
             shutting_down: false,
         })
     }
@@ -226,6 +230,7 @@ impl Core {
             dev.left_to_desktop = config.leave_bitlocker_to_desktop;
             self.table.devices.insert(name, dev);
         }
+        self.adopt_pending();
         // New devices, and those whose node was not there last time.
         let now = Instant::now();
         let due: Vec<(String, u64, String)> = self
@@ -263,6 +268,7 @@ impl Core {
                 self.shared.emit(EventKind::Added, dev.info());
             }
         }
+        self.adopt_pending();
     }
 
     fn answer(&mut self, ask: Ask) {
@@ -354,6 +360,7 @@ impl Core {
         let job = UnlockJob {
             name: dev.name.clone(),
             path: dev.path.clone(),
+            diskseq: dev.appearance.diskseq,
             secret,
             metadata: dev.metadata.clone(),
             read_only: read_only || config.read_only,
@@ -487,6 +494,7 @@ impl Core {
                         log::warn!("{why}");
                     }
                     self.shared.emit(EventKind::Added, dev.info());
+                    self.adopt_pending();
                 }
             }
             Done::Unlocked {
@@ -709,6 +717,79 @@ impl Core {
     /// Looks again at every unlocked volume: one whose engine exited, or whose filesystem
     /// was unmounted, while a job held it was not noticed then.
     fn recheck(&mut self) {
+        self.engines_exited();
+        self.mounts_changed();
+    }
+
+    /// Takes over the volumes an earlier daemon left alive ([`super::adopt`]), each once its
+    /// device has been probed.
+    pub fn take_over(&mut self, adopted: Vec<Adopted>) {
+        self.adopting.extend(adopted);
+        self.adopt_pending();
+    }
+
+    /// Each volume waiting for adoption whose device has settled: a Locked device of the
+    /// recorded appearance takes it; anything else (gone, re-plugged, unreadable) has it put
+    /// away.
+    fn adopt_pending(&mut self) {
+        if self.adopting.is_empty() {
+            return;
+        }
+        for a in std::mem::take(&mut self.adopting) {
+            let Some(dev) = self
+                .table
+                .devices
+                .get_mut(&a.name)
+                .filter(|d| d.appearance.diskseq == a.diskseq)
+            else {
+                let path = self.shared.paths.dev.join(&a.name).display().to_string();
+                log::warn!("{path}: left by an earlier guilocker, but gone since; putting it away");
+                self.close_orphan(&a.name, u64::MAX, path, a.session);
+                continue;
+            };
+            if matches!(dev.phase, Phase::Probing { .. }) {
+                self.adopting.push(a);
+                continue;
+            }
+            match dev.adopt(Box::new(a.session)) {
+                Ok(()) => {
+                    let info = dev.info();
+                    log::info!(
+                        "{}: adopted from an earlier guilocker: {} for {} ({} engine)",
+                        dev.path,
+                        info.mountpoint
+                            .as_deref()
+                            .map_or_else(|| "unlocked".to_owned(), |m| format!("mounted at {m}")),
+                        info.owner.as_deref().unwrap_or_default(),
+                        info.engine.map_or("", |e| e.as_str()),
+                    );
+                    self.shared.emit(EventKind::Changed, info);
+                }
+                Err(session) => {
+                    log::warn!(
+                        "{}: left unlocked by an earlier guilocker, but it is {} now; putting it away",
+                        dev.path,
+                        dev.wire_state().as_str()
+                    );
+                    let (generation, path) = (dev.generation, dev.path.clone());
+                    self.close_orphan(&a.name, generation, path, *session);
+                }
+            }
+        }
+    }
+
+    /// The pidfds of adopted engines still serving: not our children, so the loop polls
+    /// these where SIGCHLD tells it of its own.
+    pub fn adopted_engines(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        self.table
+            .devices
+            .values()
+            .filter_map(|d| d.session()?.view.adopted_pidfd())
+            .collect()
+    }
+
+    /// Every unlocked volume whose engine has exited is cleaned up.
+    pub fn engines_exited(&mut self) {
         let dead: Vec<(String, ExitStatus)> = self
             .table
             .devices
@@ -721,7 +802,6 @@ impl Core {
         for (name, status) in dead {
             self.engine_died(&name, status);
         }
-        self.mounts_changed();
     }
 
     /// The mount table changed. A volume whose filesystem someone else unmounted (the file

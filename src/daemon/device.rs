@@ -16,6 +16,7 @@
 //!                                  ──failed otherwise──▶ Failed(why)
 //!  Unlocked ──begin_close──▶ Locking ──closed──▶ Locked | Failed(why)   (the engine died)
 //!                                    ──refused (a polite close failed)──▶ Unlocked(session)
+//!  Locked ──adopt (a session an earlier daemon left alive)──▶ Unlocked(session)
 //!  Unlocking | Locking ──its job panicked──▶ Failed(why)
 //!  any ──unplugged──▶ removed from the table. An Unlocked session is closed as vanished; a
 //!        job under way finishes, and what it hands back for the gone device is closed so.
@@ -283,6 +284,19 @@ impl Device {
         None
     }
 
+    /// At start: a session an earlier daemon left fully alive on this very appearance is
+    /// taken over. Only a device simply Locked takes it (probed, nothing under way); any
+    /// other hands it back, to be put away.
+    pub fn adopt(&mut self, session: Box<Session>) -> Result<(), Box<Session>> {
+        match self.phase {
+            Phase::Locked { .. } => {
+                self.phase = Phase::Unlocked(session);
+                Ok(())
+            }
+            _ => Err(session),
+        }
+    }
+
     /// The session a close would take, or why there is none to close.
     pub fn closable(&self) -> Result<&Session, DaemonError> {
         let refuse = |what: &str| DaemonError::InvalidState {
@@ -476,6 +490,7 @@ mod tests {
                 notice: None,
             }),
             read_only: false,
+            record: None,
         }
     }
 
@@ -645,6 +660,35 @@ mod tests {
         assert_eq!(d.info().error, None, "a new attempt clears the old reason");
         d.unlocked(Err(&DaemonError::failed("/dev/loop0p1", "mount failed")));
         assert_eq!(d.wire_state(), DeviceState::Failed);
+    }
+
+    #[test]
+    fn a_locked_device_adopts_a_live_session_and_puts_it_away_as_usual() {
+        let mut d = locked();
+        d.adopt(Box::new(session(true))).unwrap();
+        assert_eq!(d.wire_state(), DeviceState::Mounted);
+        assert_eq!(d.info().owner.as_deref(), Some("alice"));
+        assert_eq!(d.info().mountpoint.as_deref(), Some("/media/alice/STICK"));
+        d.begin_close(AfterClose::Locked).unwrap();
+        d.closed(Ok(())).unwrap();
+        assert_eq!(d.wire_state(), DeviceState::Locked);
+        // Anything but Locked hands it back: still probing, unlocked already, busy, plain.
+        for phase in [
+            Phase::Probing {
+                attempts: 0,
+                running: None,
+            },
+            Phase::Unlocked(Box::new(session(false))),
+            Phase::Unlocking,
+            Phase::Plain,
+            Phase::Failed("x".into()),
+        ] {
+            let mut d = device();
+            d.phase = phase;
+            let before = d.wire_state();
+            assert!(d.adopt(Box::new(session(true))).is_err(), "{before:?}");
+            assert_eq!(d.wire_state(), before);
+        }
     }
 
     #[test]

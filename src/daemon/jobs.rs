@@ -6,6 +6,7 @@ use super::core::{Closing, Shared};
 use super::error::DaemonError;
 use super::filesystem;
 use super::mount;
+use super::record;
 use super::session::{CloseMode, Session};
 use super::view::{self, View};
 use crate::bitlocker::Metadata;
@@ -18,6 +19,8 @@ use std::sync::Arc;
 pub struct UnlockJob {
     pub name: String,
     pub path: String,
+    /// The appearance it is unlocked on, for the adoption record.
+    pub diskseq: Option<u64>,
     pub secret: UnlockSecret,
     pub metadata: Option<Arc<Metadata>>,
     pub read_only: bool,
@@ -69,9 +72,10 @@ pub fn unlock(shared: &Shared, job: &UnlockJob) -> Result<Session, DaemonError> 
         fs: fs.clone(),
         mounted: None,
         read_only: job.read_only,
+        record: None,
     };
     if !job.mount {
-        return Ok(session);
+        return Ok(remember(shared, job, session));
     }
     let Some(fs) = fs else {
         let _ = session.close(&job.path, CloseMode::Polite);
@@ -100,13 +104,28 @@ pub fn unlock(shared: &Shared, job: &UnlockJob) -> Result<Session, DaemonError> 
     match mounted {
         Ok(m) => {
             session.mounted = Some(m);
-            Ok(session)
+            Ok(remember(shared, job, session))
         }
         Err(e) => {
             let _ = session.close(&job.path, CloseMode::Polite);
             Err(e)
         }
     }
+}
+
+/// Records what a later daemon needs to adopt the session, before the unlock is answered.
+/// Without it the volume works as well; only a daemon that dies alone leaves it stuck.
+fn remember(shared: &Shared, job: &UnlockJob, mut session: Session) -> Session {
+    let rec = record::Record::of(&job.name, &job.path, job.diskseq, &session);
+    match record::write(&shared.paths.runtime_dir, &rec) {
+        Ok(path) => session.record = Some(path),
+        Err(e) => log::warn!(
+            "{}: cannot record it for a restarted daemon in {}: {e}",
+            job.path,
+            record::dir(&shared.paths.runtime_dir).display()
+        ),
+    }
+    session
 }
 
 /// Closes sessions one after the other, each reporting its own result.

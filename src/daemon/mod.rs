@@ -8,6 +8,7 @@
 //! answer; everything slow runs as a job on a worker thread. So a slow unlock, a hung
 //! stick or a client that never reads stalls neither detection nor other clients.
 
+pub mod adopt;
 pub mod auth;
 pub mod bus;
 pub mod core;
@@ -24,6 +25,7 @@ pub mod mount;
 pub mod mountpoint;
 pub mod mounts;
 pub mod probe;
+pub mod record;
 pub mod recover;
 pub mod seat;
 pub mod server;
@@ -207,13 +209,29 @@ fn start(opts: &Options, config: Config, pidfile: &mut crate::pidfile::Pidfile) 
         }
     };
     desktop::announce(&opts.runtime_dir, !config.leave_bitlocker_to_desktop);
-    let cleaned = recover::clean_stale(&opts.runtime_dir, &config.mount_root);
+    let paths = core::Paths::new(opts.runtime_dir.clone());
+    // What an earlier daemon recorded first: its live volumes are taken over, its half-dead
+    // ones put away; then what it left without a record.
+    let recovered = adopt::recover(&opts.runtime_dir, &config.mount_root, &paths.sys_block);
+    let adopted: Vec<std::path::PathBuf> = recovered
+        .adopted
+        .iter()
+        .filter_map(|a| {
+            let view = &a.session.view;
+            view.mount_dir()
+                .map(std::path::Path::to_owned)
+                .or_else(|| view.mapping().map(dmcrypt::mapper_path))
+        })
+        .collect();
+    let cleaned =
+        recovered.cleaned + recover::clean_stale(&opts.runtime_dir, &config.mount_root, &adopted);
     if cleaned > 0 {
         log::warn!("cleaned up {cleaned} volume(s) an earlier guilocker left behind");
     }
-    let mut core = core::Core::new(config, core::Paths::new(opts.runtime_dir.clone()))
-        .context("cannot create the event loop's mailbox")?;
+    let mut core =
+        core::Core::new(config, paths).context("cannot create the event loop's mailbox")?;
     core.rescan();
+    core.take_over(recovered.adopted);
     core.settle(Duration::from_secs(2));
     Ok((core, listener, signals, uevents))
 }
@@ -256,6 +274,13 @@ fn event_loop(
             fds.push(PollFd::new(w.fd(), PollFlags::POLLPRI));
             fds.len() - 1
         });
+        // Adopted engines are not our children: their pidfds say when they exit.
+        let adopted_from = fds.len();
+        fds.extend(
+            core.adopted_engines()
+                .into_iter()
+                .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+        );
         let timeout = PollTimeout::try_from(wait.as_millis().min(60_000) as i32 + 1)
             .unwrap_or(PollTimeout::MAX);
         if let Err(e) = poll(&mut fds, timeout) {
@@ -271,8 +296,12 @@ fn event_loop(
         drop(fds);
         let is_ready = |at: Option<usize>| at.is_some_and(|i| ready[i]);
 
+        let adopted_died = ready[adopted_from..].iter().any(|r| *r);
         if ready[2] {
             core.deliver();
+        }
+        if adopted_died {
+            core.engines_exited();
         }
         if is_ready(uevent_at) && uevents.is_some_and(|u| u.drain()) {
             core.rescan();

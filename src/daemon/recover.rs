@@ -5,6 +5,9 @@
 //! device or a file inside an engine's view, and the view itself. Those are detached and
 //! their directories removed. Views still served by a live engine are left alone.
 //!
+//! Volumes an earlier daemon recorded are handled before, by [`super::adopt`]: what it
+//! adopted is left alone here.
+//!
 //! dm-crypt mappings (`guilocker-*`) outlive any daemon: the kernel serves them. A dead FUSE
 //! driver's mount on one is detached; a mapping nothing uses any more is closed; one still
 //! mounted is left to its user.
@@ -52,9 +55,12 @@ fn detach_dead(mountpoint: &Path, mount_root: &Path) {
 }
 
 /// Closes the `guilocker-*` mappings nothing uses; returns how many.
-fn clean_mappings(mount_root: &Path) -> usize {
+fn clean_mappings(mount_root: &Path, adopted: &[PathBuf]) -> usize {
     let mut cleaned = 0;
     for (name, kname) in dmcrypt::mappings() {
+        if adopted.contains(&dmcrypt::mapper_path(&name)) {
+            continue;
+        }
         let numbers = std::fs::read_to_string(Path::new("/sys/block").join(&kname).join("dev"))
             .unwrap_or_default();
         let mapper = dmcrypt::mapper_path(&name);
@@ -82,13 +88,15 @@ fn clean_mappings(mount_root: &Path) -> usize {
 }
 
 /// Cleans up dead leftovers under `runtime_dir` (views) and `mount_root` (the users'
-/// filesystems on them), and unused mappings; returns how many volumes were cleaned.
-pub fn clean_stale(runtime_dir: &Path, mount_root: &Path) -> usize {
+/// filesystems on them), and unused mappings; returns how many volumes were cleaned. The
+/// views in `adopted` are taken over ([`super::adopt`]): left alone.
+pub fn clean_stale(runtime_dir: &Path, mount_root: &Path, adopted: &[PathBuf]) -> usize {
     let views_dir = runtime_dir.join(super::core::VIEWS_DIR);
     let all = mounts::mounts();
     let views: Vec<&Mount> = all
         .iter()
         .filter(|m| m.mountpoint.starts_with(&views_dir) && m.mountpoint != views_dir)
+        .filter(|m| !adopted.contains(&m.mountpoint))
         .collect();
     let mut cleaned = 0;
     for view in views {
@@ -126,5 +134,5 @@ pub fn clean_stale(runtime_dir: &Path, mount_root: &Path) -> usize {
         mount::remove_dirs(std::slice::from_ref(&view.mountpoint));
         cleaned += 1;
     }
-    cleaned + clean_mappings(mount_root)
+    cleaned + clean_mappings(mount_root, adopted)
 }

@@ -10,6 +10,7 @@ use super::error::DaemonError;
 use super::filesystem::FsInfo;
 use super::mount::{MountedFs, Owner};
 use super::view::View;
+use std::path::PathBuf;
 
 /// An unlocked volume: the engine serving its view and, when mounted, the filesystem.
 pub struct Session {
@@ -18,6 +19,8 @@ pub struct Session {
     pub fs: Option<FsInfo>,
     pub mounted: Option<MountedFs>,
     pub read_only: bool,
+    /// What a later daemon needs to adopt it ([`super::record`]), removed once closed.
+    pub record: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Session {
@@ -60,6 +63,9 @@ impl Session {
             }
         }
         self.view.stop(device, lazy);
+        if let Some(record) = &self.record {
+            super::record::remove(record);
+        }
         Ok(())
     }
 

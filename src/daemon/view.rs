@@ -13,7 +13,7 @@ use super::mount;
 use super::unlock::{self, Outcome};
 use crate::bitlocker::{Fvek, Layout, Metadata};
 use crate::config::EngineChoice;
-use crate::process::{Child, Command};
+use crate::process::{Child, Command, Foreign};
 use crate::protocol::{Engine, UnlockSecret};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,13 @@ enum Backend {
     Fuse { child: Child, dir: PathBuf },
     /// A dm-crypt mapping: the kernel serves it; no process of ours.
     Mapping { name: String },
+    /// What an earlier daemon left: its engine (no child of ours: watched by pidfd; `None`
+    /// once gone) and the directory its view is mounted at (none left for a mapping that
+    /// is gone).
+    Adopted {
+        process: Option<Foreign>,
+        dir: Option<PathBuf>,
+    },
 }
 
 /// What a view is asked to serve.
@@ -145,11 +152,76 @@ impl View {
         }
     }
 
-    /// The engine's process, when the view has one (dm-crypt has none).
+    /// A FUSE view an earlier daemon's engine serves at `dir` (`process` is `None` once
+    /// that engine is gone: then only its mount and directory are left to undo).
+    pub fn adopted_fuse(
+        engine: Engine,
+        process: Option<Foreign>,
+        dir: Option<PathBuf>,
+        decrypted: PathBuf,
+    ) -> Self {
+        Self {
+            backend: Backend::Adopted { process, dir },
+            decrypted,
+            engine,
+        }
+    }
+
+    /// A dm-crypt mapping an earlier daemon opened; `None` when it is gone already.
+    pub fn adopted_mapping(name: Option<String>, decrypted: PathBuf) -> Self {
+        let backend = match name {
+            Some(name) => Backend::Mapping { name },
+            None => Backend::Adopted {
+                process: None,
+                dir: None,
+            },
+        };
+        Self {
+            backend,
+            decrypted,
+            engine: Engine::DmCrypt,
+        }
+    }
+
+    /// The engine's process, when it is our child (dm-crypt has none; an adopted engine is
+    /// not ours: SIGCHLD never names it).
     pub fn pid(&self) -> Option<Pid> {
         match &self.backend {
             Backend::Fuse { child, .. } => Some(child.pid),
-            Backend::Mapping { .. } => None,
+            Backend::Mapping { .. } | Backend::Adopted { .. } => None,
+        }
+    }
+
+    /// The engine's process and when it started, for the record that lets a later daemon
+    /// adopt it.
+    pub fn process(&self) -> Option<(Pid, Option<u64>)> {
+        let pid = match &self.backend {
+            Backend::Fuse { child, .. } => child.pid,
+            Backend::Adopted {
+                process: Some(p), ..
+            } => p.pid,
+            _ => return None,
+        };
+        Some((pid, crate::process::start_time(pid)))
+    }
+
+    /// The dm-crypt mapping's name, for a view served by one.
+    pub fn mapping(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Mapping { name } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// The pidfd of an adopted engine still running: the loop polls it, as SIGCHLD will not
+    /// come for a process that is not our child.
+    pub fn adopted_pidfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        match &self.backend {
+            Backend::Adopted {
+                process: Some(p), ..
+            } => Some(p.pidfd.as_fd()),
+            _ => None,
         }
     }
 
@@ -157,25 +229,28 @@ impl View {
     pub fn mount_dir(&self) -> Option<&Path> {
         match &self.backend {
             Backend::Fuse { dir, .. } => Some(dir),
+            Backend::Adopted { dir, .. } => dir.as_deref(),
             Backend::Mapping { .. } => None,
         }
     }
 
     /// How the engine's process ended, if it has (dm-crypt has none).
     pub fn exited(&self) -> Option<crate::process::ExitStatus> {
+        use crate::process::ExitStatus;
         match &self.backend {
             Backend::Fuse { child, .. } => child.try_status(),
             Backend::Mapping { .. } => None,
+            Backend::Adopted {
+                process: Some(p), ..
+            } => p.has_exited().then_some(ExitStatus::Unknown),
+            Backend::Adopted { dir: Some(_), .. } => Some(ExitStatus::Unknown),
+            Backend::Adopted { dir: None, .. } => None,
         }
     }
 
     /// Is `path` this view: its decrypted file or device, or the engine's mountpoint?
     pub fn is_at(&self, path: &str) -> bool {
-        let dir = match &self.backend {
-            Backend::Fuse { dir, .. } => Some(dir.as_os_str()),
-            Backend::Mapping { .. } => None,
-        };
-        self.decrypted.as_os_str() == path || dir.is_some_and(|d| d == path)
+        self.decrypted.as_os_str() == path || self.mount_dir().is_some_and(|d| d == path)
     }
 
     /// Is the decrypted view a block device (filesystems mount it without a loop device)?
@@ -190,6 +265,9 @@ impl View {
         let (child, dir) = match self.backend {
             Backend::Mapping { name } => return dmcrypt::close(device, &name, lazy),
             Backend::Fuse { child, dir } => (child, dir),
+            Backend::Adopted { process, dir } => {
+                return stop_adopted(device, self.engine, process, dir, lazy)
+            }
         };
         if let Err(e) = mount::unmount_path(&dir, lazy) {
             if super::mounts::mounted_at(&dir).is_some() {
@@ -212,6 +290,32 @@ impl View {
         }
         mount::remove_dirs(&[dir]);
     }
+}
+
+/// [`View::stop`] for an earlier daemon's engine: unmount its view, wait on its pidfd
+/// (nobody here can reap it: its parent is init), signal it through the pidfd if it stays.
+fn stop_adopted(
+    device: &str,
+    engine: Engine,
+    process: Option<Foreign>,
+    dir: Option<PathBuf>,
+    lazy: bool,
+) {
+    let Some(dir) = dir else { return };
+    if super::mounts::mounted_at(&dir).is_some() {
+        if let Err(e) = mount::unmount_path(&dir, lazy) {
+            log::warn!("{device}: {e}; detaching lazily");
+            let _ = mount::unmount_path(&dir, true);
+        }
+    }
+    if let Some(process) = process {
+        if !process.wait_timeout(Duration::from_secs(10)) {
+            let name = engine.as_str();
+            log::warn!("{device}: the {name} engine did not exit after unmount; terminating it");
+            process.terminate(Duration::from_secs(5));
+        }
+    }
+    mount::remove_dirs(&[dir]);
 }
 
 /// Is `path` the decrypted file of some engine's view (ours, or an earlier daemon's)?

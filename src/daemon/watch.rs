@@ -145,7 +145,7 @@ fn is_decrypted_view(sys_block: &Path, name: &str) -> bool {
 }
 
 /// The disk's sequence number; a partition reports its disk's.
-fn diskseq(sys_block: &Path, name: &str) -> Option<u64> {
+pub(super) fn diskseq(sys_block: &Path, name: &str) -> Option<u64> {
     let dir = sys_block.join(name);
     let own = std::fs::read_to_string(dir.join("diskseq")).ok();
     let text = own.or_else(|| {

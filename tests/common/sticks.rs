@@ -320,6 +320,14 @@ pub fn leftovers(
             left.push(format!("directory {}", e.path().display()));
         }
     }
+    // The adoption record of a volume put away (issue 21).
+    let record = daemon
+        .runtime
+        .join("volumes")
+        .join(format!("{}.json", dev.trim_start_matches("/dev/")));
+    if record.exists() {
+        left.push(format!("record {}", record.display()));
+    }
     left
 }
 
