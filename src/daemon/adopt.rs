@@ -202,6 +202,14 @@ fn examine(
                     .filter(|d| d.starts_with(mount_root) && *d != mount_root)
                     .cloned()
                     .collect::<Vec<PathBuf>>(),
+                // As mountinfo has it now, if the record does not say.
+                driver: rec
+                    .fs_driver
+                    .as_deref()
+                    .and_then(crate::daemon::mount::driver_named)
+                    .unwrap_or("unknown"),
+                read_only: rec.mount_read_only || mounts::read_only_at(mp).unwrap_or(rec.read_only),
+                notice: rec.notice.clone(),
             })
             // A mount that is not ours stays; only what is ours is undone.
             .filter(|_| here.is_none() || ours)

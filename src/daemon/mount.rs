@@ -50,6 +50,13 @@ pub struct MountedFs {
     pub notice: Option<String>,
 }
 
+/// The driver names [`MountedFs::driver`] holds, as one a record names is read back.
+pub fn driver_named(name: &str) -> Option<&'static str> {
+    [NTFS3, NTFS_3G, "exfat", EXFAT_FUSE_DRIVER, "vfat", FUSEFAT]
+        .into_iter()
+        .find(|d| *d == name)
+}
+
 /// Does the running kernel have a driver for this filesystem: registered already, or a
 /// module `mount -t` will load (modules.dep or modules.builtin of the running kernel)?
 fn kernel_driver(fs: FsType) -> Option<&'static str> {

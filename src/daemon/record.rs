@@ -45,6 +45,14 @@ pub struct Record {
     pub label: Option<String>,
     pub uuid: Option<String>,
     pub read_only: bool,
+    /// How the filesystem was mounted: its driver, read-only whether asked or not, and why
+    /// otherwise than asked.
+    #[serde(default)]
+    pub fs_driver: Option<String>,
+    #[serde(default)]
+    pub mount_read_only: bool,
+    #[serde(default)]
+    pub notice: Option<String>,
 }
 
 impl Record {
@@ -73,6 +81,9 @@ impl Record {
             label: s.fs.as_ref().and_then(|f| f.label.clone()),
             uuid: s.fs.as_ref().and_then(|f| f.uuid.clone()),
             read_only: s.read_only,
+            fs_driver: m.map(|m| m.driver.to_owned()),
+            mount_read_only: m.is_some_and(|m| m.read_only),
+            notice: m.and_then(|m| m.notice.clone()),
         }
     }
 
@@ -203,6 +214,9 @@ mod tests {
             label: Some("STICK".into()),
             uuid: None,
             read_only: false,
+            fs_driver: Some("ntfs-3g".into()),
+            mount_read_only: false,
+            notice: None,
         };
         let path = write(&runtime, &record).unwrap();
         assert_eq!(path, runtime.join("volumes/loop0p1.json"));
