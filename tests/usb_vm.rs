@@ -518,13 +518,13 @@ mod in_vm {
             said.ends_with(&format!("/dev/{disk} flushed; {why}")),
             "{said}"
         );
+        // The power-off is done before the reply: had it been cut, the device would be gone.
+        assert_eq!(stick.usb_device().as_ref(), Some(&usb_device));
         assert!(!is_mounted(&mountpoint));
         assert_eq!(
             daemon.device(&dev).map(|d| d.state),
             Some(DeviceState::Locked)
         );
-        // The power-off is done before the reply: had it been cut, the device would be gone.
-        assert_eq!(stick.usb_device().as_ref(), Some(&usb_device));
 
         // The writer goes on: its next line reaches the stick.
         assert_eq!(writer.write("written after the unmount"), "ok");
