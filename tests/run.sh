@@ -31,6 +31,8 @@ packages=(
   cryptsetup-bin linux-image-amd64 qemu-system-x86 busybox-static
   # Debian 12's newer kernel, with ntfs3 as the kernels of Ubuntu, Fedora and Arch have it.
   linux-image-6.12-amd64
+  # The desktop's view of the drives in the USB VM (tests/usb_vm.rs): udisks' HintIgnore.
+  udisks2 libblockdev-crypto2
 )
 ensure_packages "${packages[@]}"
 ensure_cargo

@@ -248,6 +248,13 @@ impl TestDaemon {
     }
 
     pub fn start_with(name: &str, extra_config: &str) -> Self {
+        Self::start_in(name, extra_config, None)
+    }
+
+    /// [`TestDaemon::start_with`], with `runtime` as its runtime directory instead of one in
+    /// its scratch folder: `/run/guilocker`, the one the udev rule looks in, makes it speak
+    /// for the desktop.
+    pub fn start_in(name: &str, extra_config: &str, runtime: Option<&Path>) -> Self {
         let dir = scratch(name);
         // The tests' users unlock through runuser, outside any seat: where logind runs, only
         // the tests that set the key themselves ask it.
@@ -271,7 +278,7 @@ impl TestDaemon {
         let mut d = Self {
             socket: dir.join("control.sock"),
             pidfile: dir.join("guilocker.pid"),
-            runtime: dir.join("run"),
+            runtime: runtime.map_or_else(|| dir.join("run"), Path::to_path_buf),
             media,
             config,
             dir,
