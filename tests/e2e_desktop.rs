@@ -949,6 +949,19 @@ impl Scene {
         (pid, window)
     }
 
+    /// The first dialog for `dev`, cancelled with Escape as a person would: returns its pid
+    /// once the agent has heard it and the window is gone.
+    fn cancel_first_dialog(&mut self, dev: &str) -> u32 {
+        let (pid, window) = self.dialog(dev, 1);
+        self.desktop
+            .wait_focused(pid, "password text", "BitLocker password");
+        self.desktop.closing_key(&window, "Escape");
+        self.agent()
+            .wait_lines(&format!("{dev}: the person cancelled"), 1);
+        self.desktop.wait_window_gone(&window);
+        pid
+    }
+
     /// Waits for `dev` to be mounted for the test user; returns the mountpoint.
     fn wait_mounted(&mut self, dev: &str) -> PathBuf {
         let info = wait_event(&mut self.events, "the volume to be mounted", |k, d| {
@@ -1176,8 +1189,6 @@ fn recovery_key_chosen_by_keyboard_unlocks() {
     scene.expect_unlocked_notification();
 }
 
-/// Escape cancels, and the agent does not ask again about that stick while it stays
-/// plugged in; unplugging a stick closes its open dialog; plugging it in again asks again.
 /// `guilocker open` (the applications menu's "BitLocker Drives"): a drive the agent will not
 /// ask about again (here: its dialog was cancelled; in the USB VM, a disk inside the machine)
 /// is asked about on demand, in the same dialog, and opened; the command returns once done.
@@ -1189,15 +1200,7 @@ fn open_from_the_menu_asks_again_and_unlocks() {
     }
     let mut scene = Scene::start("desktop-open");
     let (dev, _) = scene.plug();
-    let (pid, window) = scene.dialog(&dev, 1);
-    scene
-        .desktop
-        .wait_focused(pid, "password text", "BitLocker password");
-    scene.desktop.closing_key(&window, "Escape");
-    scene
-        .agent()
-        .wait_lines(&format!("{dev}: the person cancelled"), 1);
-    scene.desktop.wait_window_gone(&window);
+    scene.cancel_first_dialog(&dev);
 
     // Nothing named and nothing else locked: this stick is the one asked about.
     let mut cmd = scene.desktop.as_user(&[]);
@@ -1249,6 +1252,8 @@ fn open_from_the_menu_asks_again_and_unlocks() {
         });
 }
 
+/// Escape cancels, and the agent does not ask again about that stick while it stays
+/// plugged in; unplugging a stick closes its open dialog; plugging it in again asks again.
 #[test]
 fn cancel_holds_until_replug_and_unplug_closes_the_dialog() {
     let _serial = serial();
@@ -1257,15 +1262,7 @@ fn cancel_holds_until_replug_and_unplug_closes_the_dialog() {
     }
     let mut scene = Scene::start("desktop-cancel");
     let (first, _) = scene.plug();
-    let (pid, window) = scene.dialog(&first, 1);
-    scene
-        .desktop
-        .wait_focused(pid, "password text", "BitLocker password");
-    scene.desktop.closing_key(&window, "Escape");
-    scene
-        .agent()
-        .wait_lines(&format!("{first}: the person cancelled"), 1);
-    scene.desktop.wait_window_gone(&window);
+    let pid = scene.cancel_first_dialog(&first);
     poll("the cancelled dialog's process to end", || {
         (!alive(pid)).then_some(())
     });
