@@ -73,12 +73,7 @@ impl<'a> Sysfs<'a> {
         let mut found: Vec<String> = Vec::new();
         let mut next = vec![name.to_owned()];
         while let Some(current) = next.pop() {
-            let Ok(entries) = std::fs::read_dir(self.class_block.join(&current).join("holders"))
-            else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let holder = entry.file_name().to_string_lossy().into_owned();
+            for holder in self.direct_holders(&current) {
                 // A cycle cannot happen in a real kernel; a crafted tree must not loop us.
                 if holder != name && !found.contains(&holder) && found.len() < 64 {
                     found.push(holder.clone());
@@ -87,6 +82,26 @@ impl<'a> Sysfs<'a> {
             }
         }
         found
+    }
+
+    /// The block devices sitting directly on `name` (its `holders/`), sorted.
+    pub fn direct_holders(&self, name: &str) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.class_block.join(name).join("holders")) else {
+            return Vec::new();
+        };
+        let mut found: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// A device-mapper device's name and uuid (`dm/name`, `dm/uuid`; the uuid may be empty).
+    pub fn dm_name(&self, name: &str) -> Option<(String, String)> {
+        let dm = self.class_block.join(name).join("dm");
+        let read = |f: &str| std::fs::read_to_string(dm.join(f)).map(|s| s.trim_end().to_owned());
+        Some((read("name").ok()?, read("uuid").unwrap_or_default()))
     }
 
     /// Every block device whose device lives under `dir` (a USB device: its disks and their
@@ -148,18 +163,18 @@ fn bus_of(dir: &Path) -> Option<Connection> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
     /// A small sysfs: a USB stick `sda` (two partitions, `sda1` held by `dm-0`), an internal
     /// NVMe disk with a partition, an SD card, and a loop device.
-    struct Tree {
+    pub(crate) struct Tree {
         root: PathBuf,
     }
 
     impl Tree {
-        fn new(tag: &str) -> Self {
+        pub(crate) fn new(tag: &str) -> Self {
             let root =
                 std::env::temp_dir().join(format!("guilocker-sysfs-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&root);
@@ -189,7 +204,7 @@ mod tests {
             t
         }
 
-        fn file(&self, path: &str, text: &str) {
+        pub(crate) fn file(&self, path: &str, text: &str) {
             let path = self.root.join(path);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, text).unwrap();
@@ -201,7 +216,7 @@ mod tests {
             symlink(self.root.join(bus), self.root.join(dev).join("subsystem")).unwrap();
         }
 
-        fn disk(&self, dir: &str, name: &str, removable: &str, dev: &str) {
+        pub(crate) fn disk(&self, dir: &str, name: &str, removable: &str, dev: &str) {
             self.file(&format!("{dir}/removable"), removable);
             self.file(&format!("{dir}/dev"), dev);
             std::fs::create_dir_all(self.root.join(dir).join("holders")).unwrap();
@@ -225,7 +240,7 @@ mod tests {
             .unwrap();
         }
 
-        fn holder(&self, of: &str, holder: &str) {
+        pub(crate) fn holder(&self, of: &str, holder: &str) {
             let link = self
                 .root
                 .join("class/block")
@@ -235,7 +250,7 @@ mod tests {
             symlink(self.root.join("class/block").join(holder), link).unwrap();
         }
 
-        fn sysfs(&self) -> (PathBuf, PathBuf) {
+        pub(crate) fn sysfs(&self) -> (PathBuf, PathBuf) {
             (self.root.join("class/block"), self.root.clone())
         }
     }
