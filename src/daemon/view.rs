@@ -210,6 +210,15 @@ impl View {
         matches!(self.backend, Backend::Mapping { .. })
     }
 
+    /// Lets go of our claim on a device that is gone (dislocker's view): nothing can reach it
+    /// any more, and the engine's own last close then tears down what is left of it (a
+    /// detached loop device waits for that), not one of our threads.
+    pub fn release_gone_device(&mut self) {
+        if let Backend::Fuse { claim, .. } = &mut self.backend {
+            claim.take();
+        }
+    }
+
     /// Stops the engine. A FUSE view: unmount it (the engine then exits by itself and
     /// flushes), reap it, rmdir. A mapping: `cryptsetup close`. `lazy` (the device vanished,
     /// or something still holds the view) detaches the view, or defers the close.
