@@ -169,6 +169,7 @@ on_engines!(
         ntfs_stick_with_mbr,
         exfat_stick_with_gpt,
         fat_to_go_stick_without_partition_table,
+        refused_while_another_holds_it,
     ],
     // A flush counted on the loop device.
     fuse_only: [
@@ -289,7 +290,7 @@ fn wrong_password_and_other_users() {
         &["unmount", mountpoint.to_str().unwrap()],
         "",
     );
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 5, "busy: {err}");
     assert!(
         err.contains(&format!("sleep (pid {})", holder.id())),
         "{err}"
@@ -360,4 +361,170 @@ fn unmount_flushes_the_stick(engine: Engine) {
         _ => &[],
     };
     unmount_flush_the_stick_with(engine, extra);
+}
+
+/// Never a second writer. Someone else holds the partition: on dm-crypt a mapping made with
+/// `cryptsetup open` (as udisks makes one), on the FUSE engines a program with an `O_EXCL`
+/// open. The unlock is refused with exit 5 naming the holder, nothing is started or mounted.
+/// Once the holder lets go, the filesystem is clean and the unlock works, and while our
+/// engine serves it, nobody else can claim the partition.
+fn refused_while_another_holds_it(engine: Engine) {
+    let _serial = serial();
+    let tools: &[&str] = match engine {
+        Engine::DmCrypt => &["cryptsetup", "ntfsfix"],
+        _ => &["python3"],
+    };
+    if !prerequisites(tools) {
+        return;
+    }
+    let name = "refused_while_another_holds_it";
+    let Some(p) = plugged(engine, name, "bitlk-aes-xts-128", "HELD", "mbr") else {
+        return;
+    };
+    let (daemon, dev) = (&p.daemon, &p.dev);
+    let mapping = format!("held-{}", dev.trim_start_matches("/dev/"));
+    let mut holder = None;
+    let expected = match engine {
+        Engine::DmCrypt => {
+            // The password on stdin, to its end (--key-file=-): no newline.
+            let (code, out, err) = output_of(
+                std::process::Command::new("cryptsetup").args([
+                    "open",
+                    "--type",
+                    "bitlk",
+                    "--key-file=-",
+                    dev,
+                    &mapping,
+                ]),
+                "anaconda",
+            );
+            assert_eq!(code, 0, "cryptsetup open: {out}{err}");
+            let node = std::fs::canonicalize(format!("/dev/mapper/{mapping}")).unwrap();
+            format!(
+                "{dev}: already in use by {} ({mapping}, opened by cryptsetup)",
+                node.display()
+            )
+        }
+        _ => {
+            let mut child = std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    "import os, sys\n\
+                     fd = os.open(sys.argv[1], os.O_RDONLY | os.O_EXCL)\n\
+                     print('held', flush=True)\n\
+                     sys.stdin.read()\n",
+                    dev,
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            // It says so once its claim is made.
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+                &mut line,
+            )
+            .unwrap();
+            assert_eq!(line, "held\n", "the holder could not claim {dev}");
+            let pid = child.id();
+            holder = Some(child);
+            format!("{dev}: already in use by python3 (pid {pid})")
+        }
+    };
+
+    let (code, out, err) = daemon.unlock_with_password(Some(TEST_USER), dev, "anaconda");
+    assert_eq!(code, 5, "busy: {out}{err}");
+    assert_eq!(err.trim(), format!("guilocker: {expected}"));
+    let info = daemon.device(dev).unwrap();
+    assert_eq!(info.state, DeviceState::Locked, "{info:?}");
+    assert_eq!(info.error.as_deref(), Some(expected.as_str()));
+    assert_eq!(info.mountpoint, None);
+    assert!(engines_for(dev).is_empty(), "an engine was started");
+    assert_no_mapping();
+    let user_media = daemon.media.join(TEST_USER);
+    assert!(
+        guilocker::daemon::mounts::mounts()
+            .iter()
+            .all(|m| !m.mountpoint.starts_with(&user_media)),
+        "something was mounted"
+    );
+
+    // The holder lets go.
+    match holder.take() {
+        Some(mut child) => {
+            drop(child.stdin.take());
+            assert!(wait_child(&mut child, WAIT).success());
+        }
+        None => {
+            // Unmounted, the NTFS inside the holder's mapping checks clean: the refused
+            // unlock wrote nothing.
+            let (code, out, err) = output_of(
+                std::process::Command::new("ntfsfix")
+                    .arg("-n")
+                    .arg(format!("/dev/mapper/{mapping}")),
+                "",
+            );
+            assert_eq!(code, 0, "ntfsfix -n: {out}{err}");
+            let (code, out, err) = output_of(
+                std::process::Command::new("cryptsetup").args(["close", &mapping]),
+                "",
+            );
+            assert_eq!(code, 0, "cryptsetup close: {out}{err}");
+        }
+    }
+
+    let (mountpoint, _) = unlock_for_user(daemon, dev);
+    let info = daemon.device(dev).unwrap();
+    assert_eq!(info.engine, Some(engine));
+    let hello = find_file(&mountpoint, "hello.txt").expect("hello.txt on the stick");
+    assert_eq!(
+        std::fs::read_to_string(hello).unwrap(),
+        "hello from windows\n"
+    );
+    // Served: the partition is claimed, a second claimant is kept out.
+    let second = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(dev)
+    };
+    assert_eq!(
+        second.map(drop).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EBUSY)),
+        "{dev} can be claimed while {} serves it",
+        engine.as_str()
+    );
+    let (code, _, err) = daemon.cli(Some(TEST_USER), &["unmount", dev], "");
+    assert_eq!(code, 0, "{err}");
+    // Put away, the filesystem checks clean and the partition is free again.
+    if engine == Engine::DmCrypt {
+        let (code, out, err) = output_of(
+            std::process::Command::new("cryptsetup").args([
+                "open",
+                "--type",
+                "bitlk",
+                "--key-file=-",
+                dev,
+                &mapping,
+            ]),
+            "anaconda",
+        );
+        assert_eq!(code, 0, "cryptsetup open: {out}{err}");
+        let (code, out, err) = output_of(
+            std::process::Command::new("ntfsfix")
+                .arg("-n")
+                .arg(format!("/dev/mapper/{mapping}")),
+            "",
+        );
+        let _ = std::process::Command::new("cryptsetup")
+            .args(["close", &mapping])
+            .status();
+        assert_eq!(code, 0, "ntfsfix -n after the unlock: {out}{err}");
+    }
+    // The VM's scratch space is a small tmpfs shared by the whole group: give the stick back.
+    let dir = p.daemon.dir.clone();
+    drop(p);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -30,13 +30,14 @@ const GROUPS: [(&str, &str); 4] = [
 
 /// The sticks the VM's tests use (tests/e2e_sticks.rs, tests/fault_devices.rs): source,
 /// filesystem, label, table.
-const VM_STICKS: [(&str, &str, &str, &str); 6] = [
+const VM_STICKS: [(&str, &str, &str, &str); 7] = [
     ("bitlk-aes-xts-128", "ntfs", "My Stick", "mbr"),
     ("bitlk-aes-xts-256", "exfat", "EXSTICK", "gpt"),
     ("bitlk-togo-aes-xts-128", "vfat", "TOGO", "none"),
     ("bitlk-aes-cbc-128", "ntfs", "YANKED", "mbr"),
     ("bitlk-aes-xts-128", "ntfs", "TERM", "none"),
     ("bitlk-aes-xts-128", "ntfs", "OTHERS", "mbr"),
+    ("bitlk-aes-xts-128", "ntfs", "HELD", "mbr"),
 ];
 
 /// The script the VM runs: each group's binary with its filter, `--ignored`, one test at a

@@ -102,6 +102,10 @@ fn main_page() -> Vec<u8> {
             exit::CANNOT_OPEN,
             "The volume cannot be opened here (for example, encryption is still in progress).",
         ),
+        (
+            exit::BUSY,
+            "In use: another program, mount or mapping holds the drive or its filesystem; nothing changed.",
+        ),
     ] {
         roff.control("TP", [] as [&str; 0]);
         roff.text([bold(code.to_string())]);

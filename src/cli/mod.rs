@@ -24,6 +24,7 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     pub const WRONG_SECRET: u8 = 3;
     pub const CANNOT_OPEN: u8 = 4;
+    pub const BUSY: u8 = 5;
 }
 
 #[derive(Debug, Parser)]
@@ -181,6 +182,10 @@ impl From<ClientError> for Failure {
                 kind: ErrorKind::BadRequest,
                 ..
             } => exit::USAGE,
+            ClientError::Daemon {
+                kind: ErrorKind::Busy,
+                ..
+            } => exit::BUSY,
             _ => exit::FAILED,
         };
         Self::new(code, e.localized())

@@ -274,11 +274,13 @@ impl Device {
         self.phase = match result {
             Ok(session) => Phase::Unlocked(Box::new(session)),
             // Said to the person, who can try again: still simply locked.
-            Err(e @ (DaemonError::WrongSecret { .. } | DaemonError::CannotOpen { .. })) => {
-                Phase::Locked {
-                    error: Some(e.to_string()),
-                }
-            }
+            Err(
+                e @ (DaemonError::WrongSecret { .. }
+                | DaemonError::CannotOpen { .. }
+                | DaemonError::InUse { .. }),
+            ) => Phase::Locked {
+                error: Some(e.to_string()),
+            },
             Err(e) => Phase::Failed(e.to_string()),
         };
         None
@@ -655,6 +657,17 @@ mod tests {
         assert_eq!(
             d.info().error.as_deref(),
             Some("/dev/loop0p1: wrong password")
+        );
+        // In use by someone else: refused, still locked, the holder named.
+        d.begin_unlock().unwrap();
+        d.unlocked(Err(&DaemonError::InUse {
+            device: "/dev/loop0p1".into(),
+            holder: "/dev/dm-3 (bitlk-1793, opened by udisks)".into(),
+        }));
+        assert_eq!(d.wire_state(), DeviceState::Locked);
+        assert_eq!(
+            d.info().error.as_deref(),
+            Some("/dev/loop0p1: already in use by /dev/dm-3 (bitlk-1793, opened by udisks)")
         );
         d.begin_unlock().unwrap();
         assert_eq!(d.info().error, None, "a new attempt clears the old reason");

@@ -8,7 +8,7 @@
 
 use super::error::DaemonError;
 use crate::bitlocker::{Cipher, Fvek, Metadata, ProtectorKind};
-use crate::process::Command;
+use crate::process::{Command, ExitStatus, ProcessError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -159,6 +159,20 @@ pub fn open(
     Ok(path)
 }
 
+/// Did cryptsetup refuse because something else uses the device ("Cannot use device /dev/sdb1
+/// which is in use (already mapped or mounted)", exit status 5: busy)? That is a refusal, not
+/// a volume dm-crypt cannot serve.
+pub fn found_busy(error: &ProcessError) -> bool {
+    match error {
+        ProcessError::Failed { status, output, .. } => {
+            *status == ExitStatus::Code(5)
+                || output.contains("in use")
+                || output.contains("Device or resource busy")
+        }
+        _ => false,
+    }
+}
+
 /// Waits (up to 100 ms) for something to happen in /dev/mapper, by inotify.
 fn wait_for_node(path: &Path) {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -243,6 +257,32 @@ mod tests {
         assert!(needs_kernel(Cipher::AesCbc128Elephant) > needs_kernel(Cipher::AesCbc128));
         assert_eq!(needs_kernel(Cipher::AesXts256), Some((4, 12)));
         assert_eq!(needs_kernel(Cipher::Unknown(7)), None);
+    }
+
+    #[test]
+    fn busy_is_told_from_a_volume_dm_crypt_cannot_serve() {
+        let failed = |code, output: &str| ProcessError::Failed {
+            program: CRYPTSETUP.into(),
+            status: ExitStatus::Code(code),
+            output: output.into(),
+        };
+        assert!(found_busy(&failed(
+            5,
+            "Cannot use device /dev/vda1 which is in use (already mapped or mounted)."
+        )));
+        assert!(found_busy(&failed(
+            1,
+            "device-mapper: reload ioctl on held failed: Device or resource busy"
+        )));
+        assert!(!found_busy(&failed(1, "Cannot parse BITLK header.")));
+        assert!(!found_busy(&failed(
+            1,
+            "Check that kernel supports aes-cbc-elephant cipher"
+        )));
+        assert!(!found_busy(&ProcessError::Timeout {
+            program: CRYPTSETUP.into(),
+            seconds: 30
+        }));
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub enum DaemonError {
     CannotOpen { device: String, cause: String },
     #[error("{target}: in use by {holders}; close them, or use --force")]
     Busy { target: String, holders: String },
+    /// Someone else uses the partition (a mount, a mapping, a program): never a second writer.
+    #[error("{device}: already in use by {holder}")]
+    InUse { device: String, holder: String },
     #[error("{device}: {context}: {source}")]
     Process {
         device: String,
@@ -59,12 +62,23 @@ impl DaemonError {
             Self::NotAuthorized { .. } => ErrorKind::NotAuthorized,
             Self::WrongSecret { .. } => ErrorKind::WrongSecret,
             Self::CannotOpen { .. } => ErrorKind::CannotOpen,
-            Self::Busy { .. } => ErrorKind::Busy,
+            Self::Busy { .. } | Self::InUse { .. } => ErrorKind::Busy,
             Self::Process { .. }
             | Self::Io { .. }
             | Self::MountRefused { .. }
             | Self::Failed { .. } => ErrorKind::Failed,
         }
+    }
+
+    /// A child process ran and said no (as opposed to one that hung or could not start).
+    pub fn process_refused(&self) -> bool {
+        matches!(
+            self,
+            Self::Process {
+                source: ProcessError::Failed { .. },
+                ..
+            }
+        )
     }
 
     pub fn failed(device: &str, message: impl Into<String>) -> Self {

@@ -42,6 +42,7 @@ pub fn unlock(shared: &Shared, job: &UnlockJob) -> Result<Session, DaemonError> 
         dir: &dir,
         read_only: job.read_only,
         choice: job.config.engine,
+        sys_block: &shared.paths.sys_block,
     });
     let view = match started {
         Ok(v) => v,

@@ -176,13 +176,18 @@ pub fn holders(dir: &Path) -> Vec<(i32, String)> {
 
 /// Processes that have `file` itself open (a FUSE driver serving a mount from it).
 pub fn openers(file: &Path) -> Vec<i32> {
+    openers_named(file)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Processes that have `file` itself open, with their command names.
+pub fn openers_named(file: &Path) -> Vec<(i32, String)> {
     // /proc/PID/fd links name the real node (/dev/dm-0), not a symlink to it
     // (/dev/mapper/guilocker-sdb1).
     let real = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
     processes_with(false, |target| target == file || target == real)
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .collect()
 }
 
 pub fn describe_holders(holders: &[(i32, String)]) -> String {

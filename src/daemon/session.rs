@@ -53,6 +53,9 @@ impl Session {
     /// then stops the engine. A refused close has undone nothing.
     pub fn close(mut self, device: &str, mode: CloseMode) -> Result<(), Box<(DaemonError, Self)>> {
         let lazy = mode != CloseMode::Polite;
+        if mode == CloseMode::Vanished {
+            self.view.release_gone_device();
+        }
         if let Some(m) = self.mounted.take() {
             if let Err(e) = m.unmount(device, &self.view.decrypted, lazy) {
                 if mode != CloseMode::Vanished {

@@ -6,9 +6,15 @@
 //! kernel has device-mapper and the volume's cipher (a block device, `/dev/mapper/guilocker-*`);
 //! the native engine (`guilocker engine`, our own FUSE server) for every volume our reader can
 //! lay out; dislocker for the rest. The config can force one.
+//!
+//! Never a second writer: a partition that is mounted, held or claimed by anyone else is
+//! refused before any engine starts (host/inuse.rs), and stays claimed while served: dm-crypt
+//! and the native engine claim it themselves (`O_EXCL`); for dislocker, which does not, the
+//! view holds the claim.
 
 use super::dmcrypt;
 use super::error::DaemonError;
+use super::host::inuse::{self, Claim};
 use super::mount;
 use super::unlock::{self, Outcome};
 use crate::bitlocker::{Fvek, Layout, Metadata};
@@ -34,8 +40,12 @@ pub struct View {
 
 enum Backend {
     /// A FUSE server we supervise (native engine or dislocker), mounted at `dir` under the
-    /// runtime dir.
-    Fuse { child: Child, dir: PathBuf },
+    /// runtime dir; `claim` keeps others off the partition when the server does not itself.
+    Fuse {
+        child: Child,
+        dir: PathBuf,
+        claim: Option<Claim>,
+    },
     /// A dm-crypt mapping: the kernel serves it; no process of ours.
     Mapping { name: String },
     /// What an earlier daemon left: its engine (no child of ours: watched by pidfd; `None`
@@ -57,6 +67,8 @@ pub struct Request<'a> {
     pub dir: &'a Path,
     pub read_only: bool,
     pub choice: EngineChoice,
+    /// `/sys/class/block`, to find who else uses the partition.
+    pub sys_block: &'a Path,
 }
 
 /// Which engine serves a volume, and why the faster ones do not.
@@ -102,24 +114,38 @@ fn choose(req: &Request, fvek: Option<&Fvek>) -> Result<Engine, DaemonError> {
 }
 
 impl View {
-    /// Derives the key, picks the engine and starts it; returns once the view is served.
-    /// Under `auto`, a volume dm-crypt refuses goes to the native engine.
+    /// Refuses a partition someone else uses, derives the key, picks the engine and starts
+    /// it; returns once the view is served. Under `auto`, a volume dm-crypt cannot parse or
+    /// decrypt goes to the native engine; one it finds in use is refused.
     pub fn start(req: &Request) -> Result<Self, DaemonError> {
+        close_leftover_mapping(req)?;
+        let claim = inuse::claim(req.sys_block, req.device, req.name)?;
         let fvek = match req.metadata {
             Some(meta) => unlock::native_key(req.device, meta, req.secret)?,
             None => None,
         };
         match (choose(req, fvek.as_ref())?, fvek) {
-            (Engine::DmCrypt, Some(fvek)) => match start_mapping(req, &fvek) {
-                // cryptsetup refused (a volume it cannot parse, a cipher module missing):
-                // our own engine can still serve it.
-                Err(e @ DaemonError::Process { .. }) if req.choice == EngineChoice::Auto => {
-                    log::warn!("{e}; the native engine serves it instead");
-                    start_native(req, &fvek)
+            (Engine::DmCrypt, Some(fvek)) => {
+                // The mapping claims the partition itself: ours would make the kernel refuse it.
+                drop(claim);
+                match start_mapping(req, &fvek) {
+                    // cryptsetup refused the volume (one it cannot parse, a cipher module
+                    // missing): our own engine can still serve it. A busy device was turned
+                    // into a refusal already; a hang is no verdict on the volume.
+                    Err(e @ DaemonError::Process { .. })
+                        if req.choice == EngineChoice::Auto && e.process_refused() =>
+                    {
+                        log::warn!("{e}; the native engine serves it instead");
+                        start_native(req, &fvek)
+                    }
+                    started => started,
                 }
-                started => started,
-            },
-            (Engine::Native, Some(fvek)) => start_native(req, &fvek),
+            }
+            (Engine::Native, Some(fvek)) => {
+                // The engine opens the partition O_EXCL itself.
+                drop(claim);
+                start_native(req, &fvek)
+            }
             (_, fvek) => {
                 let child = unlock::start_dislocker(
                     req.device,
@@ -132,6 +158,7 @@ impl View {
                     backend: Backend::Fuse {
                         child,
                         dir: req.dir.to_owned(),
+                        claim: Some(claim),
                     },
                     decrypted: req.dir.join(unlock::DECRYPTED_FILE),
                     engine: Engine::Dislocker,
@@ -258,13 +285,23 @@ impl View {
         matches!(self.backend, Backend::Mapping { .. })
     }
 
+    /// Lets go of our claim on a device that is gone (dislocker's view): nothing can reach it
+    /// any more, and the engine's own last close then tears down what is left of it (a
+    /// detached loop device waits for that), not one of our threads.
+    pub fn release_gone_device(&mut self) {
+        if let Backend::Fuse { claim, .. } = &mut self.backend {
+            claim.take();
+        }
+    }
+
     /// Stops the engine. A FUSE view: unmount it (the engine then exits by itself and
     /// flushes), reap it, rmdir. A mapping: `cryptsetup close`. `lazy` (the device vanished,
     /// or something still holds the view) detaches the view, or defers the close.
     pub fn stop(self, device: &str, lazy: bool) {
-        let (child, dir) = match self.backend {
+        // The claim (dislocker's) is let go last, once its engine is gone.
+        let (child, dir, _claim) = match self.backend {
             Backend::Mapping { name } => return dmcrypt::close(device, &name, lazy),
-            Backend::Fuse { child, dir } => (child, dir),
+            Backend::Fuse { child, dir, claim } => (child, dir, claim),
             Backend::Adopted { process, dir } => {
                 return stop_adopted(device, self.engine, process, dir, lazy)
             }
@@ -348,9 +385,9 @@ fn native_layout(device: &str, meta: &Metadata) -> Result<(), String> {
     Layout::new(meta, size).map(drop).map_err(|e| e.to_string())
 }
 
-/// dm-crypt: `cryptsetup open` with our key. A leftover mapping of the same name (a crashed
-/// daemon's) is closed first when nothing uses it, refused when something does.
-fn start_mapping(req: &Request, fvek: &Fvek) -> Result<View, DaemonError> {
+/// A leftover mapping of ours for this partition (a crashed daemon's) is closed when nothing
+/// uses it, refused when something does; whichever engine serves the volume next.
+fn close_leftover_mapping(req: &Request) -> Result<(), DaemonError> {
     let name = dmcrypt::mapping_name(req.name);
     if let Some((_, kname)) = dmcrypt::mappings().into_iter().find(|(n, _)| *n == name) {
         if dmcrypt::in_use(&kname) {
@@ -364,7 +401,24 @@ fn start_mapping(req: &Request, fvek: &Fvek) -> Result<View, DaemonError> {
         log::warn!("{}: closing the leftover mapping {name}", req.device);
         dmcrypt::close(req.device, &name, false);
     }
-    let decrypted = dmcrypt::open(req.device, &name, fvek, req.read_only)?;
+    Ok(())
+}
+
+/// dm-crypt: `cryptsetup open` with our key. cryptsetup finding the partition in use (claimed
+/// since we looked) is a refusal naming who, never a reason to try another engine.
+fn start_mapping(req: &Request, fvek: &Fvek) -> Result<View, DaemonError> {
+    let name = dmcrypt::mapping_name(req.name);
+    let decrypted = dmcrypt::open(req.device, &name, fvek, req.read_only).map_err(|e| match e {
+        DaemonError::Process { ref source, .. } if dmcrypt::found_busy(source) => {
+            inuse::refusal(req.sys_block, req.device, req.name).unwrap_or_else(|| {
+                DaemonError::InUse {
+                    device: req.device.into(),
+                    holder: "another program (cryptsetup found the device in use)".into(),
+                }
+            })
+        }
+        e => e,
+    })?;
     Ok(View {
         backend: Backend::Mapping { name },
         decrypted,
@@ -395,6 +449,7 @@ fn start_native(req: &Request, fvek: &Fvek) -> Result<View, DaemonError> {
                 backend: Backend::Fuse {
                     child,
                     dir: req.dir.to_owned(),
+                    claim: None,
                 },
                 decrypted: req.dir.join(crate::engine::VIEW_FILE),
                 engine: Engine::Native,
@@ -403,6 +458,10 @@ fn start_native(req: &Request, fvek: &Fvek) -> Result<View, DaemonError> {
         // The engine's output holds no secret: its last line says why ("guilocker: DEV:
         // cause"), and names the device itself.
         Err(Outcome::Exited(output)) => {
+            // Someone claimed the partition between our look and the engine's O_EXCL open.
+            if let Some(e) = inuse::refusal(req.sys_block, device, req.name) {
+                return Err(e);
+            }
             let last = crate::process::one_line(&String::from_utf8_lossy(&output));
             let cause = last.strip_prefix("guilocker: ").unwrap_or(&last);
             let cause = cause

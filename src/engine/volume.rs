@@ -9,7 +9,7 @@
 use super::error::EngineError;
 use crate::bitlocker::{Fvek, Layout, SectorCipher, Source};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -40,11 +40,25 @@ impl Volume {
                 source,
             }
         };
+        // A block device is claimed (O_EXCL): no mount, mapping or second engine can take it
+        // while we serve it. An image file has no such claim.
+        let block = std::fs::metadata(path)
+            .map_err(io("cannot open"))?
+            .file_type()
+            .is_block_device();
         let device = std::fs::OpenOptions::new()
             .read(true)
             .write(!read_only)
+            .custom_flags(if block { libc::O_EXCL } else { 0 })
             .open(path)
-            .map_err(io("cannot open"))?;
+            .map_err(|source| {
+                let what = if source.raw_os_error() == Some(libc::EBUSY) {
+                    "cannot open it exclusively (a mount, a mapping or another program uses it)"
+                } else {
+                    "cannot open"
+                };
+                io(what)(source)
+            })?;
         let meta =
             crate::bitlocker::read_metadata(&device).map_err(|source| EngineError::Bitlocker {
                 path: path.to_owned(),

@@ -78,12 +78,7 @@ impl<'a> Sysfs<'a> {
         let mut found: Vec<String> = Vec::new();
         let mut next = vec![name.to_owned()];
         while let Some(current) = next.pop() {
-            let Ok(entries) = std::fs::read_dir(self.class_block.join(&current).join("holders"))
-            else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let holder = entry.file_name().to_string_lossy().into_owned();
+            for holder in self.direct_holders(&current) {
                 // A cycle cannot happen in a real kernel; a crafted tree must not loop us.
                 if holder != name && !found.contains(&holder) && found.len() < 64 {
                     found.push(holder.clone());
@@ -92,6 +87,26 @@ impl<'a> Sysfs<'a> {
             }
         }
         found
+    }
+
+    /// The block devices sitting directly on `name` (its `holders/`), sorted.
+    pub fn direct_holders(&self, name: &str) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.class_block.join(name).join("holders")) else {
+            return Vec::new();
+        };
+        let mut found: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// A device-mapper device's name and uuid (`dm/name`, `dm/uuid`; the uuid may be empty).
+    pub fn dm_name(&self, name: &str) -> Option<(String, String)> {
+        let dm = self.class_block.join(name).join("dm");
+        let read = |f: &str| std::fs::read_to_string(dm.join(f)).map(|s| s.trim_end().to_owned());
+        Some((read("name").ok()?, read("uuid").unwrap_or_default()))
     }
 
     /// Every block device whose device lives under `dir` (a USB device: its disks and their
