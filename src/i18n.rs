@@ -84,6 +84,12 @@ const SENTENCES: &[&str] = &[
     n_("is still unlocked by an earlier guilocker ({path} is mounted); unmount it first"),
     n_("is still unlocked by an earlier guilocker ({name} is in use); unmount it first"),
     n_("in use by {holders}; close them, or use --force"),
+    // Someone else holds the partition (a mapping, a mount, a program).
+    n_("already in use by {holder}"),
+    // How NTFS was mounted on a kernel with ntfs3, and what the kernel refused.
+    n_("{driver} cannot mount the filesystem: {reason}"),
+    n_("Windows was hibernated (Fast Startup) with this drive in use, so it was opened read-only: writing to it now could lose what Windows still holds in memory; shut Windows down fully (Shift+Shut down) to write to it"),
+    n_("Windows did not close this drive (removed without Eject), which the kernel's ntfs3 refuses, so ntfs-3g opened it; Windows checks it the next time it sees it"),
     n_("not allowed: {why}"),
     n_("uid {uid} has no user account"),
     n_("{user} is not in the group '{group}' (see allowed_group in the config)"),
@@ -293,8 +299,16 @@ mod tests {
                 }
             }
         }
-        // Long literals are broken over lines there.
-        let sources = holes_as_braces(&sources.replace("\\\n", ""));
+        // Long literals are broken over lines there: `\` at a line's end also skips the
+        // next line's indentation.
+        let mut joined = String::with_capacity(sources.len());
+        let mut rest = sources.as_str();
+        while let Some(at) = rest.find("\\\n") {
+            joined.push_str(&rest[..at]);
+            rest = rest[at + 2..].trim_start_matches([' ', '\t', '\n']);
+        }
+        joined.push_str(rest);
+        let sources = holes_as_braces(&joined);
         for template in SENTENCES {
             assert!(
                 sources.contains(&holes_as_braces(template)),
