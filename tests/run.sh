@@ -64,7 +64,8 @@ elif [[ -s /run/guilocker/guilocker.pid ]] && installed_pid=$(</run/guilocker/gu
   echo "tests/run.sh: stopping the installed daemon ($installed_exe, pid $installed_pid) for the tests (restarted after)"
   # It puts its volumes away on SIGTERM; wait for it to exit.
   kill -TERM "$installed_pid"
-  timeout 90 tail --pid="$installed_pid" -f /dev/null
+  timeout 90 tail --pid="$installed_pid" -f /dev/null \
+    || { echo "tests/run.sh: the installed daemon (pid $installed_pid) did not stop within 90 s" >&2; exit 1; }
   restart_installed=("$installed_exe" daemon)
 fi
 restart_daemon() {

@@ -18,9 +18,18 @@ pub const FLAG: &str = "handles-bitlocker";
 const RULE_RUNTIME_DIR: &str = "/run/guilocker";
 const UDEVADM: &str = "udevadm";
 
+/// When udev is asked to look again: before the call returns (at start, before the loop
+/// runs, and at exit, before the process ends), or on a thread of its own (a reload, on the
+/// event loop, which must not wait on a child).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retrigger {
+    Now,
+    Aside,
+}
+
 /// Creates or removes the flag to match `handle`; when that changes it, has udev apply the
 /// rule again to the BitLocker drives present.
-pub fn announce(runtime_dir: &Path, handle: bool) {
+pub fn announce(runtime_dir: &Path, handle: bool, how: Retrigger) {
     let flag = runtime_dir.join(FLAG);
     let changed = flag.exists() != handle;
     let result = if handle {
@@ -39,7 +48,17 @@ pub fn announce(runtime_dir: &Path, handle: bool) {
         return;
     }
     if changed && runtime_dir == Path::new(RULE_RUNTIME_DIR) {
-        retrigger();
+        match how {
+            Retrigger::Now => retrigger(),
+            Retrigger::Aside => {
+                let spawned = std::thread::Builder::new()
+                    .name("guilocker-udev".into())
+                    .spawn(retrigger);
+                if let Err(e) = spawned {
+                    log::warn!("cannot start a thread to tell udev: {e}");
+                }
+            }
+        }
     }
 }
 

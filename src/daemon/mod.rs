@@ -149,7 +149,7 @@ pub fn run(opts: Options) -> Result<()> {
             event_loop(&opts, &mut core, &listener, &signals, uevents.as_ref());
             log::info!("shutting down: putting every volume away");
             core.shutdown();
-            desktop::announce(&opts.runtime_dir, false);
+            desktop::announce(&opts.runtime_dir, false, desktop::Retrigger::Now);
             drop(listener);
             drop(pidfile);
             log::info!("stopped");
@@ -208,7 +208,11 @@ fn start(opts: &Options, config: Config, pidfile: &mut crate::pidfile::Pidfile) 
             None
         }
     };
-    desktop::announce(&opts.runtime_dir, !config.leave_bitlocker_to_desktop);
+    desktop::announce(
+        &opts.runtime_dir,
+        !config.leave_bitlocker_to_desktop,
+        desktop::Retrigger::Now,
+    );
     let paths = core::Paths::new(opts.runtime_dir.clone());
     // What an earlier daemon recorded first: its live volumes are taken over, its half-dead
     // ones put away; then what it left without a record.
@@ -342,7 +346,11 @@ fn supervise(core: &mut core::Core) {
 fn reload(opts: &Options, core: &mut core::Core) {
     match load_config(opts) {
         Ok(new) => {
-            desktop::announce(&opts.runtime_dir, !new.leave_bitlocker_to_desktop);
+            desktop::announce(
+                &opts.runtime_dir,
+                !new.leave_bitlocker_to_desktop,
+                desktop::Retrigger::Aside,
+            );
             *core
                 .shared
                 .config

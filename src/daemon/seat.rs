@@ -21,7 +21,14 @@ pub struct Seat {
 impl Seat {
     /// Refuses an unlock by a caller not in the active local session. Root may always.
     /// Runs on the caller's connection thread, never the event loop: it waits on logind.
-    pub fn authorize(&self, caller: &Caller, device: &str) -> Result<(), DaemonError> {
+    /// Without logind the group alone decides, unless `fail_closed` (a disk inside the
+    /// computer): then only root may.
+    pub fn authorize(
+        &self,
+        caller: &Caller,
+        device: &str,
+        fail_closed: bool,
+    ) -> Result<(), DaemonError> {
         if caller.is_root() {
             return Ok(());
         }
@@ -41,6 +48,14 @@ impl Seat {
         }
         let session = match self.session_of(pid, caller.uid) {
             Ok(session) => session,
+            Err(LogindError::Unavailable(cause))
+                if !self.seen.load(Ordering::Relaxed) && fail_closed =>
+            {
+                return Err(denied(format!(
+                    "logind is not available ({cause}), and a disk inside the computer opens \
+                     only for the person at it"
+                )));
+            }
             Err(LogindError::Unavailable(cause)) if !self.seen.load(Ordering::Relaxed) => {
                 if !self.absent_said.swap(true, Ordering::Relaxed) {
                     log::warn!(
@@ -135,17 +150,51 @@ mod tests {
             gid: 0,
             pid: 0,
         };
-        assert!(seat.authorize(&root, "/dev/sdb1").is_ok());
+        assert!(seat.authorize(&root, "/dev/sdb1", false).is_ok());
         let user = Caller {
             uid: 1000,
             gid: 1000,
             pid: 0,
         };
-        let refused = seat.authorize(&user, "/dev/sdb1").unwrap_err().to_string();
+        let refused = seat
+            .authorize(&user, "/dev/sdb1", false)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             refused,
             "/dev/sdb1: not allowed: you are not in the active local session (the kernel did \
              not say which process is asking)"
         );
+    }
+
+    /// Without logind (this machine's tests run with no system bus): a stick goes by the group
+    /// alone, a disk inside the computer only to root.
+    #[test]
+    fn without_logind_an_internal_disk_is_refused() {
+        if Logind::connect().is_ok() {
+            eprintln!("skipped: logind answers here");
+            return;
+        }
+        let seat = Seat::default();
+        let user = Caller {
+            uid: 1000,
+            gid: 1000,
+            pid: i32::try_from(std::process::id()).unwrap(),
+        };
+        assert!(seat.authorize(&user, "/dev/sdb1", false).is_ok());
+        let refused = seat
+            .authorize(&user, "/dev/nvme0n1p3", true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.starts_with("/dev/nvme0n1p3: not allowed: you are not in the active local session (logind is not available"),
+            "{refused}"
+        );
+        let root = Caller {
+            uid: 0,
+            gid: 0,
+            pid: 1,
+        };
+        assert!(seat.authorize(&root, "/dev/nvme0n1p3", true).is_ok());
     }
 }

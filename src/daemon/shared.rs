@@ -215,7 +215,7 @@ impl Shared {
         let name = super::table::device_name(target);
         let internal = sys.knows(name) && !sys.attachment(name).removable;
         if config.require_active_session || internal {
-            self.seat.authorize(caller, target)?;
+            self.seat.authorize(caller, target, internal)?;
         }
         self.ask(target, |reply| {
             Ask::Unlock(Box::new(UnlockAsk {

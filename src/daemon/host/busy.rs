@@ -42,15 +42,21 @@ pub fn block_openers(proc_dir: &Path, me: i32) -> Vec<Opener> {
         }
         let program = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
         let program = program.trim();
-        if PROBERS.contains(&program) {
+        // By name, and only root's: anyone can call a process udisksd.
+        if PROBERS.contains(&program) && owner_of(&base) == Some(0) {
             continue;
         }
         let Ok(fds) = std::fs::read_dir(base.join("fd")) else {
             continue;
         };
         for fd in fds.flatten() {
-            // stat follows the link to the node itself: its numbers, whatever path (or mount
-            // namespace) it was opened through.
+            // Only what names a device node is looked at: a stat of any other open file
+            // could hang on a dead FUSE or NFS server (a pulled stick's own view among them).
+            if !std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with("/dev/")) {
+                continue;
+            }
+            // stat follows the link to the node itself: its numbers, whatever name (or mount
+            // namespace's /dev) it was opened through.
             let Ok(meta) = std::fs::metadata(fd.path()) else {
                 continue;
             };
@@ -69,6 +75,15 @@ pub fn block_openers(proc_dir: &Path, me: i32) -> Vec<Opener> {
         }
     }
     found
+}
+
+/// The real uid of the process whose /proc directory is `base`.
+fn owner_of(base: &Path) -> Option<u32> {
+    let status = std::fs::read_to_string(base.join("status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next()?.parse().ok())
 }
 
 /// The parent of the process whose /proc directory is `base`.
@@ -391,17 +406,19 @@ mod tests {
         };
         let root = std::env::temp_dir().join(format!("guilocker-proc-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let process = |pid: i32, ppid: i32, comm: &str, target: &Path| {
+        let process_of = |uid: u32, pid: i32, ppid: i32, comm: &str, target: &Path| {
             let dir = root.join(pid.to_string());
             std::fs::create_dir_all(dir.join("fd")).unwrap();
             std::fs::write(dir.join("comm"), format!("{comm}\n")).unwrap();
             std::fs::write(
                 dir.join("status"),
-                format!("Name:\t{comm}\nPPid:\t{ppid}\n"),
+                format!("Name:\t{comm}\nPPid:\t{ppid}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"),
             )
             .unwrap();
             symlink(target, dir.join("fd/3")).unwrap();
         };
+        let process =
+            |pid: i32, ppid: i32, comm: &str, target: &Path| process_of(0, pid, ppid, comm, target);
         let me = 500;
         process(10, 1, "cp", &node);
         process(11, 1, "bash", Path::new("/etc/hostname"));
@@ -409,17 +426,28 @@ mod tests {
         process(12, me, "guilocker", &node);
         process(13, 1, "(udev-worker)", &node);
         process(14, 1, "udisksd", &node);
+        // Named like a prober, but not root's: anyone can name a process so.
+        process_of(1000, 15, 1, "udisksd", &node);
         std::fs::create_dir_all(root.join("self")).unwrap();
         let found = block_openers(&root, me);
         let sys_block = Path::new("/sys/class/block");
         let numbers = Sysfs::new(sys_block).dev_numbers(&name).unwrap();
+        let mut found = found;
+        found.sort_by_key(|o| o.pid);
         assert_eq!(
             found,
-            [Opener {
-                pid: 10,
-                program: "cp".into(),
-                device: numbers
-            }]
+            [
+                Opener {
+                    pid: 10,
+                    program: "cp".into(),
+                    device: numbers
+                },
+                Opener {
+                    pid: 15,
+                    program: "udisksd".into(),
+                    device: numbers
+                }
+            ]
         );
         std::fs::remove_dir_all(&root).unwrap();
     }

@@ -31,7 +31,9 @@ pub fn parse_record(raw: &str) -> Option<Record> {
     let text = rest.lines().next().unwrap_or_default();
     Some(Record {
         level: (prio & 7) as u8,
-        text: unescape(text),
+        // Bytes the kernel escaped come back (a label's é), but nothing that could drive the
+        // terminal or the window the reason is shown in: text from a stranger's disk.
+        text: crate::text::escaped(&unescape(text)),
     })
 }
 
@@ -151,7 +153,7 @@ mod tests {
             parse_record("6,8,1,-;label \\x1b[2J\\xc3\\xa9\n")
                 .unwrap()
                 .text,
-            "label \u{1b}[2J\u{e9}"
+            "label \\u{1b}[2J\u{e9}"
         );
         assert_eq!(parse_record("no header"), None);
         assert_eq!(parse_record("x,1,2,-;text"), None);
