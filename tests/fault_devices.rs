@@ -472,6 +472,21 @@ fn killed_alone_is_adopted(engine: Engine) {
     assert_eq!(sha256_file(&mountpoint.join("before.bin")), before);
     assert_eq!(sha256_file(&hello), hello_sum);
     assert!(record.exists(), "the adopted volume keeps its record");
+    // Still never a second writer: the engine (native) or the new daemon's claim (dislocker,
+    // whose earlier claim went with the killed daemon) keeps others off the partition.
+    let claimed = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&dev)
+    };
+    assert_eq!(
+        claimed.map(drop).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EBUSY)),
+        "{dev} could be claimed while the adopted {} engine serves it",
+        engine.as_str()
+    );
 
     // Its owner puts it away, as any volume of theirs.
     let (code, _, err) = daemon.cli(Some(TEST_USER), &["unmount", &dev], "");

@@ -10,7 +10,9 @@ use super::mounts;
 use super::record::{self, Record};
 use super::session::{CloseMode, Session};
 use super::view::View;
+use crate::daemon::host::inuse;
 use crate::process::Foreign;
+use crate::protocol::Engine;
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 
@@ -128,7 +130,15 @@ fn examine(
                 }
                 Some(_) => {}
             }
-            View::adopted_fuse(rec.engine, process, dir, rec.decrypted.clone())
+            // dislocker does not claim the partition itself: the view does, as at unlock.
+            let claim = (rec.engine == Engine::Dislocker && why.is_empty())
+                .then(|| inuse::claim_exclusive(Path::new(&rec.device)))
+                .and_then(|claimed| {
+                    claimed
+                        .map_err(|e| log::warn!("{}: cannot claim it again: {e}", rec.device))
+                        .ok()
+                });
+            View::adopted_fuse(rec.engine, process, dir, rec.decrypted.clone(), claim)
         }
         (None, Some(name)) => {
             let kname = dmcrypt::mappings()

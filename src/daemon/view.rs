@@ -54,6 +54,8 @@ enum Backend {
     Adopted {
         process: Option<Foreign>,
         dir: Option<PathBuf>,
+        /// dislocker's claim on the partition, taken again (the earlier daemon's went with it).
+        claim: Option<Claim>,
     },
 }
 
@@ -186,9 +188,14 @@ impl View {
         process: Option<Foreign>,
         dir: Option<PathBuf>,
         decrypted: PathBuf,
+        claim: Option<Claim>,
     ) -> Self {
         Self {
-            backend: Backend::Adopted { process, dir },
+            backend: Backend::Adopted {
+                process,
+                dir,
+                claim,
+            },
             decrypted,
             engine,
         }
@@ -201,6 +208,7 @@ impl View {
             None => Backend::Adopted {
                 process: None,
                 dir: None,
+                claim: None,
             },
         };
         Self {
@@ -289,7 +297,7 @@ impl View {
     /// any more, and the engine's own last close then tears down what is left of it (a
     /// detached loop device waits for that), not one of our threads.
     pub fn release_gone_device(&mut self) {
-        if let Backend::Fuse { claim, .. } = &mut self.backend {
+        if let Backend::Fuse { claim, .. } | Backend::Adopted { claim, .. } = &mut self.backend {
             claim.take();
         }
     }
@@ -302,8 +310,14 @@ impl View {
         let (child, dir, _claim) = match self.backend {
             Backend::Mapping { name } => return dmcrypt::close(device, &name, lazy),
             Backend::Fuse { child, dir, claim } => (child, dir, claim),
-            Backend::Adopted { process, dir } => {
-                return stop_adopted(device, self.engine, process, dir, lazy)
+            Backend::Adopted {
+                process,
+                dir,
+                claim,
+            } => {
+                stop_adopted(device, self.engine, process, dir, lazy);
+                drop(claim);
+                return;
             }
         };
         if let Err(e) = mount::unmount_path(&dir, lazy) {

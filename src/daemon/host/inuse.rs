@@ -123,6 +123,12 @@ pub fn open_exclusive(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Claims a partition whose view is already served (an adopted dislocker's): nothing to
+/// look into first, it is ours.
+pub fn claim_exclusive(path: &Path) -> std::io::Result<Claim> {
+    open_exclusive(path).map(Claim)
+}
+
 /// Claims `device` (kernel name `name`) for an unlock, or refuses it, naming who uses it.
 pub fn claim(sys_block: &Path, device: &str, name: &str) -> Result<Claim, DaemonError> {
     let sys = Sysfs::new(sys_block);
