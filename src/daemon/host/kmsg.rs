@@ -94,14 +94,23 @@ impl KernelLog {
         Ok(Self(file))
     }
 
-    /// Every record logged since it was opened (or last read), without waiting.
+    /// The last records logged since it was opened (or last read), without waiting: the
+    /// driver's refusal comes last, whatever else a busy kernel logged meanwhile.
     pub fn read_new(&mut self) -> Vec<Record> {
-        let mut records = Vec::new();
+        let mut records = std::collections::VecDeque::with_capacity(MAX_RECORDS);
         let mut buf = vec![0u8; RECORD_BUF];
-        while records.len() < MAX_RECORDS {
+        // Bounded, so a kernel that logs as fast as we read cannot keep us here.
+        for _ in 0..MAX_RECORDS * 16 {
             match self.0.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => records.extend(parse_record(&String::from_utf8_lossy(&buf[..n]))),
+                Ok(n) => {
+                    if let Some(record) = parse_record(&String::from_utf8_lossy(&buf[..n])) {
+                        if records.len() == MAX_RECORDS {
+                            records.pop_front();
+                        }
+                        records.push_back(record);
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 // Records we had not read yet were overwritten: go on with the next one.
                 Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
@@ -109,7 +118,7 @@ impl KernelLog {
                 Err(_) => break,
             }
         }
-        records
+        records.into()
     }
 }
 
