@@ -363,6 +363,24 @@ fn unmount_flushes_the_stick(engine: Engine) {
     unmount_flush_the_stick_with(engine, extra);
 }
 
+/// `cryptsetup open --type bitlk DEV MAPPING` with the fixture's password, as udisks or a
+/// person would open the volume beside guilocker.
+fn cryptsetup_open(dev: &str, mapping: &str) {
+    // The password on stdin, to its end (--key-file=-): no newline.
+    let (code, out, err) = output_of(
+        std::process::Command::new("cryptsetup").args([
+            "open",
+            "--type",
+            "bitlk",
+            "--key-file=-",
+            dev,
+            mapping,
+        ]),
+        "anaconda",
+    );
+    assert_eq!(code, 0, "cryptsetup open: {out}{err}");
+}
+
 /// Never a second writer. Someone else holds the partition: on dm-crypt a mapping made with
 /// `cryptsetup open` (as udisks makes one), on the FUSE engines a program with an `O_EXCL`
 /// open. The unlock is refused with exit 5 naming the holder, nothing is started or mounted.
@@ -386,19 +404,7 @@ fn refused_while_another_holds_it(engine: Engine) {
     let mut holder = None;
     let expected = match engine {
         Engine::DmCrypt => {
-            // The password on stdin, to its end (--key-file=-): no newline.
-            let (code, out, err) = output_of(
-                std::process::Command::new("cryptsetup").args([
-                    "open",
-                    "--type",
-                    "bitlk",
-                    "--key-file=-",
-                    dev,
-                    &mapping,
-                ]),
-                "anaconda",
-            );
-            assert_eq!(code, 0, "cryptsetup open: {out}{err}");
+            cryptsetup_open(dev, &mapping);
             let node = std::fs::canonicalize(format!("/dev/mapper/{mapping}")).unwrap();
             format!(
                 "{dev}: already in use by {} ({mapping}, opened by cryptsetup)",
@@ -500,18 +506,7 @@ fn refused_while_another_holds_it(engine: Engine) {
     assert_eq!(code, 0, "{err}");
     // Put away, the filesystem checks clean and the partition is free again.
     if engine == Engine::DmCrypt {
-        let (code, out, err) = output_of(
-            std::process::Command::new("cryptsetup").args([
-                "open",
-                "--type",
-                "bitlk",
-                "--key-file=-",
-                dev,
-                &mapping,
-            ]),
-            "anaconda",
-        );
-        assert_eq!(code, 0, "cryptsetup open: {out}{err}");
+        cryptsetup_open(dev, &mapping);
         let (code, out, err) = output_of(
             std::process::Command::new("ntfsfix")
                 .arg("-n")

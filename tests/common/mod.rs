@@ -834,7 +834,6 @@ pub fn wait_for_block_change(what: &str, mut done: impl FnMut() -> bool) {
 /// SIGKILL to every process in `pids`, then waits (on their pidfds) until all have exited:
 /// what systemd does to a crashed unit's processes before it starts the unit again.
 pub fn kill_and_wait(pids: &[i32]) {
-    use std::os::fd::AsFd;
     let fds: Vec<_> = pids
         .iter()
         .filter_map(|&pid| {
@@ -844,8 +843,22 @@ pub fn kill_and_wait(pids: &[i32]) {
             Some(fd)
         })
         .collect();
+    wait_pidfds(&fds);
+}
+
+/// Waits on their pidfds until every process in `pids` has exited (one already gone counts).
+pub fn wait_exit(pids: &[i32]) {
+    let fds: Vec<_> = pids
+        .iter()
+        .filter_map(|&pid| guilocker::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).ok())
+        .collect();
+    wait_pidfds(&fds);
+}
+
+fn wait_pidfds(fds: &[std::os::fd::OwnedFd]) {
+    use std::os::fd::AsFd;
     let deadline = Instant::now() + WAIT;
-    for fd in &fds {
+    for fd in fds {
         let mut set = [nix::poll::PollFd::new(
             fd.as_fd(),
             nix::poll::PollFlags::POLLIN,
@@ -855,7 +868,7 @@ pub fn kill_and_wait(pids: &[i32]) {
         assert_eq!(
             nix::poll::poll(&mut set, ms).unwrap_or(0),
             1,
-            "a killed process did not exit within {WAIT:?}"
+            "a process did not exit within {WAIT:?}"
         );
     }
 }

@@ -198,25 +198,3 @@ pub fn mark_stick_dirty(image: &Path, partitioned: bool) {
     drop(stick);
     let _ = std::fs::remove_dir(&fuse);
 }
-
-/// Waits on their pidfds until every process in `pids` has exited.
-fn wait_exit(pids: &[i32]) {
-    use std::os::fd::AsFd;
-    let deadline = Instant::now() + WAIT;
-    for &pid in pids {
-        let Ok(fd) = guilocker::process::pidfd_open(nix::unistd::Pid::from_raw(pid)) else {
-            continue;
-        };
-        let mut set = [nix::poll::PollFd::new(
-            fd.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = nix::poll::PollTimeout::try_from(left.as_millis() as i32).unwrap();
-        assert_eq!(
-            nix::poll::poll(&mut set, ms).unwrap_or(0),
-            1,
-            "pid {pid} did not exit"
-        );
-    }
-}
