@@ -212,11 +212,13 @@ mod in_vm {
 }
 
 /// A daemon killed with a volume unlocked (--no-mount) through dm-crypt leaves its mapping:
-/// the kernel keeps serving it. The next daemon closes it, since nothing uses it, and the
-/// drive unlocks again.
+/// the kernel keeps serving it. The next daemon adopts it from its record (issue 21, item 5):
+/// listed unlocked, put away by `unmount`. A mapping of ours with no record (a daemon from
+/// before records, or a record lost) is closed at start, since nothing uses it, and the drive
+/// unlocks again.
 mod in_vm_crash {
     use super::common::*;
-    use guilocker::protocol::{Engine, EventKind};
+    use guilocker::protocol::{DeviceState, Engine, EventKind};
 
     #[test]
     #[ignore = "kernel path: runs inside a VM with Debian's kernel (tests/kernel_vm.rs)"]
@@ -249,6 +251,29 @@ mod in_vm_crash {
         daemon.crash();
         assert_eq!(guilocker::daemon::dmcrypt::mappings().len(), 1);
 
+        // Adopted: the mapping serves on, the drive is listed unlocked, `unmount` closes it.
+        let startup = daemon.respawn();
+        assert!(
+            startup
+                .iter()
+                .any(|l| l.contains("adopted from an earlier guilocker: unlocked")),
+            "{startup:#?}"
+        );
+        assert_eq!(daemon.device(&dev).unwrap().state, DeviceState::Unlocked);
+        let (code, _, err) = daemon.cli(None, &["unmount", &dev], "");
+        assert_eq!(code, 0, "unmount of the adopted mapping: {err}");
+        assert_no_mapping();
+
+        // No record: a leftover, closed at start.
+        let (code, _, err) = daemon.cli(None, &unlock, &pw);
+        assert_eq!(code, 0, "{err}");
+        daemon.crash();
+        let record = daemon
+            .runtime
+            .join("volumes")
+            .join(format!("{}.json", dev.trim_start_matches("/dev/")));
+        std::fs::remove_file(&record)
+            .unwrap_or_else(|e| panic!("no record {}: {e}", record.display()));
         let startup = daemon.respawn();
         assert!(
             startup.iter().any(|l| l.contains("cleaned up 1 volume")),
