@@ -19,9 +19,12 @@ ensure_cargo
 cargo build --release --locked
 
 install -D -m 0755 target/release/guilocker "$prefix/bin/guilocker"
+# umount(8) runs /sbin/umount.guilocker when a person unmounts a volume guilocker mounted (a
+# file manager's unmount button): it asks the daemon to put the volume away.
+ln -sfn "$prefix/bin/guilocker" /sbin/umount.guilocker
 # Manual pages and completions, generated from the binary's own definitions.
 generate_docs target/release/guilocker target/docs
-for page in target/docs/man/*.[15]; do
+for page in target/docs/man/*.[158]; do
   install -D -m 0644 "$page" "$prefix/share/man/man${page##*.}/${page##*/}"
 done
 install -D -m 0644 target/docs/completions/guilocker.bash "$prefix/share/bash-completion/completions/guilocker"

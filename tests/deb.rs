@@ -106,6 +106,11 @@ fn the_package_builds_lints_installs_and_removes_cleanly() {
             "{file} not in the package:\n{contents}"
         );
     }
+    // umount(8) finds its helper by this name; a link, so it is the binary just installed.
+    assert!(
+        contents.contains("./usr/sbin/umount.guilocker -> ../bin/guilocker"),
+        "no umount.guilocker link in the package:\n{contents}"
+    );
     lint(&deb);
 
     // A guilocker installed by packaging/install.sh keeps its configuration in /etc/guilocker,
@@ -150,6 +155,10 @@ fn the_package_builds_lints_installs_and_removes_cleanly() {
         "{conffiles}"
     );
     ok(Command::new("getent").args(["group", "plugdev"]));
+    assert_eq!(
+        std::fs::canonicalize("/sbin/umount.guilocker").unwrap(),
+        Path::new("/usr/bin/guilocker")
+    );
     let page = sh("MANWIDTH=80 man 5 guilocker.conf");
     assert!(page.contains("mount_root"), "{page}");
     let page = sh("MANWIDTH=80 man guilocker-unlock");
@@ -200,6 +209,7 @@ fn the_package_builds_lints_installs_and_removes_cleanly() {
     for gone in [
         "/usr/bin/guilocker",
         "/usr/libexec/guilocker",
+        "/usr/sbin/umount.guilocker",
         "/etc/guilocker",
         "/lib/udev/rules.d/75-guilocker.rules",
         "/run/guilocker/control.sock",

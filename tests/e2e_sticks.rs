@@ -24,6 +24,7 @@ fn round_trip(engine: Engine, name: &str, source: &str, fs: &str, label: &str, t
         return;
     }
     let uid = ensure_user(TEST_USER, true);
+    let _helper = UmountHelper::install();
     let daemon = TestDaemon::start_with(
         &format!("{name}-{}", engine.as_str()),
         &engine_config(engine),
@@ -110,10 +111,17 @@ fn round_trip(engine: Engine, name: &str, source: &str, fs: &str, label: &str, t
 
     let (big, big_sum) = fill_most_free_space(&mountpoint);
 
-    let (code, out, err) = daemon.cli(Some(TEST_USER), &["unmount", &dev], "");
-    assert_eq!(code, 0, "unmount failed: {out}{err}");
+    // Put away as a file manager's unmount button does it: `umount` run by its owner, which
+    // umount(8) hands to our helper, whatever the driver.
+    let (code, out, err) = daemon.umount_as(Some(TEST_USER), &mountpoint);
+    assert_eq!(code, 0, "umount by its owner failed: {out}{err}");
     assert_clean(&daemon, &dev, &mountpoint, &decrypted_dir);
     assert_eq!(daemon.device(&dev).unwrap().state, DeviceState::Locked);
+    assert!(
+        !in_utab(&mountpoint),
+        "utab still names {}",
+        mountpoint.display()
+    );
 
     // Unplug and plug again: the file written through Linux is there.
     stick.unplug();
@@ -170,6 +178,7 @@ on_engines!(
         exfat_stick_with_gpt,
         fat_to_go_stick_without_partition_table,
         refused_while_another_holds_it,
+        unmounted_with_umount,
     ],
     // A flush counted on the loop device.
     fuse_only: [
@@ -522,4 +531,91 @@ fn refused_while_another_holds_it(engine: Engine) {
     let dir = p.daemon.dir.clone();
     drop(p);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Unmounted from outside guilocker, as file managers do it (`umount PATH`, run by the person):
+/// umount(8) runs our helper as that user, and the daemon decides as for `guilocker unmount`.
+/// Another user is refused and nothing changes; a busy volume fails with umount's own "target
+/// is busy" (the words gvfs shows its busy dialog for) and stays as it was. Root's `umount`
+/// takes no helper: the daemon sees the filesystem go and locks the volume; `guilocker
+/// unmount` of the locked volume then still makes its stick safe to remove.
+fn unmounted_with_umount(engine: Engine) {
+    let _serial = serial();
+    let Some(p) = plugged(
+        engine,
+        "unmounted_with_umount",
+        "bitlk-aes-xts-128",
+        "UMOUNT",
+        "mbr",
+    ) else {
+        return;
+    };
+    let (daemon, dev) = (&p.daemon, &p.dev);
+    ensure_user(OTHER_USER, false);
+    let _helper = UmountHelper::install();
+    let (mountpoint, view) = unlock_for_user(daemon, dev);
+    assert!(
+        in_utab(&mountpoint),
+        "utab does not name {}",
+        mountpoint.display()
+    );
+
+    // Another user cannot even reach the path (the owner's folder is theirs alone), and
+    // the helper, run by hand, is refused by the daemon.
+    let (code, out, err) = daemon.umount_as(Some(OTHER_USER), &mountpoint);
+    assert_ne!(code, 0, "another user's umount: {out}{err}");
+    let (code, out, err) = daemon.run_as(
+        Some(OTHER_USER),
+        Path::new(UmountHelper::PATH),
+        &[mountpoint.to_str().unwrap()],
+        "",
+    );
+    assert_eq!(code, 1, "another user's umount.guilocker: {out}{err}");
+    assert!(err.contains("unlocked by guilocker-test"), "{err}");
+    assert!(is_mounted(&mountpoint));
+
+    let mut holder = std::process::Command::new("sleep")
+        .arg("600")
+        .current_dir(&mountpoint)
+        .spawn()
+        .unwrap();
+    let (code, out, err) = daemon.umount_as(Some(TEST_USER), &mountpoint);
+    assert_eq!(code, 32, "umount while busy: {out}{err}");
+    assert!(
+        err.starts_with(&format!(
+            "umount: {}: target is busy.",
+            mountpoint.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("sleep (pid {})", holder.id())),
+        "{err}"
+    );
+    assert!(is_mounted(&mountpoint));
+    assert_eq!(daemon.device(dev).unwrap().state, DeviceState::Mounted);
+    let _ = holder.kill();
+    let _ = holder.wait();
+
+    // Root's umount: no helper, the daemon notices and locks it, left powered.
+    let mut events = daemon.events();
+    let (code, out, err) = daemon.umount_as(None, &mountpoint);
+    assert_eq!(code, 0, "root's umount: {out}{err}");
+    wait_event(
+        &mut events,
+        "the volume locked after root's umount",
+        |k, d| k == EventKind::Changed && d.device == *dev && d.state == DeviceState::Locked,
+    );
+    assert_clean(daemon, dev, &mountpoint, &view);
+    let (code, out, err) = daemon.cli(Some(TEST_USER), &["unmount", dev], "");
+    assert_eq!(code, 0, "unmount of the locked volume: {out}{err}");
+    let line = daemon.wait_log("it can be removed");
+    assert!(
+        line.contains(&format!("{} flushed", p.stick.loop_dev)),
+        "{line}"
+    );
+    // Someone who may not unlock it may not power its stick off either.
+    let (code, out, err) = daemon.cli(Some(OTHER_USER), &["unmount", dev], "");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("not in the group"), "{err}");
 }

@@ -33,6 +33,9 @@ packages=(
   linux-image-6.12-amd64
   # The desktop's view of the drives in the USB VM (tests/usb_vm.rs): udisks' HintIgnore.
   udisks2 libblockdev-crypto2
+  # What GNOME Files and Thunar see in the USB VM (tests/usb_vm/file_managers.rs): gvfs' udisks
+  # volume monitor, gio, and lsof, which gvfs runs to name who keeps a volume busy.
+  gvfs gvfs-daemons libglib2.0-bin lsof
 )
 ensure_packages "${packages[@]}"
 ensure_cargo

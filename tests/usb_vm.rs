@@ -20,10 +20,11 @@ const VM_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const IMAGES_ENV: &str = "GUILOCKER_USB_IMAGES";
 /// Each stick: its file name, label; all are NTFS in an MBR partition from the same fixture
 /// (password `anaconda`, `hello.txt` inside).
-const STICKS: [(&str, &str); 4] = [
+const STICKS: [(&str, &str); 5] = [
     ("usb-mount.img", "USBSTICK"),
     ("usb-agent.img", "USBAGENT"),
     ("usb-yank.img", "USBYANK"),
+    ("usb-files.img", "USBFILES"),
     ("internal.img", "WINDOWS"),
 ];
 const SOURCE: &str = "bitlk-aes-xts-128";
@@ -48,7 +49,7 @@ fn script(kernel: vm::Kernel, status_file: &Path) -> String {
          # logind starts before virtme-ng-init makes /var/lib writable; start it again.\n\
          systemctl reset-failed systemd-logind.service; systemctl start systemd-logind.service\n\
          echo \"== VM: usb_vm in_vm on $(uname -r)\"\n\
-         {KERNEL_VM_ENV}=1 CI=\"${{CI:-}}\" {IMAGES_ENV}='{images}' GUILOCKER_SCRATCH={scratch} GUILOCKER_SHARED='{shared}' '{bin}' in_vm --ignored --test-threads=1 --nocapture\n\
+         {KERNEL_VM_ENV}=1 CI=\"${{CI:-}}\" {IMAGES_ENV}='{images}' GUILOCKER_SCRATCH={scratch} GUILOCKER_SHARED='{shared}' '{bin}' in_vm file_managers --ignored --test-threads=1 --nocapture\n\
          status=$?\n\
          echo \"== VM: done, status $status\"\necho $status > '{status}'\nexit $status\n",
         images = images_dir(kernel).display(),
@@ -156,6 +157,10 @@ fn add_fat_partition(image: &Path, label: &str, mib: u64) {
     );
 }
 
+/// GNOME Files' and Thunar's view (gvfs), and their unmount button; inside the VM too.
+#[path = "usb_vm/file_managers.rs"]
+mod file_managers;
+
 /// Inside the VM: the USB bus and the internal disk are real.
 mod in_vm {
     use super::common::*;
@@ -165,7 +170,7 @@ mod in_vm {
     use std::process::Command;
     use std::time::{Duration, Instant};
 
-    const WHY: &str = "USB bus: runs inside a VM with QEMU's xhci (tests/usb_vm.rs)";
+    pub(crate) const WHY: &str = "USB bus: runs inside a VM with QEMU's xhci (tests/usb_vm.rs)";
     /// The internal disk's BitLocker partition (vng `--disk`: virtio-blk).
     const INTERNAL: &str = "/dev/vda1";
     const POLL: Duration = Duration::from_millis(50);
@@ -190,7 +195,7 @@ mod in_vm {
             .unwrap_or_else(|| panic!("status --json does not list {dev}: {out}"))
     }
 
-    fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    pub(crate) fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(found) = probe() {
@@ -203,7 +208,7 @@ mod in_vm {
 
     /// Plugs `file` on the USB bus; the stick's volume (`/dev/sdX1`) once the daemon (whose
     /// `events` these are) has probed it, with how long the node and the daemon's event took after the host's ack.
-    fn plug_and_see(
+    pub(crate) fn plug_and_see(
         events: &mut guilocker::client::Events,
         id: &str,
         file: &str,
@@ -458,7 +463,7 @@ mod in_vm {
     }
 
     /// Unmounts a mountpoint of the test's own on drop, should the test stop half way.
-    struct Mounted(&'static str);
+    pub(crate) struct Mounted(pub(crate) &'static str);
     impl Drop for Mounted {
         fn drop(&mut self) {
             if is_mounted(Path::new(self.0)) {
@@ -546,11 +551,11 @@ mod in_vm {
     }
 
     /// The package's udev rule (packaging/udev/75-guilocker.rules), as installed.
-    const RULE: &str = include_str!("../packaging/udev/75-guilocker.rules");
+    pub(crate) const RULE: &str = include_str!("../packaging/udev/75-guilocker.rules");
     /// Where case 6 installs it: the guest's /etc is the tmpfs overlay's.
-    const RULE_PATH: &str = "/etc/udev/rules.d/75-guilocker.rules";
+    pub(crate) const RULE_PATH: &str = "/etc/udev/rules.d/75-guilocker.rules";
     /// The runtime directory the rule looks in (src/daemon/desktop.rs).
-    const RULE_RUNTIME_DIR: &str = "/run/guilocker";
+    pub(crate) const RULE_RUNTIME_DIR: &str = "/run/guilocker";
     const FLAG: &str = "handles-bitlocker";
 
     /// `dev`'s properties in udev's database.
@@ -572,7 +577,7 @@ mod in_vm {
 
     /// udisksd running, as on a desktop; `false` (and why) where udisks2 is not installed,
     /// a failure under CI=true, where tests/run.sh installs it.
-    fn udisks_running() -> bool {
+    pub(crate) fn udisks_running() -> bool {
         if which("udisksctl").is_none() {
             let why = "udisks2 is not installed: HintIgnore not checked";
             assert!(
@@ -597,8 +602,8 @@ mod in_vm {
     }
 
     /// Takes the rule out again, and the runtime directory when the test made it.
-    struct Installed {
-        made_runtime: bool,
+    pub(crate) struct Installed {
+        pub(crate) made_runtime: bool,
     }
     impl Drop for Installed {
         fn drop(&mut self) {

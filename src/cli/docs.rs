@@ -2,8 +2,8 @@
 //! example configuration, so neither can drift from what the program accepts.
 //!
 //! `guilocker completions SHELL` prints a completion script; the packaging runs the hidden
-//! `guilocker man-pages DIR`, which writes guilocker(1), a page per subcommand and
-//! guilocker.conf(5).
+//! `guilocker man-pages DIR`, which writes guilocker(1), a page per subcommand,
+//! guilocker.conf(5) and umount.guilocker(8).
 
 use super::{exit, Cli, Failure};
 use clap::CommandFactory;
@@ -62,7 +62,42 @@ pub fn man_pages(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
         write(man.get_filename(), page)?;
     }
     write("guilocker.conf.5".into(), conf_page())?;
+    write(
+        format!("{}.8", super::umount_helper::NAME),
+        umount_helper_page(),
+    )?;
     Ok(written)
+}
+
+/// umount.guilocker(8): what umount(8) runs for a person unmounting a guilocker volume.
+fn umount_helper_page() -> Vec<u8> {
+    let name = super::umount_helper::NAME;
+    let mut roff = Roff::new();
+    roff.control("TH", [name, "8", "", &source(), MANUAL]);
+    roff.control("SH", ["NAME"]);
+    roff.text([roman(format!(
+        "{name} - put a guilocker volume away when its owner unmounts it"
+    ))]);
+    roff.control("SH", ["SYNOPSIS"]);
+    roff.text([
+        bold(name),
+        roman(" "),
+        italic("mountpoint"),
+        roman(" [-l] [-f] [-n] [-r] [-v]"),
+    ]);
+    roff.control("SH", ["DESCRIPTION"]);
+    roff.text([roman(
+        "The guilocker daemon mounts a volume as root and records uhelper=guilocker for it in          libmount's table (/run/mount/utab). When someone other than root unmounts it, with          umount(8) or a file manager's unmount button (gvfs runs umount as the person),          umount(8) runs this helper as that person. It asks the daemon to put the volume          away, as guilocker unmount would: only the person who unlocked it, or root, may. The          daemon unmounts the filesystem, locks the volume and powers the stick off. It is          not meant to be run by hand.",
+    )]);
+    roff.control("SH", ["EXIT STATUS"]);
+    roff.text([roman(
+        "0 when the volume was put away; 1 when the caller may not unmount it; 32, as          umount(8), when it failed, with \"target is busy\" when a program still uses it          (-l or -f detach it all the same).",
+    )]);
+    roff.control("SH", ["SEE ALSO"]);
+    roff.text([roman("guilocker(1), guilocker-unmount(1), umount(8)")]);
+    let mut page = Vec::new();
+    roff.to_writer(&mut page).expect("writing to a Vec");
+    page
 }
 
 /// guilocker(1): clap's sections, then the exit status, files and related pages.
@@ -135,7 +170,15 @@ fn main_page() -> Vec<u8> {
         .iter()
         .map(|s| format!("guilocker-{s}(1)"))
         .collect();
-    see.extend(["guilocker.conf(5)", "dislocker(1)", "mount(8)"].map(String::from));
+    see.extend(
+        [
+            "guilocker.conf(5)",
+            "umount.guilocker(8)",
+            "dislocker(1)",
+            "mount(8)",
+        ]
+        .map(String::from),
+    );
     roff.text([roman(see.join(", "))]);
     roff.to_writer(&mut page).expect("writing to a Vec");
     page
@@ -295,6 +338,8 @@ mod tests {
             assert!(main.contains(&format!("guilocker\\-{}(1)", sub.get_name())));
         }
         assert!(main.contains("EXIT STATUS") && main.contains("guilocker.conf(5)"));
+        let helper = std::fs::read_to_string(dir.join("umount.guilocker.8")).unwrap();
+        assert!(helper.contains(".TH umount.guilocker 8"), "{helper}");
         let unlock = std::fs::read_to_string(dir.join("guilocker-unlock.1")).unwrap();
         assert!(unlock.contains(".TH guilocker-unlock 1"), "{unlock}");
         assert!(unlock.contains("password\\-stdin"), "{unlock}");

@@ -7,6 +7,7 @@ mod inspect;
 mod keyring;
 mod monitor;
 mod status;
+pub mod umount_helper;
 mod unlock;
 mod unmount;
 
@@ -203,7 +204,13 @@ impl From<std::io::Error> for Failure {
 pub fn main() -> ExitCode {
     let english = ["daemon", "engine", "man-pages", "messages"];
     // args_os: an argument that is not UTF-8 (a file name) is clap's to judge, not a panic.
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().unwrap_or_default();
+    let args: Vec<std::ffi::OsString> = argv.collect();
+    // umount(8) runs us through the link /sbin/umount.guilocker.
+    if umount_helper::invoked_as(&argv0) {
+        return umount_helper::main(&args);
+    }
     let asks_help = args.iter().any(|a| a == "-h" || a == "--help");
     let first = args.first().and_then(|a| a.to_str());
     if asks_help || !first.is_some_and(|first| english.contains(&first)) {

@@ -35,6 +35,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Runs a job; `None` if it panicked (the panic is logged by the panic hook).
+/// What an unmount request comes to.
+enum Plan {
+    /// Close these sessions (name, generation, path, session), then eject their drives.
+    Close(Vec<(String, u64, String, Session)>),
+    /// A volume locked already (name, path): only its drive is flushed and powered off.
+    Eject(String, String),
+}
+
 fn run_job<F: FnOnce(&Shared) -> Done>(job: F, shared: &Shared) -> Option<Done> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(shared))).ok()
 }
@@ -287,9 +295,27 @@ impl Core {
                 all,
                 force,
                 power_off,
+                may_eject_locked,
                 reply,
             } => match self.begin_unmount(&caller, &caller_name, target.as_deref(), all) {
-                Ok(closes) => {
+                Ok(Plan::Eject(name, path)) => match may_eject_locked {
+                    // Locked already (its filesystem unmounted by someone else, say): what
+                    // is left to do is to make its stick safe to remove.
+                    Ok(()) => {
+                        log::info!("{path}: locked already; making its drive safe to remove");
+                        self.eject(
+                            vec![(name, path.clone())],
+                            vec![path],
+                            None,
+                            reply,
+                            power_off,
+                        );
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                Ok(Plan::Close(closes)) => {
                     let mode = if force {
                         CloseMode::Forced
                     } else {
@@ -404,14 +430,15 @@ impl Core {
     }
 
     /// Checks an unmount request and moves every device it names to Locking; returns the
-    /// sessions to close. All or nothing: one refusal refuses the request.
+    /// sessions to close. All or nothing: one refusal refuses the request. One BitLocker
+    /// volume that is locked already is left for its drive to be made safe to remove.
     fn begin_unmount(
         &mut self,
         caller: &Caller,
         caller_name: &str,
         target: Option<&str>,
         all: bool,
-    ) -> Result<Vec<(String, u64, String, Session)>, DaemonError> {
+    ) -> Result<Plan, DaemonError> {
         if self.shutting_down {
             return Err(DaemonError::failed(
                 target.unwrap_or("unmount"),
@@ -438,6 +465,9 @@ impl Core {
                 .ok_or_else(|| DaemonError::NoSuchDevice {
                     device: target.into(),
                 })?;
+            if dev.is_locked() {
+                return Ok(Plan::Eject(dev.name.clone(), dev.path.clone()));
+            }
             vec![dev.name.clone()]
         };
         for name in &names {
@@ -458,7 +488,7 @@ impl Core {
             self.shared.emit(EventKind::Changed, dev.info());
             closes.push((name, dev.generation, dev.path.clone(), session));
         }
-        Ok(closes)
+        Ok(Plan::Close(closes))
     }
 
     /// Closes the session of a device no longer in the table (or no longer that device).
@@ -598,6 +628,20 @@ impl Core {
         let Some((reply, power_off)) = reply else {
             return;
         };
+        self.eject(present, done, first_error, reply, power_off);
+    }
+
+    /// After an unmount: flushes each disk of the devices `present` (name, path) and powers
+    /// it off (`power_off`) once nothing on it is unlocked, then answers with the devices
+    /// put away (`done`) or the first error.
+    fn eject(
+        &mut self,
+        present: Vec<(String, String)>,
+        done: Vec<String>,
+        first_error: Option<DaemonError>,
+        reply: Reply<Unmounted>,
+        power_off: bool,
+    ) {
         // Guilocker's volumes still unlocked, or being worked on: a disk with one of them is
         // left alone, and the eject job looks for them on the rest of each USB device.
         let ours: Vec<(String, UseCause)> = self

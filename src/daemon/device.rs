@@ -299,6 +299,11 @@ impl Device {
         }
     }
 
+    /// BitLocker, and not unlocked: nothing of ours on it, nothing under way.
+    pub fn is_locked(&self) -> bool {
+        matches!(self.phase, Phase::Locked { .. } | Phase::Failed(_))
+    }
+
     /// The session a close would take, or why there is none to close.
     pub fn closable(&self) -> Result<&Session, DaemonError> {
         let refuse = |what: &str| DaemonError::InvalidState {

@@ -22,6 +22,10 @@ pub const FUSEFAT: &str = "fusefat";
 pub const NTFS3: &str = "ntfs3";
 pub const EXFAT_FUSE_DRIVER: &str = "exfat-fuse";
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Recorded in libmount's utab for every mount we make: umount(8) run by a person (the file
+/// manager's unmount button) then runs `umount.guilocker` as that person, which asks us to
+/// put the volume away (`cli/umount_helper.rs`). Without it only root could unmount.
+pub const UHELPER: &str = "uhelper=guilocker";
 
 /// The person a volume is mounted for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -376,7 +380,7 @@ fn mount_kernel(
         log::debug!("cannot read {}: {e}", kmsg::KMSG);
     }
     let result = Command::new(MOUNT)
-        .args(["-t", driver, "-o", &options.join(",")])
+        .args(["-t", driver, "-o", &options.join(","), "-o", UHELPER])
         .arg(source)
         .arg(mountpoint)
         .run(STEP_TIMEOUT);
@@ -478,6 +482,7 @@ fn mount_fuse(
         .arg(mountpoint)
         .run(STEP_TIMEOUT)
         .map_err(step_err(device, "cannot mount the filesystem"))?;
+    record_uhelper(device, mountpoint);
     let mut how = Mounted::by(driver);
     // ntfs-3g mounts a hibernated volume read-only by itself, exit status 0 ("Windows is
     // hibernated, refused to mount … trying read-only").
@@ -493,6 +498,34 @@ fn mount_fuse(
         });
     }
     Ok(how)
+}
+
+/// The FUSE drivers are not run through mount(8), so nothing wrote utab: `mount --fake`
+/// records the helper for the mount as it stands (its source as mountinfo names it, which
+/// is what libmount matches: fusefat's is "fusefat"). Without it the volume still works;
+/// only its owner's `umount` is refused, so a failure is logged, not returned.
+fn record_uhelper(device: &str, mountpoint: &Path) {
+    let Some(mount) = mounts::mount_at(mountpoint) else {
+        return;
+    };
+    let recorded = Command::new(MOUNT)
+        .args([
+            "--fake",
+            "--internal-only",
+            "--no-canonicalize",
+            "-t",
+            "none",
+        ])
+        .args(["-o", UHELPER])
+        .arg(&mount.source)
+        .arg(mountpoint)
+        .run(STEP_TIMEOUT);
+    if let Err(e) = recorded {
+        log::warn!(
+            "{device}: cannot record {UHELPER} for {} (only root can unmount it): {e}",
+            mountpoint.display()
+        );
+    }
 }
 
 /// Did Windows hibernate with this volume in use? Its `hiberfil.sys` then starts with
@@ -519,9 +552,9 @@ fn is_hibernation_magic(magic: &[u8; 4]) -> bool {
     magic.eq_ignore_ascii_case(b"hibr")
 }
 
-/// `umount` (lazily when `lazy`).
+/// `umount` (lazily when `lazy`). Never through a helper: ours would ask the daemon.
 pub fn unmount_path(path: &Path, lazy: bool) -> Result<(), ProcessError> {
-    let mut cmd = Command::new(UMOUNT);
+    let mut cmd = Command::new(UMOUNT).arg("--internal-only");
     if lazy {
         cmd = cmd.arg("--lazy");
     }

@@ -70,11 +70,12 @@ pub fn mounts() -> Vec<Mount> {
 
 /// The filesystem type mounted at `path`, if any.
 pub fn mounted_at(path: &Path) -> Option<String> {
-    mounts()
-        .into_iter()
-        .rev()
-        .find(|m| m.mountpoint == path)
-        .map(|m| m.fs_type)
+    mount_at(path).map(|m| m.fs_type)
+}
+
+/// The topmost mount at `path`, if any.
+pub fn mount_at(path: &Path) -> Option<Mount> {
+    mounts().into_iter().rev().find(|m| m.mountpoint == path)
 }
 
 /// Whether what is mounted at `path` is read-only (its per-mount options, mountinfo's

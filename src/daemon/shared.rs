@@ -64,6 +64,10 @@ pub enum Ask {
         all: bool,
         force: bool,
         power_off: bool,
+        /// Whether the caller may flush and power off the stick of a volume that is locked
+        /// already (whoever may unlock it may): checked on the connection's thread, and
+        /// only for a target that names a device.
+        may_eject_locked: Result<(), DaemonError>,
         reply: Reply<Unmounted>,
     },
 }
@@ -205,18 +209,7 @@ impl Shared {
         mount: bool,
         owner: Option<String>,
     ) -> Result<DeviceInfo, DaemonError> {
-        let config = self.config();
-        // Here, not on the loop: the user database and logind may be slow to answer.
-        let owner =
-            auth::authorize_unlock(caller, target, &config.allowed_group, owner.as_deref())?;
-        // A disk inside the machine asks at least what udisks asks for system devices: the
-        // active local session, whatever the config says of sticks.
-        let sys = Sysfs::new(&self.paths.sys_block);
-        let name = super::table::device_name(target);
-        let internal = sys.knows(name) && !sys.attachment(name).removable;
-        if config.require_active_session || internal {
-            self.seat.authorize(caller, target, internal)?;
-        }
+        let owner = self.authorize_unlock(caller, target, owner.as_deref())?;
         self.ask(target, |reply| {
             Ask::Unlock(Box::new(UnlockAsk {
                 asked_by: caller.describe(),
@@ -230,6 +223,27 @@ impl Shared {
         })
     }
 
+    /// May `caller` unlock `target` (for `owner`, or themselves)? Here, on the connection's
+    /// thread, not on the loop: the user database and logind may be slow to answer.
+    fn authorize_unlock(
+        &self,
+        caller: &Caller,
+        target: &str,
+        owner: Option<&str>,
+    ) -> Result<super::mount::Owner, DaemonError> {
+        let config = self.config();
+        let owner = auth::authorize_unlock(caller, target, &config.allowed_group, owner)?;
+        // A disk inside the machine asks at least what udisks asks for system devices: the
+        // active local session, whatever the config says of sticks.
+        let sys = Sysfs::new(&self.paths.sys_block);
+        let name = super::table::device_name(target);
+        let internal = sys.knows(name) && !sys.attachment(name).removable;
+        if config.require_active_session || internal {
+            self.seat.authorize(caller, target, internal)?;
+        }
+        Ok(owner)
+    }
+
     /// Puts away what the caller may: one target, or everything of theirs with `all`.
     pub fn unmount(
         &self,
@@ -239,6 +253,12 @@ impl Shared {
         force: bool,
         power_off: bool,
     ) -> Result<Unmounted, DaemonError> {
+        let may_eject_locked = match target {
+            Some(device) if !all && device.starts_with("/dev/") => {
+                self.authorize_unlock(caller, device, None).map(drop)
+            }
+            _ => Err(DaemonError::BadRequest("not a device".into())),
+        };
         self.ask(target.unwrap_or("unmount"), |reply| Ask::Unmount {
             caller: *caller,
             caller_name: caller.describe(),
@@ -246,6 +266,7 @@ impl Shared {
             all,
             force,
             power_off,
+            may_eject_locked,
             reply,
         })
     }

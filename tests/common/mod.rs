@@ -263,15 +263,27 @@ impl TestDaemon {
         } else {
             ""
         };
-        let media = dir.join("media");
+        // A folder of its own to mount under, unless the test names one (`/media`, where
+        // file managers look).
+        let named = extra_config.lines().find_map(|l| {
+            let value = l
+                .strip_prefix("mount_root")?
+                .trim_start()
+                .strip_prefix('=')?;
+            Some(PathBuf::from(value.trim().trim_matches('"')))
+        });
+        let media = named.clone().unwrap_or_else(|| dir.join("media"));
         std::fs::create_dir_all(&media).unwrap();
+        let own_root = match named {
+            Some(_) => String::new(),
+            None => format!("mount_root = \"{}\"\n", media.display()),
+        };
         let config = dir.join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "include_loop_devices = true\nallowed_group = \"plugdev\"\nmount_root = \"{}\"\n\
-                 {seat}{extra_config}",
-                media.display()
+                "include_loop_devices = true\nallowed_group = \"plugdev\"\n{own_root}\
+                 {seat}{extra_config}"
             ),
         )
         .unwrap();
@@ -373,13 +385,35 @@ impl TestDaemon {
 
     /// Runs the CLI against this daemon, as root or as `user`, feeding `stdin`.
     pub fn cli(&self, user: Option<&str>, args: &[&str], stdin: &str) -> (i32, String, String) {
+        let program = match user {
+            Some(_) => user_bin(),
+            None => PathBuf::from(bin()),
+        };
+        self.run_as(user, &program, args, stdin)
+    }
+
+    /// `umount PATH` as `user` (root when `None`), as a file manager runs it: umount(8) runs
+    /// our helper for a user, which asks this daemon (its socket travels in the environment).
+    pub fn umount_as(&self, user: Option<&str>, path: &Path) -> (i32, String, String) {
+        let path = path.to_str().expect("a UTF-8 mountpoint");
+        self.run_as(user, Path::new("umount"), &[path], "")
+    }
+
+    /// Runs `program` as root or as `user`, with this daemon's socket and English messages.
+    pub fn run_as(
+        &self,
+        user: Option<&str>,
+        program: &Path,
+        args: &[&str],
+        stdin: &str,
+    ) -> (i32, String, String) {
         let mut cmd = match user {
             Some(u) => {
                 let mut c = Command::new("runuser");
-                c.args(["-u", u, "--"]).arg(user_bin());
+                c.args(["-u", u, "--"]).arg(program);
                 c
             }
-            None => Command::new(bin()),
+            None => Command::new(program),
         };
         cmd.args(args).env("GUILOCKER_SOCKET", &self.socket);
         // The tests read English, whatever the machine's locale.
@@ -506,6 +540,48 @@ pub fn user_bin() -> PathBuf {
         dest
     })
     .clone()
+}
+
+/// `/sbin/umount.guilocker`, which umount(8) runs when a user unmounts what guilocker
+/// mounted: a link to the binary under test while this lives. What was there (an installed
+/// guilocker's link) is put back after.
+pub struct UmountHelper {
+    saved: Option<PathBuf>,
+}
+
+impl UmountHelper {
+    pub const PATH: &'static str = "/sbin/umount.guilocker";
+
+    pub fn install() -> Self {
+        let link = Path::new(Self::PATH);
+        let saved = std::fs::read_link(link).ok();
+        let _ = std::fs::remove_file(link);
+        std::os::unix::fs::symlink(user_bin(), link)
+            .unwrap_or_else(|e| panic!("cannot link {}: {e}", link.display()));
+        Self { saved }
+    }
+}
+
+impl Drop for UmountHelper {
+    fn drop(&mut self) {
+        let link = Path::new(Self::PATH);
+        let _ = std::fs::remove_file(link);
+        if let Some(saved) = &self.saved {
+            let _ = std::os::unix::fs::symlink(saved, link);
+        }
+    }
+}
+
+/// Does libmount's utab still name `mountpoint` (an entry left behind would make the next
+/// mount there look like ours)?
+pub fn in_utab(mountpoint: &Path) -> bool {
+    let utab = std::fs::read_to_string("/run/mount/utab").unwrap_or_default();
+    let target = format!(
+        "TARGET={}",
+        mountpoint.display().to_string().replace(' ', "\\040")
+    );
+    utab.lines()
+        .any(|l| l.split(' ').any(|field| field == target))
 }
 
 /// Reads events until one matches, or fails at the deadline.
