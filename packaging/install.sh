@@ -52,8 +52,14 @@ if [[ -f $prefix/share/icons/hicolor/index.theme ]] && command -v gtk-update-ico
   gtk-update-icon-cache -q "$prefix/share/icons/hicolor"
 fi
 
-# udisks (GNOME, KDE) leaves our drives and our decrypted devices alone.
+# udisks (GNOME, KDE) leaves our locked drives alone and shows what is unlocked on dm-crypt;
+# the file manager may then put it away for its owner (polkit).
 install -D -m 0644 packaging/udev/75-guilocker.rules /etc/udev/rules.d/75-guilocker.rules
+if [[ -d /etc/polkit-1 ]]; then
+  mkdir -p /etc/polkit-1/rules.d
+  sed "s|/usr/bin/guilocker|$prefix/bin/guilocker|" packaging/polkit/50-guilocker.rules \
+    > /etc/polkit-1/rules.d/50-guilocker.rules
+fi
 if command -v udevadm >/dev/null && [[ -S /run/udev/control ]]; then
   udevadm control --reload
 fi

@@ -100,6 +100,8 @@ fn the_package_builds_lints_installs_and_removes_cleanly() {
         "./usr/share/man/man5/guilocker.conf.5.gz",
         "./usr/share/bash-completion/completions/guilocker",
         "./usr/share/locale/ko/LC_MESSAGES/guilocker.mo",
+        "./usr/share/polkit-1/rules.d/50-guilocker.rules",
+        "./usr/share/man/man8/umount.guilocker.8.gz",
     ] {
         assert!(
             contents.contains(file),

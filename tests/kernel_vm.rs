@@ -113,10 +113,11 @@ mod in_vm {
         run_ok(Command::new("udevadm").args(["info", "--query=property", "--name", dev]))
     }
 
-    /// The rule parses, and udev marks what it should `UDISKS_IGNORE=1`: a BitLocker drive
-    /// while the daemon handles BitLocker drives (its flag file), never without it, and
-    /// always our dm-crypt mappings. Installed into the VM's /etc (an overlay: the host's
-    /// /etc is untouched).
+    /// The rule parses, and udev marks what it should: a BitLocker drive `UDISKS_IGNORE=1`
+    /// while the daemon handles BitLocker drives (its flag file), never without it, but
+    /// shown (`UDISKS_AUTO=0` only) while the daemon has it unlocked on dm-crypt (a file
+    /// named after it); our dm-crypt mappings always shown, never automounted. Installed
+    /// into the VM's /etc (an overlay: the host's /etc is untouched).
     #[test]
     #[ignore = "kernel path: runs inside a VM with Debian's kernel (tests/kernel_vm.rs)"]
     fn udev_rule_marks_our_devices() {
@@ -181,8 +182,19 @@ mod in_vm {
         let stick = Stick::plug(&copy, false);
         let props = properties(&stick.loop_dev);
         assert!(props.contains("UDISKS_IGNORE=1"), "{props}");
+        assert!(props.contains("UDISKS_AUTO=0"), "{props}");
+        // Unlocked by the daemon on dm-crypt: shown, never automounted.
+        let kname = stick.loop_dev.trim_start_matches("/dev/");
+        let mark = Path::new("/run/guilocker/unlocked").join(kname);
+        std::fs::create_dir_all(mark.parent().unwrap()).unwrap();
+        std::fs::write(&mark, "guilocker-test").unwrap();
+        run_ok(Command::new("udevadm").args(["trigger", "--action=change", &stick.loop_dev]));
+        let props = properties(&stick.loop_dev);
+        std::fs::remove_file(&mark).unwrap();
+        assert!(!props.contains("UDISKS_IGNORE=1"), "{props}");
+        assert!(props.contains("UDISKS_AUTO=0"), "{props}");
 
-        // Our mapping on it: marked, whatever the flag.
+        // Our mapping on it: shown and not automounted, whatever the flag.
         std::fs::remove_file(FLAG).unwrap();
         let meta =
             guilocker::bitlocker::read_metadata(std::fs::File::open(&copy).unwrap()).unwrap();
@@ -207,7 +219,8 @@ mod in_vm {
         let props = properties("/dev/mapper/guilocker-udevtest");
         run_ok(Command::new("cryptsetup").args(["close", "guilocker-udevtest"]));
         assert!(props.contains("DM_NAME=guilocker-udevtest"), "{props}");
-        assert!(props.contains("UDISKS_IGNORE=1"), "{props}");
+        assert!(!props.contains("UDISKS_IGNORE=1"), "{props}");
+        assert!(props.contains("UDISKS_AUTO=0"), "{props}");
     }
 }
 

@@ -85,6 +85,7 @@ fn debian_dir() -> std::path::PathBuf {
 
 /// Inside the VM: logind is real.
 mod in_vm {
+    use super::common::logind::{property, sessions_of, VtSession};
     use super::common::*;
     use super::STICK;
     use guilocker::logind::{Logind, Session};
@@ -172,24 +173,6 @@ mod in_vm {
     }
 
     /// The sessions of the test user logind knows now, by id.
-    fn sessions_of(user: &str) -> Vec<String> {
-        let out = run_ok(Command::new("loginctl").args(["list-sessions", "--no-legend"]));
-        out.lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                let id = f.next()?;
-                let _uid = f.next()?;
-                (f.next()? == user).then(|| id.to_owned())
-            })
-            .collect()
-    }
-
-    fn property(session: &str, name: &str) -> String {
-        run_ok(Command::new("loginctl").args(["show-session", session, "-p", name, "--value"]))
-            .trim()
-            .to_owned()
-    }
-
     fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + WAIT;
         loop {
@@ -198,57 +181,6 @@ mod in_vm {
             }
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(POLL);
-        }
-    }
-
-    /// A long-lived session of `user` on VT `tty` of seat0 (a getty-like login); stopped on
-    /// drop.
-    struct VtSession {
-        unit: String,
-        id: String,
-    }
-
-    impl VtSession {
-        fn start(user: &str, tty: u32) -> Self {
-            let unit = format!("guilocker-vt{tty}");
-            let before = sessions_of(user);
-            run_ok(Command::new("systemd-run").args([
-                "--quiet",
-                &format!("--unit={unit}"),
-                "--uid",
-                user,
-                "-p",
-                "PAMName=login",
-                "-p",
-                &format!("TTYPath=/dev/tty{tty}"),
-                "-p",
-                "StandardInput=tty",
-                "-p",
-                "StandardOutput=tty",
-                "sleep",
-                "infinity",
-            ]));
-            let id = poll(&format!("a session on tty{tty}"), || {
-                sessions_of(user)
-                    .into_iter()
-                    .find(|s| !before.contains(s) && property(s, "TTY") == format!("tty{tty}"))
-            });
-            Self { unit, id }
-        }
-
-        fn activate(&self) {
-            run_ok(Command::new("loginctl").args(["activate", &self.id]));
-            poll(&format!("session {} in the foreground", self.id), || {
-                (property(&self.id, "Active") == "yes").then_some(())
-            });
-        }
-    }
-
-    impl Drop for VtSession {
-        fn drop(&mut self) {
-            let _ = Command::new("systemctl")
-                .args(["stop", &self.unit])
-                .output();
         }
     }
 

@@ -5,8 +5,10 @@
 //! disk inside the machine, present at boot (virtio, `/dev/vda`), holding a BitLocker partition
 //! as a dual-boot laptop's Windows drive does.
 //!
-//! One boot per kernel runs the `#[ignore]`d tests in [`in_vm`], each with a guilocker daemon
-//! of its own. Prerequisites as for tests/kernel_vm.rs; under CI=true a missing one fails.
+//! One boot per kernel runs the `#[ignore]`d tests in [`in_vm`] and [`file_managers`], each
+//! with a guilocker daemon of its own. Prerequisites as for tests/kernel_vm.rs; under CI=true
+//! a missing one fails. While working on one case, `GUILOCKER_VM_ONLY=NAME` runs only the
+//! cases whose names hold NAME, and `GUILOCKER_VM_KERNEL=6.12` boots only that kernel.
 
 mod common;
 
@@ -49,7 +51,7 @@ fn script(kernel: vm::Kernel, status_file: &Path) -> String {
          # logind starts before virtme-ng-init makes /var/lib writable; start it again.\n\
          systemctl reset-failed systemd-logind.service; systemctl start systemd-logind.service\n\
          echo \"== VM: usb_vm in_vm on $(uname -r)\"\n\
-         {KERNEL_VM_ENV}=1 CI=\"${{CI:-}}\" {IMAGES_ENV}='{images}' GUILOCKER_SCRATCH={scratch} GUILOCKER_SHARED='{shared}' '{bin}' in_vm file_managers --ignored --test-threads=1 --nocapture\n\
+         {KERNEL_VM_ENV}=1 CI=\"${{CI:-}}\" {IMAGES_ENV}='{images}' GUILOCKER_SCRATCH={scratch} GUILOCKER_SHARED='{shared}' '{bin}' {only} --ignored --test-threads=1 --nocapture\n\
          status=$?\n\
          echo \"== VM: done, status $status\"\necho $status > '{status}'\nexit $status\n",
         images = images_dir(kernel).display(),
@@ -57,6 +59,7 @@ fn script(kernel: vm::Kernel, status_file: &Path) -> String {
         shared = shared_dir().display(),
         bin = bin.display(),
         status = status_file.display(),
+        only = std::env::var("GUILOCKER_VM_ONLY").unwrap_or_else(|_| "in_vm file_managers".into()),
     )
 }
 
@@ -73,7 +76,11 @@ fn usb_bus_in_a_vm() {
     // Made here, in the lower layer the VM sees: the users, the fixtures.
     ensure_user(TEST_USER, true);
     let _ = images();
+    let only = std::env::var("GUILOCKER_VM_KERNEL").ok();
     for kernel in [vm::Kernel::Debian6_1, vm::Kernel::Debian6_12] {
+        if only.as_deref().is_some_and(|v| v != kernel.version()) {
+            continue;
+        }
         if vm::can_boot("the USB VM", kernel) {
             boot(kernel);
         }

@@ -128,6 +128,10 @@ pub enum Command {
     /// Print the help texts as a translation template (for po/guilocker.pot)
     #[command(hide = true)]
     Messages,
+    /// For the polkit rule (packaging/polkit): exits 0 when DEVICE (a partition, or
+    /// guilocker's mapping over it) is unlocked by guilocker for USER, 1 otherwise
+    #[command(hide = true)]
+    Owns { device: PathBuf, user: String },
     /// Print daemon events as they happen
     Monitor {
         /// One JSON object per line
@@ -136,6 +140,24 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+}
+
+/// `guilocker owns DEVICE USER`: polkit runs it (as polkitd) to learn whether udisks may
+/// unmount and lock DEVICE for USER without an administrator's password. It reads the
+/// daemon's marks in /run/guilocker (root's), never asks the daemon.
+fn owns(device: &std::path::Path, user: &str) -> Result<(), Failure> {
+    let owner = crate::daemon::desktop::owner_of(
+        std::path::Path::new(crate::daemon::DEFAULT_RUNTIME_DIR),
+        std::path::Path::new("/sys/block"),
+        device,
+    );
+    match owner {
+        Some(owner) if owner == user => Ok(()),
+        _ => Err(Failure::new(
+            exit::FAILED,
+            format!("{}: not unlocked by guilocker for {user}", device.display()),
+        )),
+    }
 }
 
 /// A failure a client command reports: one line on stderr and an exit code.
@@ -261,6 +283,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Completions { shell } => docs::completions(shell),
         Command::ManPages { dir } => docs::man_pages(&dir).map(|_| ()),
         Command::Messages => help::messages(),
+        Command::Owns { device, user } => owns(&device, &user),
         Command::Remembered => keyring::remembered(),
         Command::Forget(args) => keyring::forget(args),
         Command::Open { devices, socket } => {

@@ -4,6 +4,7 @@
 //! was, from the same view) is taken over as it is; whatever is half dead is put away, as
 //! [`super::recover`] does for dead views.
 
+use super::desktop::Shown;
 use super::dmcrypt;
 use super::mount::MountedFs;
 use super::mounts;
@@ -33,6 +34,8 @@ pub struct Recovered {
 
 /// Reads every record; returns the volumes to adopt, having put away the rest.
 pub fn recover(runtime_dir: &Path, mount_root: &Path, sys_block: &Path) -> Recovered {
+    // What the earlier daemon showed the desktop: shown again below for what is adopted.
+    super::desktop::forget_shown(runtime_dir);
     let boot = record::boot_id();
     let mut found = Recovered::default();
     for (path, read) in record::read_all(runtime_dir) {
@@ -55,6 +58,10 @@ pub fn recover(runtime_dir: &Path, mount_root: &Path, sys_block: &Path) -> Recov
         let (session, dead) = examine(&rec, runtime_dir, mount_root, sys_block);
         let mut session = session;
         session.record = Some(path);
+        if dead.is_none() && session.mounted.is_some() && session.view.mapping().is_some() {
+            let owner = session.owner.name.clone();
+            session.shown = Shown::show(runtime_dir, &rec.device, &rec.name, &owner);
+        }
         match dead {
             None => found.adopted.push(Adopted {
                 name: rec.name,
@@ -237,6 +244,7 @@ fn examine(
         mounted,
         read_only: rec.read_only,
         record: None,
+        shown: None,
     };
     (session, why.into_iter().next())
 }

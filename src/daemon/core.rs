@@ -35,6 +35,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Runs a job; `None` if it panicked (the panic is logged by the panic hook).
+/// How long the desktop has to eject or power off a drive itself after locking its volume.
+const DESKTOP_EJECT_GRACE: Duration = Duration::from_secs(5);
+
 /// What an unmount request comes to.
 enum Plan {
     /// Close these sessions (name, generation, path, session), then eject their drives.
@@ -307,8 +310,9 @@ impl Core {
                             vec![(name, path.clone())],
                             vec![path],
                             None,
-                            reply,
+                            Some(reply),
                             power_off,
+                            false,
                         );
                     }
                     Err(e) => {
@@ -325,6 +329,7 @@ impl Core {
                     self.spawn("unmount", of, move |_| Done::Closed {
                         closes: jobs::close_all(closes, mode),
                         reply: Some((reply, power_off)),
+                        desktop_locked: false,
                     });
                 }
                 Err(e) => {
@@ -548,7 +553,11 @@ impl Core {
                 }
                 let _ = reply.send(answer);
             }
-            Done::Closed { closes, reply } => self.closed(closes, reply),
+            Done::Closed {
+                closes,
+                reply,
+                desktop_locked,
+            } => self.closed(closes, reply, desktop_locked),
             Done::Finished => {}
         }
     }
@@ -584,7 +593,12 @@ impl Core {
         }
     }
 
-    fn closed(&mut self, closes: Vec<Closing>, reply: Option<(Reply<Unmounted>, bool)>) {
+    fn closed(
+        &mut self,
+        closes: Vec<Closing>,
+        reply: Option<(Reply<Unmounted>, bool)>,
+        desktop_locked: bool,
+    ) {
         let mut done = Vec::new();
         // Devices put away that are still the ones unmounted: only their sticks are ejected.
         let mut present = Vec::new();
@@ -625,22 +639,30 @@ impl Core {
                 }
             }
         }
-        let Some((reply, power_off)) = reply else {
-            return;
-        };
-        self.eject(present, done, first_error, reply, power_off);
+        match reply {
+            Some((reply, power_off)) => {
+                self.eject(present, done, first_error, Some(reply), power_off, false);
+            }
+            // The file manager locked it: it meant the drive put away, as its Eject would.
+            None if desktop_locked => self.eject(present, done, None, None, true, true),
+            None => {}
+        }
     }
 
     /// After an unmount: flushes each disk of the devices `present` (name, path) and powers
-    /// it off (`power_off`) once nothing on it is unlocked, then answers with the devices
-    /// put away (`done`) or the first error.
+    /// it off (`power_off`) once nothing on it is unlocked, then answers (`reply`) with the
+    /// devices put away (`done`) or the first error. `after_desktop`: the desktop may be
+    /// ejecting the drive itself (udisks' Eject or PowerOff, right after its lock); a drive
+    /// it takes away within [`DESKTOP_EJECT_GRACE`] is left to it, so neither fails the
+    /// other.
     fn eject(
         &mut self,
         present: Vec<(String, String)>,
         done: Vec<String>,
         first_error: Option<DaemonError>,
-        reply: Reply<Unmounted>,
+        reply: Option<Reply<Unmounted>>,
         power_off: bool,
+        after_desktop: bool,
     ) {
         // Guilocker's volumes still unlocked, or being worked on: a disk with one of them is
         // left alone, and the eject job looks for them on the rest of each USB device.
@@ -691,7 +713,9 @@ impl Core {
             }),
         };
         if disks.is_empty() {
-            let _ = reply.send(answer(power));
+            if let Some(reply) = reply {
+                let _ = reply.send(answer(power));
+            }
             return;
         }
         self.spawn("eject", For::Devices(Vec::new()), move |shared| {
@@ -704,6 +728,15 @@ impl Core {
                 me: std::process::id() as i32,
             };
             for (disk, path) in disks {
+                // Gone (powered off), or no medium left in it (ejected).
+                let taken = || {
+                    std::fs::read_to_string(paths.sys_block.join(&disk).join("size"))
+                        .map_or(true, |size| size.trim() == "0")
+                };
+                if after_desktop && watch::until_block_change(DESKTOP_EJECT_GRACE, taken) {
+                    log::info!("{path}: /dev/{disk} ejected by the desktop");
+                    continue;
+                }
                 let done = power::safe_to_remove(&host, &disk, power_off, &ours);
                 let said = power::describe(&done, power_off);
                 if done.error.is_some() {
@@ -713,7 +746,9 @@ impl Core {
                 }
                 power.push(done);
             }
-            let _ = reply.send(answer(power));
+            if let Some(reply) = reply {
+                let _ = reply.send(answer(power));
+            }
             Done::Finished
         });
     }
@@ -755,6 +790,7 @@ impl Core {
         self.spawn("clean-up", of, move |_| Done::Closed {
             closes: jobs::close_all(vec![closing], CloseMode::Vanished),
             reply: None,
+            desktop_locked: false,
         });
     }
 
@@ -890,9 +926,13 @@ impl Core {
             self.shared.emit(EventKind::Changed, dev.info());
             let closing = (name, dev.generation, dev.path.clone(), session);
             let of = For::Devices(vec![(closing.0.clone(), closing.1)]);
-            self.spawn("put-away", of, move |_| Done::Closed {
-                closes: jobs::close_all(vec![closing], CloseMode::Polite),
-                reply: None,
+            self.spawn("put-away", of, move |_| {
+                let (closes, desktop_locked) = jobs::put_away_unmounted(closing);
+                Done::Closed {
+                    closes,
+                    reply: None,
+                    desktop_locked,
+                }
             });
         }
     }
@@ -924,6 +964,7 @@ impl Core {
                         result: Ok(()),
                     }],
                     reply: None,
+                    desktop_locked: false,
                 }
             });
         }

@@ -7,9 +7,15 @@
 //! only when a device has an event, so whenever the flag changes the daemon asks udev to look
 //! again at the BitLocker drives already there (an internal disk, seen by udev's coldplug
 //! before the daemon started): the desktop stops, or starts again, offering them at once.
+//!
+//! A volume unlocked on dm-crypt is shown to the desktop while it is unlocked: a file named
+//! after its partition in [`UNLOCKED`] (holding its owner's user name) lifts the partition's
+//! `UDISKS_IGNORE`, so udisks links it to our mapping (`CRYPT-BITLK-…`) and file managers
+//! show a volume by its label, under its drive, with an Eject button. The same file tells
+//! the polkit rule (packaging/polkit) whose volume it is: `guilocker owns`.
 
 use crate::process::Command;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Name of the flag file in the runtime directory (`/run/guilocker/handles-bitlocker`).
@@ -62,6 +68,105 @@ pub fn announce(runtime_dir: &Path, handle: bool, how: Retrigger) {
     }
 }
 
+/// The folder in the runtime directory naming the partitions unlocked on dm-crypt.
+pub const UNLOCKED: &str = "unlocked";
+
+/// The mark that shows a partition unlocked on dm-crypt to the desktop, until [`Shown::hide`].
+#[derive(Debug)]
+pub struct Shown {
+    mark: PathBuf,
+    device: String,
+    /// Only a daemon using the rule's runtime directory speaks for the desktop.
+    tell: bool,
+}
+
+impl Shown {
+    /// Writes `RUNTIME/unlocked/NAME` (root's, readable by all: polkit's helper runs as
+    /// polkitd) with `owner` in it, and has udev look at `device` again. Best effort: the
+    /// volume works unseen by the desktop all the same.
+    pub fn show(runtime_dir: &Path, device: &str, name: &str, owner: &str) -> Option<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = runtime_dir.join(UNLOCKED);
+        let made = std::fs::DirBuilder::new()
+            .mode(0o755)
+            .recursive(true)
+            .create(&dir);
+        let mark = dir.join(name);
+        if let Err(e) = made.and_then(|()| std::fs::write(&mark, owner)) {
+            log::warn!("{device}: cannot write {}: {e}", mark.display());
+            return None;
+        }
+        let shown = Self {
+            mark,
+            device: device.to_owned(),
+            tell: runtime_dir == Path::new(RULE_RUNTIME_DIR),
+        };
+        shown.tell_udev();
+        Some(shown)
+    }
+
+    /// Removes the mark; udev looks again, and the desktop leaves the locked partition alone.
+    pub fn hide(self) {
+        if let Err(e) = std::fs::remove_file(&self.mark) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!(
+                    "{}: cannot remove {}: {e}",
+                    self.device,
+                    self.mark.display()
+                );
+            }
+        }
+        self.tell_udev();
+    }
+
+    fn tell_udev(&self) {
+        if !self.tell || !Path::new(&self.device).exists() {
+            return;
+        }
+        let trigger = Command::new(UDEVADM).args(["trigger", "--action=change", &self.device]);
+        if let Err(e) = trigger.run(Duration::from_secs(10)) {
+            log::warn!("{}: cannot have udev look at it again: {e}", self.device);
+        }
+    }
+}
+
+/// At start: the marks an earlier daemon left (it died with volumes unlocked) go; those
+/// of the volumes it adopts are written again.
+pub fn forget_shown(runtime_dir: &Path) {
+    let dir = runtime_dir.join(UNLOCKED);
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            log::warn!("cannot remove {}: {e}", dir.display());
+        }
+    }
+}
+
+/// The user a partition, or our dm-crypt mapping over it, is unlocked for, as its mark in
+/// `runtime_dir` says: `None` for anything else.
+pub fn owner_of(runtime_dir: &Path, sys_block: &Path, device: &Path) -> Option<String> {
+    let node = std::fs::canonicalize(device).ok()?;
+    let name = node.file_name()?.to_str()?.to_owned();
+    let dir = runtime_dir.join(UNLOCKED);
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    if let Some(owner) = read(&name) {
+        return Some(owner);
+    }
+    // A mapping of ours: the partition under it (its one slave).
+    let sys = sys_block.join(&name);
+    let mapping = std::fs::read_to_string(sys.join("dm/name")).ok()?;
+    if !mapping
+        .trim_end()
+        .starts_with(super::dmcrypt::MAPPING_PREFIX)
+    {
+        return None;
+    }
+    let mut slaves = std::fs::read_dir(sys.join("slaves")).ok()?.flatten();
+    let (Some(slave), None) = (slaves.next(), slaves.next()) else {
+        return None;
+    };
+    read(slave.file_name().to_str()?)
+}
+
 /// `udevadm trigger --action=change` on the block devices udev knows as BitLocker. No
 /// `--settle`: udev works through them on its own, and the daemon does not wait for it.
 fn retrigger() {
@@ -78,5 +183,43 @@ fn retrigger() {
     match trigger.run(Duration::from_secs(10)) {
         Ok(_) => log::info!("udev told to look again at the BitLocker drives present"),
         Err(e) => log::warn!("cannot have udev look again at the BitLocker drives: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_of_a_partition_and_of_our_mapping_over_it() {
+        let root = std::env::temp_dir().join(format!("guilocker-owns-{}", std::process::id()));
+        let (run, sys, dev) = (root.join("run"), root.join("sys"), root.join("dev"));
+        for dir in [
+            &dev,
+            &run.join(UNLOCKED),
+            &sys.join("dm-3/dm"),
+            &sys.join("dm-3/slaves/sdb1"),
+        ] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::create_dir_all(sys.join("dm-4/dm")).unwrap();
+        std::fs::create_dir_all(sys.join("dm-4/slaves/sdb1")).unwrap();
+        for node in ["sdb1", "sdc1", "dm-3", "dm-4"] {
+            std::fs::write(dev.join(node), "").unwrap();
+        }
+        std::os::unix::fs::symlink(dev.join("dm-3"), dev.join("guilocker-sdb1")).unwrap();
+        std::fs::write(run.join(UNLOCKED).join("sdb1"), "alice").unwrap();
+        std::fs::write(sys.join("dm-3/dm/name"), "guilocker-sdb1\n").unwrap();
+        std::fs::write(sys.join("dm-4/dm/name"), "luks-1234\n").unwrap();
+
+        let owner = |node: &str| owner_of(&run, &sys, &dev.join(node));
+        assert_eq!(owner("sdb1").as_deref(), Some("alice"));
+        // Through /dev/mapper's link, as udisks names it.
+        assert_eq!(owner("guilocker-sdb1").as_deref(), Some("alice"));
+        // Someone else's mapping over the same partition, another partition, nothing.
+        assert_eq!(owner("dm-4"), None);
+        assert_eq!(owner("sdc1"), None);
+        assert_eq!(owner("sdz9"), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -498,6 +498,7 @@ mod tests {
             }),
             read_only: false,
             record: None,
+            shown: None,
         }
     }
 

@@ -197,6 +197,11 @@ fn wait_for_node(path: &Path) {
 /// `cryptsetup close`; `deferred` when the device vanished or something still holds the
 /// mapping (the kernel removes it at its last close).
 pub fn close(device: &str, mapping: &str, deferred: bool) {
+    if !exists(mapping) {
+        // Closed by someone else already: the file manager, through udisks.
+        log::info!("{device}: {mapping} is closed already");
+        return;
+    }
     let mut cmd = Command::new(CRYPTSETUP).arg("close");
     if deferred {
         cmd = cmd.arg("--deferred");
@@ -208,6 +213,11 @@ pub fn close(device: &str, mapping: &str, deferred: bool) {
         }
         log::warn!("{device}: cannot close {mapping}: {e}");
     }
+}
+
+/// Does our mapping `mapping` exist now?
+pub fn exists(mapping: &str) -> bool {
+    mappings().iter().any(|(name, _)| name == mapping)
 }
 
 /// Our mappings that exist now: (mapping name, kernel name `dm-N`).

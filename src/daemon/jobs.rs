@@ -3,17 +3,21 @@
 //! [`super::core::Done`].
 
 use super::core::{Closing, Shared};
+use super::desktop::Shown;
+use super::dmcrypt;
 use super::error::DaemonError;
 use super::filesystem;
 use super::mount;
 use super::record;
 use super::session::{CloseMode, Session};
 use super::view::{self, View};
+use super::watch;
 use crate::bitlocker::Metadata;
 use crate::config::Config;
 use crate::protocol::UnlockSecret;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What an unlock job needs, taken from the table.
 pub struct UnlockJob {
@@ -74,6 +78,7 @@ pub fn unlock(shared: &Shared, job: &UnlockJob) -> Result<Session, DaemonError> 
         mounted: None,
         read_only: job.read_only,
         record: None,
+        shown: None,
     };
     if !job.mount {
         return Ok(remember(shared, job, session));
@@ -105,6 +110,15 @@ pub fn unlock(shared: &Shared, job: &UnlockJob) -> Result<Session, DaemonError> 
     match mounted {
         Ok(m) => {
             session.mounted = Some(m);
+            // Mounted, the desktop may see it: a volume under its drive, with Eject.
+            if session.view.mapping().is_some() {
+                session.shown = Shown::show(
+                    &shared.paths.runtime_dir,
+                    &job.path,
+                    &job.name,
+                    &job.owner.name,
+                );
+            }
             Ok(remember(shared, job, session))
         }
         Err(e) => {
@@ -127,6 +141,35 @@ fn remember(shared: &Shared, job: &UnlockJob, mut session: Session) -> Session {
         ),
     }
     session
+}
+
+/// How long the file manager has to lock a volume it unmounted through udisks.
+const DESKTOP_LOCK_GRACE: Duration = Duration::from_secs(10);
+
+/// Closes a volume whose filesystem someone else unmounted. One the desktop sees (dm-crypt)
+/// was most likely unmounted by the file manager through udisks, which locks it next
+/// (Encrypted.Lock) and may eject its drive: closing the mapping first would fail that lock,
+/// an error dialog. It gets [`DESKTOP_LOCK_GRACE`] to do so; what is left is closed then.
+/// Also says whether the desktop locked it: the person then put the drive away, and its
+/// stick is to be made safe to remove.
+pub fn put_away_unmounted(closing: (String, u64, String, Session)) -> (Vec<Closing>, bool) {
+    let session = &closing.3;
+    let locked_by_desktop = match session.view.mapping() {
+        Some(mapping) if session.shown.is_some() => {
+            let mapping = mapping.to_owned();
+            let locked =
+                watch::until_block_change(DESKTOP_LOCK_GRACE, || !dmcrypt::exists(&mapping));
+            if locked {
+                log::info!("{}: locked by the desktop (udisks)", closing.2);
+            }
+            locked
+        }
+        _ => false,
+    };
+    (
+        close_all(vec![closing], CloseMode::Polite),
+        locked_by_desktop,
+    )
 }
 
 /// Closes sessions one after the other, each reporting its own result.

@@ -6,6 +6,7 @@
 //! [`MountedFs::unmount`]). [`Session::close`] stops them in the right order, in one of
 //! three modes; nothing else tears a session down.
 
+use super::desktop::Shown;
 use super::error::DaemonError;
 use super::filesystem::FsInfo;
 use super::mount::{MountedFs, Owner};
@@ -21,6 +22,8 @@ pub struct Session {
     pub read_only: bool,
     /// What a later daemon needs to adopt it ([`super::record`]), removed once closed.
     pub record: Option<PathBuf>,
+    /// Shown to the desktop as unlocked (dm-crypt), hidden once closed.
+    pub shown: Option<Shown>,
 }
 
 impl std::fmt::Debug for Session {
@@ -66,6 +69,9 @@ impl Session {
             }
         }
         self.view.stop(device, lazy);
+        if let Some(shown) = self.shown.take() {
+            shown.hide();
+        }
         if let Some(record) = &self.record {
             super::record::remove(record);
         }

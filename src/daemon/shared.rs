@@ -111,6 +111,9 @@ pub enum Done {
         closes: Vec<Closing>,
         /// For an unmount request: who to answer, and whether to power the stick off.
         reply: Option<(Reply<Unmounted>, bool)>,
+        /// Locked by the desktop after it unmounted the volume: its stick is made safe to
+        /// remove, unless the desktop ejects it itself.
+        desktop_locked: bool,
     },
     /// A job that changes no device: the close of a vanished device, an eject.
     Finished,

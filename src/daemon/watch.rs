@@ -7,6 +7,7 @@ use nix::sys::socket::{
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// One line of /proc/partitions, plus the disk sequence number that tells a re-plugged
 /// device from the one before it.
@@ -190,6 +191,44 @@ impl UeventSocket {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::ENOBUFS) => relevant = true,
                 Err(_) => return relevant,
+            }
+        }
+    }
+}
+
+/// Waits until `done()` holds, looking again at each block-device uevent, for at most
+/// `within`; whether it came to hold. For a worker thread waiting on what another program
+/// does to a device (the desktop locking or ejecting a drive), never on the event loop.
+pub fn until_block_change(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    // Listening before the first look: a change between the two is not missed.
+    let uevents = UeventSocket::open();
+    let deadline = Instant::now() + within;
+    loop {
+        if done() {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        // Without a uevent socket, a look every 100 ms.
+        let step = if uevents.is_ok() {
+            left
+        } else {
+            left.min(Duration::from_millis(100))
+        };
+        let ms = PollTimeout::try_from(step.as_millis().min(60_000) as i32 + 1)
+            .unwrap_or(PollTimeout::MAX);
+        match &uevents {
+            Ok(socket) => {
+                let mut fds = [PollFd::new(socket.fd().as_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, ms);
+                socket.drain();
+            }
+            Err(_) => {
+                let _ = poll(&mut [], ms);
             }
         }
     }

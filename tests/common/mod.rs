@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod atspi;
+pub mod logind;
 pub mod ntfs;
 pub mod sticks;
 pub mod usb;
@@ -888,23 +889,11 @@ pub const IN_THE_VM: &str =
 /// Waits until `done()` holds, re-checking it whenever the kernel announces a block-device
 /// change (a uevent), or fails at the deadline. For state the kernel changes without telling
 /// the daemon's clients: a deferred dm-crypt close completes at the mapping's last close.
-pub fn wait_for_block_change(what: &str, mut done: impl FnMut() -> bool) {
-    use std::os::fd::AsFd;
-    // Listening before the first check: a change between the two is not missed.
-    let uevents = guilocker::daemon::watch::UeventSocket::open().expect("a uevent socket");
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "timed out waiting for {what}");
-        let mut fds = [nix::poll::PollFd::new(
-            uevents.fd().as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let ms = nix::poll::PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
-            .unwrap_or(nix::poll::PollTimeout::MAX);
-        let _ = nix::poll::poll(&mut fds, ms);
-        uevents.drain();
-    }
+pub fn wait_for_block_change(what: &str, done: impl FnMut() -> bool) {
+    assert!(
+        guilocker::daemon::watch::until_block_change(WAIT, done),
+        "timed out waiting for {what}"
+    );
 }
 
 /// SIGKILL to every process in `pids`, then waits (on their pidfds) until all have exited:
