@@ -8,6 +8,7 @@
 mod common;
 
 use common::atspi::Node;
+use common::poll_for;
 use guilocker::protocol::{
     read_frame, write_frame, DeviceInfo, DeviceState, DialogInput, DialogOutput, ErrorKind,
     UnlockSecret, DIALOG_EXIT_CANCELLED, DIALOG_EXIT_CLOSED, DIALOG_EXIT_NO_DISPLAY,
@@ -274,15 +275,8 @@ fn first_line(stream: impl Read) -> String {
     line
 }
 
-fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(25));
-    }
+fn poll<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    poll_for(what, WAIT, Duration::from_millis(25), probe)
 }
 
 /// The dialog process with its pipes.

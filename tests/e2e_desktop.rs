@@ -782,15 +782,8 @@ fn first_line(stream: impl Read) -> String {
     line
 }
 
-fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + GUI_WAIT;
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(POLL);
-    }
+fn poll<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    poll_for(what, GUI_WAIT, POLL, probe)
 }
 
 /// `guilocker agent`, as the test user, in the desktop session.

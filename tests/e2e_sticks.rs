@@ -527,10 +527,7 @@ fn refused_while_another_holds_it(engine: Engine) {
             .status();
         assert_eq!(code, 0, "ntfsfix -n after the unlock: {out}{err}");
     }
-    // The VM's scratch space is a small tmpfs shared by the whole group: give the stick back.
-    let dir = p.daemon.dir.clone();
-    drop(p);
-    let _ = std::fs::remove_dir_all(dir);
+    p.discard();
 }
 
 /// Unmounted from outside guilocker, as file managers do it (`umount PATH`, run by the person):
@@ -618,4 +615,6 @@ fn unmounted_with_umount(engine: Engine) {
     let (code, out, err) = daemon.cli(Some(OTHER_USER), &["unmount", dev], "");
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("not in the group"), "{err}");
+    drop(events);
+    p.discard();
 }

@@ -172,16 +172,8 @@ mod in_vm {
         );
     }
 
-    /// The sessions of the test user logind knows now, by id.
-    fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(found) = probe() {
-                return found;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(POLL);
-        }
+    fn poll<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+        poll_for(what, WAIT, POLL, probe)
     }
 
     /// `systemctl show guilocker -p PROP --value`.

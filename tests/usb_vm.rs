@@ -202,15 +202,8 @@ mod in_vm {
             .unwrap_or_else(|| panic!("status --json does not list {dev}: {out}"))
     }
 
-    pub(crate) fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(found) = probe() {
-                return found;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(POLL);
-        }
+    pub(crate) fn poll<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+        poll_for(what, WAIT, POLL, probe)
     }
 
     /// Plugs `file` on the USB bus; the stick's volume (`/dev/sdX1`) once the daemon (whose

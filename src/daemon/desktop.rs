@@ -76,16 +76,18 @@ pub const UNLOCKED: &str = "unlocked";
 pub struct Shown {
     mark: PathBuf,
     device: String,
-    /// Only a daemon using the rule's runtime directory speaks for the desktop.
-    tell: bool,
 }
 
 impl Shown {
     /// Writes `RUNTIME/unlocked/NAME` (root's, readable by all: polkit's helper runs as
-    /// polkitd) with `owner` in it, and has udev look at `device` again. Best effort: the
-    /// volume works unseen by the desktop all the same.
+    /// polkitd) with `owner` in it, and has udev look at `device` again. Only a daemon
+    /// using the rules' runtime directory speaks for the desktop; any other shows nothing.
+    /// Best effort: the volume works unseen by the desktop all the same.
     pub fn show(runtime_dir: &Path, device: &str, name: &str, owner: &str) -> Option<Self> {
         use std::os::unix::fs::DirBuilderExt;
+        if runtime_dir != Path::new(RULE_RUNTIME_DIR) {
+            return None;
+        }
         let dir = runtime_dir.join(UNLOCKED);
         let made = std::fs::DirBuilder::new()
             .mode(0o755)
@@ -99,7 +101,6 @@ impl Shown {
         let shown = Self {
             mark,
             device: device.to_owned(),
-            tell: runtime_dir == Path::new(RULE_RUNTIME_DIR),
         };
         shown.tell_udev();
         Some(shown)
@@ -120,7 +121,7 @@ impl Shown {
     }
 
     fn tell_udev(&self) {
-        if !self.tell || !Path::new(&self.device).exists() {
+        if !Path::new(&self.device).exists() {
             return;
         }
         let trigger = Command::new(UDEVADM).args(["trigger", "--action=change", &self.device]);

@@ -24,17 +24,9 @@ pub fn property(session: &str, name: &str) -> String {
         .to_owned()
 }
 
-/// Polls `probe` every 50 ms until it gives something, for at most [`WAIT`]: for what only
-/// loginctl tells.
-fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Looks every 50 ms, for what only loginctl tells.
+fn poll<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    poll_for(what, WAIT, Duration::from_millis(50), probe)
 }
 
 /// A long-lived session of a user on VT `tty` of seat0 (a getty-like login); stopped on

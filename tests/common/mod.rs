@@ -585,6 +585,24 @@ pub fn in_utab(mountpoint: &Path) -> bool {
         .any(|l| l.split(' ').any(|field| field == target))
 }
 
+/// Looks with `probe` every `every` until it gives something, for at most `within`: for
+/// state nothing announces (logind's sessions, sysfs, a window appearing).
+pub fn poll_for<T>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(every);
+    }
+}
+
 /// Reads events until one matches, or fails at the deadline.
 pub fn wait_event(
     events: &mut Events,

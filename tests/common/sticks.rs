@@ -49,6 +49,16 @@ pub struct Plugged {
     pub dev: String,
 }
 
+impl Plugged {
+    /// Puts it all away (the daemon, then the stick) and removes the test's folder: the
+    /// VM's scratch space is a small tmpfs shared by the whole group.
+    pub fn discard(self) {
+        let dir = self.daemon.dir.clone();
+        drop(self);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// `None` when a prerequisite is missing (and not under CI, where that fails).
 pub fn plugged(
     engine: Engine,

@@ -251,6 +251,33 @@ impl Desktop {
         assert_eq!(self.daemon.device(dev).unwrap().state, DeviceState::Mounted);
     }
 
+    /// The owner's unmount button (`gio mount -u`) on `dev`, mounted at `mountpoint`: exit
+    /// 0, the stick powered off, the daemon saying `said`, nothing left; then pulled out.
+    fn unmount_button(
+        &mut self,
+        stick: &mut usb::UsbStick,
+        dev: &str,
+        mountpoint: &Path,
+        said: &str,
+    ) {
+        let usb_device = stick.usb_device().expect("the stick's USB device");
+        let mp = mountpoint.to_str().unwrap();
+        let (code, out, err, took) = self.gio(TEST_USER, &["mount", "-u", mp]);
+        assert_eq!(code, 0, "gio mount -u as {TEST_USER}: {out}{err}");
+        println!(
+            "gio mount -u as {TEST_USER}: exit 0 in {:.1} s",
+            took.as_secs_f64()
+        );
+        let gone = usb::wait_gone(&usb_device, WAIT);
+        println!(
+            "timing: gio mount -u -> USB device gone {:.1} s",
+            gone.as_secs_f64()
+        );
+        println!("daemon: {}", self.daemon.wait_log(said));
+        self.put_away(dev, mountpoint);
+        stick.unplug();
+    }
+
     /// After the file manager put `dev` away: nothing of it is left, the daemon said so,
     /// and gio lists no mount at `mountpoint`.
     fn put_away(&mut self, dev: &str, mountpoint: &Path) {
@@ -307,22 +334,8 @@ fn on_dm_crypt_the_file_manager_shows_a_volume_and_ejects_it() {
 
     desk.refusals(&dev, &mountpoint);
 
-    let usb_device = stick.usb_device().expect("the stick's USB device");
-    let mp = mountpoint.to_str().unwrap();
-    let (code, out, err, took) = desk.gio(TEST_USER, &["mount", "-u", mp]);
-    assert_eq!(code, 0, "gio mount -u as {TEST_USER}: {out}{err}");
-    println!(
-        "gio mount -u as {TEST_USER}: exit 0 in {:.1} s",
-        took.as_secs_f64()
-    );
-    let gone = usb::wait_gone(&usb_device, WAIT);
-    println!(
-        "timing: gio mount -u -> USB device gone {:.1} s",
-        gone.as_secs_f64()
-    );
-    println!("daemon: {}", desk.daemon.wait_log("locked by the desktop"));
-    desk.put_away(&dev, &mountpoint);
-    stick.unplug();
+    // Locked by the desktop (udisks), then powered off by the daemon.
+    desk.unmount_button(&mut stick, &dev, &mountpoint, "flushed and powered off");
 
     // Eject: the file manager's own eject of the drive, after its unmount and lock.
     let (mut stick, dev) = plug_and_see(&mut desk.events, "usbfiles2", "usb-files.img");
@@ -405,25 +418,7 @@ fn on_fuse_the_file_managers_unmount_runs_our_helper() {
 
     desk.refusals(&dev, &mountpoint);
 
-    let usb_device = stick.usb_device().expect("the stick's USB device");
-    let mp = mountpoint.to_str().unwrap();
-    let (code, out, err, took) = desk.gio(TEST_USER, &["mount", "-u", mp]);
-    assert_eq!(code, 0, "gio mount -u as {TEST_USER}: {out}{err}");
-    println!(
-        "gio mount -u as {TEST_USER}: exit 0 in {:.1} s",
-        took.as_secs_f64()
-    );
-    let gone = usb::wait_gone(&usb_device, WAIT);
-    println!(
-        "timing: gio mount -u -> USB device gone {:.1} s",
-        gone.as_secs_f64()
-    );
-    println!(
-        "daemon: {}",
-        desk.daemon.wait_log("flushed and powered off")
-    );
-    desk.put_away(&dev, &mountpoint);
-    stick.unplug();
+    desk.unmount_button(&mut stick, &dev, &mountpoint, "flushed and powered off");
     println!(
         "timing: FUSE file manager case {:.1} s",
         case.elapsed().as_secs_f64()
