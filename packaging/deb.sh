@@ -18,7 +18,8 @@ gzip -9n "$out"/man/*
 compile_translations "$out/locale"
 mkdir -p "$out/unit"
 # A relative link, so cargo-deb keeps it a link (it copies what a link points at when that
-# exists here): /usr/sbin/umount.guilocker -> /usr/bin/guilocker.
+# exists here): /usr/sbin/umount.guilocker -> /usr/bin/guilocker. libmount looks in /sbin,
+# which is /usr/sbin on a merged /usr (Debian 12 on).
 ln -sfn ../bin/guilocker "$out/umount.guilocker"
 sed 's|/usr/local/bin/guilocker|/usr/bin/guilocker|' packaging/systemd/guilocker.service \
   > "$out/unit/guilocker.service"

@@ -40,12 +40,25 @@ const VM_STICKS: [(&str, &str, &str, &str); 7] = [
     ("bitlk-aes-xts-128", "ntfs", "HELD", "mbr"),
 ];
 
+/// The groups to run: all, or while working on one, those of the binaries named in
+/// `GUILOCKER_VM_ONLY` (`kernel_vm,e2e_sticks`).
+fn groups() -> Vec<(&'static str, &'static str)> {
+    let only = std::env::var("GUILOCKER_VM_ONLY").ok();
+    GROUPS
+        .into_iter()
+        .filter(|(binary, _)| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|b| b == *binary))
+        })
+        .collect()
+}
+
 /// The script the VM runs: each group's binary with its filter, `--ignored`, one test at a
 /// time; it exits with the first failure's code. Scratch space is the VM's tmpfs: target/
 /// comes over 9p, which cannot hold a socket.
 fn script(status_file: &Path) -> String {
     let mut s = String::from("set -u\nstatus=0\nmodprobe loop 2>/dev/null\n");
-    for (binary, filter) in GROUPS {
+    for (binary, filter) in groups() {
         let bin = vm::test_binary(binary);
         s.push_str(&format!(
             "echo '== VM: {binary} {filter}'\n\
@@ -93,7 +106,7 @@ fn kernel_path_in_a_vm() {
         "kernel-vm",
         vm::Kernel::Debian6_1,
         script,
-        GROUPS.len(),
+        groups().len(),
         VM_TIMEOUT,
         None,
     );
@@ -116,8 +129,9 @@ mod in_vm {
     /// The rule parses, and udev marks what it should: a BitLocker drive `UDISKS_IGNORE=1`
     /// while the daemon handles BitLocker drives (its flag file), never without it, but
     /// shown (`UDISKS_AUTO=0` only) while the daemon has it unlocked on dm-crypt (a file
-    /// named after it); our dm-crypt mappings always shown, never automounted. Installed
-    /// into the VM's /etc (an overlay: the host's /etc is untouched).
+    /// named after it); our dm-crypt mappings never automounted, and hidden but while a file
+    /// named after them says the daemon shows them. Installed into the VM's /etc (an
+    /// overlay: the host's /etc is untouched).
     #[test]
     #[ignore = "kernel path: runs inside a VM with Debian's kernel (tests/kernel_vm.rs)"]
     fn udev_rule_marks_our_devices() {
@@ -194,7 +208,7 @@ mod in_vm {
         assert!(!props.contains("UDISKS_IGNORE=1"), "{props}");
         assert!(props.contains("UDISKS_AUTO=0"), "{props}");
 
-        // Our mapping on it: shown and not automounted, whatever the flag.
+        // Our mapping on it: never automounted, shown only with its mark, whatever the flag.
         std::fs::remove_file(FLAG).unwrap();
         let meta =
             guilocker::bitlocker::read_metadata(std::fs::File::open(&copy).unwrap()).unwrap();
@@ -216,11 +230,19 @@ mod in_vm {
         )
         .unwrap();
         assert!(open.wait().unwrap().success(), "cryptsetup open failed");
-        let props = properties("/dev/mapper/guilocker-udevtest");
+        let mapper = "/dev/mapper/guilocker-udevtest";
+        let hidden = properties(mapper);
+        let mark = Path::new("/run/guilocker/unlocked/guilocker-udevtest");
+        std::fs::write(mark, "guilocker-test").unwrap();
+        run_ok(Command::new("udevadm").args(["trigger", "--action=change", mapper]));
+        let shown = properties(mapper);
+        std::fs::remove_file(mark).unwrap();
         run_ok(Command::new("cryptsetup").args(["close", "guilocker-udevtest"]));
-        assert!(props.contains("DM_NAME=guilocker-udevtest"), "{props}");
-        assert!(!props.contains("UDISKS_IGNORE=1"), "{props}");
-        assert!(props.contains("UDISKS_AUTO=0"), "{props}");
+        assert!(hidden.contains("DM_NAME=guilocker-udevtest"), "{hidden}");
+        assert!(hidden.contains("UDISKS_IGNORE=1"), "{hidden}");
+        assert!(hidden.contains("UDISKS_AUTO=0"), "{hidden}");
+        assert!(!shown.contains("UDISKS_IGNORE=1"), "{shown}");
+        assert!(shown.contains("UDISKS_AUTO=0"), "{shown}");
     }
 }
 

@@ -87,11 +87,19 @@ fn umount_helper_page() -> Vec<u8> {
     ]);
     roff.control("SH", ["DESCRIPTION"]);
     roff.text([roman(
-        "The guilocker daemon mounts a volume as root and records uhelper=guilocker for it in          libmount's table (/run/mount/utab). When someone other than root unmounts it, with          umount(8) or a file manager's unmount button (gvfs runs umount as the person),          umount(8) runs this helper as that person. It asks the daemon to put the volume          away, as guilocker unmount would: only the person who unlocked it, or root, may. The          daemon unmounts the filesystem, locks the volume and powers the stick off. It is          not meant to be run by hand.",
+        "The guilocker daemon mounts a volume as root and records uhelper=guilocker for it in \
+         libmount's table (/run/mount/utab). When someone other than root unmounts it, with \
+         umount(8) or a file manager's unmount button (gvfs runs umount as the person), \
+         umount(8) runs this helper as that person. It asks the daemon to put the volume \
+         away, as guilocker unmount would: only the person who unlocked it, or root, may. The \
+         daemon unmounts the filesystem, locks the volume and powers the stick off. It is \
+         not meant to be run by hand.",
     )]);
     roff.control("SH", ["EXIT STATUS"]);
     roff.text([roman(
-        "0 when the volume was put away; 1 when the caller may not unmount it; 32, as          umount(8), when it failed, with \"target is busy\" when a program still uses it          (-l or -f detach it all the same).",
+        "0 when the volume was put away; 1 when the caller may not unmount it; 32, as \
+         umount(8), when it failed, with \"target is busy\" when a program still uses it \
+         (-l or -f detach it all the same).",
     )]);
     roff.control("SH", ["SEE ALSO"]);
     roff.text([roman("guilocker(1), guilocker-unmount(1), umount(8)")]);

@@ -131,7 +131,7 @@ pub enum Command {
     /// For the polkit rule (packaging/polkit): exits 0 when DEVICE (a partition, or
     /// guilocker's mapping over it) is unlocked by guilocker for USER, 1 otherwise
     #[command(hide = true)]
-    Owns { device: PathBuf, user: String },
+    Owns { device: String, user: String },
     /// Print daemon events as they happen
     Monitor {
         /// One JSON object per line
@@ -145,17 +145,17 @@ pub enum Command {
 /// `guilocker owns DEVICE USER`: polkit runs it (as polkitd) to learn whether udisks may
 /// unmount and lock DEVICE for USER without an administrator's password. It reads the
 /// daemon's marks in /run/guilocker (root's), never asks the daemon.
-fn owns(device: &std::path::Path, user: &str) -> Result<(), Failure> {
+fn owns(device: &str, user: &str) -> Result<(), Failure> {
     let owner = crate::daemon::desktop::owner_of(
         std::path::Path::new(crate::daemon::DEFAULT_RUNTIME_DIR),
-        std::path::Path::new("/sys/block"),
+        std::path::Path::new("/sys/class/block"),
         device,
     );
     match owner {
         Some(owner) if owner == user => Ok(()),
         _ => Err(Failure::new(
             exit::FAILED,
-            format!("{}: not unlocked by guilocker for {user}", device.display()),
+            format!("{device}: not unlocked by guilocker for {user}"),
         )),
     }
 }

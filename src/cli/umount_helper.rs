@@ -46,9 +46,9 @@ fn parse(args: &[OsString]) -> Option<Invocation> {
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("-l" | "-f" | "--lazy" | "--force") => force = true,
-            // `-t TYPE` (a subtype) carries a value; the other flags (-n, -r, -v) do not
-            // change what we do.
-            Some("-t") => {
+            // `-t TYPE` (a subtype) and `-N NAMESPACE` carry a value; the other flags (-n,
+            // -r, -v) do not change what we do.
+            Some("-t" | "-N") => {
                 args.next();
             }
             Some(flag) if flag.starts_with('-') => {}

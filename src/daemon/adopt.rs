@@ -58,9 +58,18 @@ pub fn recover(runtime_dir: &Path, mount_root: &Path, sys_block: &Path) -> Recov
         let (session, dead) = examine(&rec, runtime_dir, mount_root, sys_block);
         let mut session = session;
         session.record = Some(path);
-        if dead.is_none() && session.mounted.is_some() && session.view.mapping().is_some() {
-            let owner = session.owner.name.clone();
-            session.shown = Shown::show(runtime_dir, &rec.device, &rec.name, &owner);
+        let shown = session
+            .mounted
+            .as_ref()
+            .is_some_and(|m| super::desktop::mounted_from(&session.view.decrypted, &m.mountpoint));
+        if let (None, Some(mapping), true) = (&dead, session.view.mapping(), shown) {
+            session.shown = Shown::show(
+                runtime_dir,
+                &rec.device,
+                &rec.name,
+                mapping,
+                &session.owner.name,
+            );
         }
         match dead {
             None => found.adopted.push(Adopted {

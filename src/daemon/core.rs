@@ -34,7 +34,6 @@ use std::sync::mpsc::channel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Runs a job; `None` if it panicked (the panic is logged by the panic hook).
 /// How long the desktop has to eject or power off a drive itself after locking its volume.
 const DESKTOP_EJECT_GRACE: Duration = Duration::from_secs(5);
 
@@ -46,6 +45,7 @@ enum Plan {
     Eject(String, String),
 }
 
+/// Runs a job; `None` if it panicked (the panic is logged by the panic hook).
 fn run_job<F: FnOnce(&Shared) -> Done>(job: F, shared: &Shared) -> Option<Done> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(shared))).ok()
 }

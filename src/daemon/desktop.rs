@@ -68,104 +68,172 @@ pub fn announce(runtime_dir: &Path, handle: bool, how: Retrigger) {
     }
 }
 
-/// The folder in the runtime directory naming the partitions unlocked on dm-crypt.
+/// The folder in the runtime directory naming the volumes unlocked on dm-crypt.
 pub const UNLOCKED: &str = "unlocked";
 
-/// The mark that shows a partition unlocked on dm-crypt to the desktop, until [`Shown::hide`].
+/// The marks that show a volume unlocked on dm-crypt to the desktop, until dropped: one
+/// named after the partition (`sdb1`, holding its owner's name: the polkit rule's), one
+/// after our mapping (`guilocker-sdb1`). Dropped (closed, or a job that panicked), they go.
 #[derive(Debug)]
 pub struct Shown {
-    mark: PathBuf,
-    device: String,
+    marks: Vec<PathBuf>,
+    /// The partition and the mapping, for udev to look at again.
+    devices: Vec<PathBuf>,
 }
 
 impl Shown {
-    /// Writes `RUNTIME/unlocked/NAME` (root's, readable by all: polkit's helper runs as
-    /// polkitd) with `owner` in it, and has udev look at `device` again. Only a daemon
-    /// using the rules' runtime directory speaks for the desktop; any other shows nothing.
-    /// Best effort: the volume works unseen by the desktop all the same.
-    pub fn show(runtime_dir: &Path, device: &str, name: &str, owner: &str) -> Option<Self> {
+    /// Writes the marks (root's, readable by all: polkit's helper runs as polkitd) and has
+    /// udev look at the partition `device` (kernel name `name`) and `mapping` again. Only a
+    /// daemon using the rules' runtime directory speaks for the desktop; any other shows
+    /// nothing. Best effort: the volume works unseen by the desktop all the same.
+    pub fn show(
+        runtime_dir: &Path,
+        device: &str,
+        name: &str,
+        mapping: &str,
+        owner: &str,
+    ) -> Option<Self> {
         use std::os::unix::fs::DirBuilderExt;
         if runtime_dir != Path::new(RULE_RUNTIME_DIR) {
             return None;
         }
         let dir = runtime_dir.join(UNLOCKED);
-        let made = std::fs::DirBuilder::new()
+        if let Err(e) = std::fs::DirBuilder::new()
             .mode(0o755)
             .recursive(true)
-            .create(&dir);
-        let mark = dir.join(name);
-        if let Err(e) = made.and_then(|()| std::fs::write(&mark, owner)) {
-            log::warn!("{device}: cannot write {}: {e}", mark.display());
+            .create(&dir)
+        {
+            log::warn!("{device}: cannot create {}: {e}", dir.display());
             return None;
         }
-        let shown = Self {
-            mark,
-            device: device.to_owned(),
+        let mut shown = Self {
+            marks: Vec::new(),
+            devices: vec![device.into(), super::dmcrypt::mapper_path(mapping)],
         };
-        shown.tell_udev();
+        for (mark, text) in [(name, owner), (mapping, owner)] {
+            let mark = dir.join(mark);
+            if let Err(e) = std::fs::write(&mark, text) {
+                log::warn!("{device}: cannot write {}: {e}", mark.display());
+                return None; // dropped: what was written goes
+            }
+            shown.marks.push(mark);
+        }
+        tell_udev(&shown.devices);
         Some(shown)
     }
+}
 
-    /// Removes the mark; udev looks again, and the desktop leaves the locked partition alone.
-    pub fn hide(self) {
-        if let Err(e) = std::fs::remove_file(&self.mark) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                log::warn!(
-                    "{}: cannot remove {}: {e}",
-                    self.device,
-                    self.mark.display()
-                );
+impl Drop for Shown {
+    /// Removes the marks; udev looks again, and the desktop leaves the drive alone.
+    fn drop(&mut self) {
+        for mark in &self.marks {
+            if let Err(e) = std::fs::remove_file(mark) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("cannot remove {}: {e}", mark.display());
+                }
             }
         }
-        self.tell_udev();
-    }
-
-    fn tell_udev(&self) {
-        if !Path::new(&self.device).exists() {
-            return;
-        }
-        let trigger = Command::new(UDEVADM).args(["trigger", "--action=change", &self.device]);
-        if let Err(e) = trigger.run(Duration::from_secs(10)) {
-            log::warn!("{}: cannot have udev look at it again: {e}", self.device);
+        if !self.marks.is_empty() {
+            tell_udev(&self.devices);
         }
     }
 }
 
-/// At start: the marks an earlier daemon left (it died with volumes unlocked) go; those
-/// of the volumes it adopts are written again.
+/// `udevadm trigger --action=change` on each of `devices` that is still there.
+fn tell_udev(devices: &[PathBuf]) {
+    for device in devices.iter().filter(|d| d.exists()) {
+        let trigger = Command::new(UDEVADM)
+            .args(["trigger", "--action=change"])
+            .arg(device);
+        if let Err(e) = trigger.run(Duration::from_secs(10)) {
+            log::warn!(
+                "{}: cannot have udev look at it again: {e}",
+                device.display()
+            );
+        }
+    }
+}
+
+/// At start: the marks an earlier daemon left (it died with volumes unlocked) go, and udev
+/// looks again at what they named; those of the volumes it adopts are written again.
 pub fn forget_shown(runtime_dir: &Path) {
     let dir = runtime_dir.join(UNLOCKED);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
     if let Err(e) = std::fs::remove_dir_all(&dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            log::warn!("cannot remove {}: {e}", dir.display());
-        }
+        log::warn!("cannot remove {}: {e}", dir.display());
+    }
+    if runtime_dir == Path::new(RULE_RUNTIME_DIR) {
+        let devices: Vec<PathBuf> = names
+            .iter()
+            .map(|n| match n.starts_with(super::dmcrypt::MAPPING_PREFIX) {
+                true => super::dmcrypt::mapper_path(n),
+                false => Path::new("/dev").join(n),
+            })
+            .collect();
+        tell_udev(&devices);
     }
 }
 
-/// The user a partition, or our dm-crypt mapping over it, is unlocked for, as its mark in
-/// `runtime_dir` says: `None` for anything else.
-pub fn owner_of(runtime_dir: &Path, sys_block: &Path, device: &Path) -> Option<String> {
-    let node = std::fs::canonicalize(device).ok()?;
-    let name = node.file_name()?.to_str()?.to_owned();
-    let dir = runtime_dir.join(UNLOCKED);
-    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
-    if let Some(owner) = read(&name) {
-        return Some(owner);
-    }
-    // A mapping of ours: the partition under it (its one slave).
-    let sys = sys_block.join(&name);
-    let mapping = std::fs::read_to_string(sys.join("dm/name")).ok()?;
-    if !mapping
-        .trim_end()
-        .starts_with(super::dmcrypt::MAPPING_PREFIX)
-    {
-        return None;
-    }
-    let mut slaves = std::fs::read_dir(sys.join("slaves")).ok()?.flatten();
-    let (Some(slave), None) = (slaves.next(), slaves.next()) else {
-        return None;
+/// Is the filesystem at `mountpoint` mounted from `decrypted` itself (a kernel driver, or
+/// ntfs-3g's fuseblk), so udisks sees it mounted? A plain FUSE mount (fusefat) has a device
+/// number of its own: shown, the mapping would look unmounted, and the desktop could mount
+/// it a second time.
+pub fn mounted_from(decrypted: &Path, mountpoint: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(decrypted) else {
+        return false;
     };
-    read(slave.file_name().to_str()?)
+    let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+    super::mounts::mount_at(mountpoint).is_some_and(|m| m.numbers == format!("{major}:{minor}"))
+}
+
+/// The user whose volume `device` is, as udisks names it to polkit: a partition
+/// (`/dev/sdb1`) or our mapping over it (`/dev/mapper/guilocker-sdb1`, `/dev/dm-3`), with its
+/// mark in `runtime_dir`, and our mapping over that partition now (a mark left behind
+/// names nobody). `None` for anything else. Reads sysfs (`sys_block`: /sys/class/block),
+/// never /dev: polkit runs its helpers with a private /dev (PrivateDevices).
+pub fn owner_of(runtime_dir: &Path, sys_block: &Path, device: &str) -> Option<String> {
+    use super::dmcrypt::MAPPING_PREFIX;
+    let dm_name = |kname: &str| {
+        std::fs::read_to_string(sys_block.join(kname).join("dm/name"))
+            .ok()
+            .map(|n| n.trim_end().to_owned())
+    };
+    let only_entry = |dir: PathBuf| {
+        let mut entries = std::fs::read_dir(dir).ok()?.flatten();
+        match (entries.next(), entries.next()) {
+            (Some(one), None) => one.file_name().into_string().ok(),
+            _ => None,
+        }
+    };
+    let kname = match device.strip_prefix("/dev/mapper/") {
+        Some(mapping) => std::fs::read_dir(sys_block)
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .find(|k| k.starts_with("dm-") && dm_name(k).as_deref() == Some(mapping))?,
+        None => device.strip_prefix("/dev/")?.to_owned(),
+    };
+    if kname.contains('/') || kname.starts_with('.') {
+        return None;
+    }
+    let is_ours = |k: &str| dm_name(k).is_some_and(|n| n.starts_with(MAPPING_PREFIX));
+    let partition = if is_ours(&kname) {
+        only_entry(sys_block.join(&kname).join("slaves"))?
+    } else {
+        let holder = only_entry(sys_block.join(&kname).join("holders"))?;
+        if !is_ours(&holder) {
+            return None;
+        }
+        kname
+    };
+    std::fs::read_to_string(runtime_dir.join(UNLOCKED).join(partition)).ok()
 }
 
 /// `udevadm trigger --action=change` on the block devices udev knows as BitLocker. No
@@ -194,33 +262,41 @@ mod tests {
     #[test]
     fn the_owner_of_a_partition_and_of_our_mapping_over_it() {
         let root = std::env::temp_dir().join(format!("guilocker-owns-{}", std::process::id()));
-        let (run, sys, dev) = (root.join("run"), root.join("sys"), root.join("dev"));
+        let (run, sys) = (root.join("run"), root.join("sys"));
         for dir in [
-            &dev,
-            &run.join(UNLOCKED),
-            &sys.join("dm-3/dm"),
-            &sys.join("dm-3/slaves/sdb1"),
+            run.join(UNLOCKED),
+            sys.join("sdb1/holders/dm-3"),
+            sys.join("dm-3/dm"),
+            sys.join("dm-3/slaves/sdb1"),
+            sys.join("sdc1/holders/dm-4"),
+            sys.join("dm-4/dm"),
+            sys.join("dm-4/slaves/sdc1"),
+            sys.join("sdd1"),
         ] {
             std::fs::create_dir_all(dir).unwrap();
         }
-        std::fs::create_dir_all(sys.join("dm-4/dm")).unwrap();
-        std::fs::create_dir_all(sys.join("dm-4/slaves/sdb1")).unwrap();
-        for node in ["sdb1", "sdc1", "dm-3", "dm-4"] {
-            std::fs::write(dev.join(node), "").unwrap();
-        }
-        std::os::unix::fs::symlink(dev.join("dm-3"), dev.join("guilocker-sdb1")).unwrap();
-        std::fs::write(run.join(UNLOCKED).join("sdb1"), "alice").unwrap();
         std::fs::write(sys.join("dm-3/dm/name"), "guilocker-sdb1\n").unwrap();
         std::fs::write(sys.join("dm-4/dm/name"), "luks-1234\n").unwrap();
+        for name in ["sdb1", "sdc1", "sdd1"] {
+            std::fs::write(run.join(UNLOCKED).join(name), "alice").unwrap();
+        }
 
-        let owner = |node: &str| owner_of(&run, &sys, &dev.join(node));
-        assert_eq!(owner("sdb1").as_deref(), Some("alice"));
-        // Through /dev/mapper's link, as udisks names it.
-        assert_eq!(owner("guilocker-sdb1").as_deref(), Some("alice"));
-        // Someone else's mapping over the same partition, another partition, nothing.
-        assert_eq!(owner("dm-4"), None);
-        assert_eq!(owner("sdc1"), None);
-        assert_eq!(owner("sdz9"), None);
+        // No /dev is read: these nodes need not exist (polkit's private /dev).
+        let owner = |device: &str| owner_of(&run, &sys, device);
+        assert_eq!(owner("/dev/sdb1").as_deref(), Some("alice"));
+        assert_eq!(
+            owner("/dev/mapper/guilocker-sdb1").as_deref(),
+            Some("alice")
+        );
+        assert_eq!(owner("/dev/dm-3").as_deref(), Some("alice"));
+        // Marked, but held by someone else's mapping, or by none (a mark left behind).
+        assert_eq!(owner("/dev/sdc1"), None);
+        assert_eq!(owner("/dev/mapper/luks-1234"), None);
+        assert_eq!(owner("/dev/sdd1"), None);
+        // Not a device name.
+        assert_eq!(owner("/dev/../run/x"), None);
+        assert_eq!(owner("sdb1"), None);
+        assert_eq!(owner("/dev/sdz9"), None);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

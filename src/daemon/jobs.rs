@@ -3,7 +3,7 @@
 //! [`super::core::Done`].
 
 use super::core::{Closing, Shared};
-use super::desktop::Shown;
+use super::desktop::{self, Shown};
 use super::dmcrypt;
 use super::error::DaemonError;
 use super::filesystem;
@@ -109,15 +109,20 @@ pub fn unlock(shared: &Shared, job: &UnlockJob) -> Result<Session, DaemonError> 
     drop(reserved);
     match mounted {
         Ok(m) => {
+            // Mounted from the mapping, the desktop may see it: a volume under its drive,
+            // with Eject.
+            let shown = desktop::mounted_from(&session.view.decrypted, &m.mountpoint);
             session.mounted = Some(m);
-            // Mounted, the desktop may see it: a volume under its drive, with Eject.
-            if session.view.mapping().is_some() {
-                session.shown = Shown::show(
-                    &shared.paths.runtime_dir,
-                    &job.path,
-                    &job.name,
-                    &job.owner.name,
-                );
+            if let Some(mapping) = session.view.mapping().filter(|_| shown) {
+                {
+                    session.shown = Shown::show(
+                        &shared.paths.runtime_dir,
+                        &job.path,
+                        &job.name,
+                        mapping,
+                        &job.owner.name,
+                    );
+                }
             }
             Ok(remember(shared, job, session))
         }

@@ -552,7 +552,9 @@ fn is_hibernation_magic(magic: &[u8; 4]) -> bool {
     magic.eq_ignore_ascii_case(b"hibr")
 }
 
-/// `umount` (lazily when `lazy`). Never through a helper: ours would ask the daemon.
+/// `umount` (lazily when `lazy`), by libmount alone: no `umount.<type>` helper, whatever a
+/// mount's type or utab entry names (root never gets our uhelper, but a FUSE type's
+/// helper would be run).
 pub fn unmount_path(path: &Path, lazy: bool) -> Result<(), ProcessError> {
     let mut cmd = Command::new(UMOUNT).arg("--internal-only");
     if lazy {

@@ -69,9 +69,8 @@ impl Session {
             }
         }
         self.view.stop(device, lazy);
-        if let Some(shown) = self.shown.take() {
-            shown.hide();
-        }
+        // Locked: the desktop leaves the drive alone again.
+        drop(self.shown.take());
         if let Some(record) = &self.record {
             super::record::remove(record);
         }

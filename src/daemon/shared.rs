@@ -256,11 +256,15 @@ impl Shared {
         force: bool,
         power_off: bool,
     ) -> Result<Unmounted, DaemonError> {
+        // A device (`/dev/sdb1`, or `sdb1`), not a mountpoint: only a device can be locked.
         let may_eject_locked = match target {
-            Some(device) if !all && device.starts_with("/dev/") => {
+            Some(device) if !all && (device.starts_with("/dev/") || !device.starts_with('/')) => {
                 self.authorize_unlock(caller, device, None).map(drop)
             }
-            _ => Err(DaemonError::BadRequest("not a device".into())),
+            _ => Err(DaemonError::InvalidState {
+                device: target.unwrap_or_default().to_owned(),
+                what: "is not unlocked".into(),
+            }),
         };
         self.ask(target.unwrap_or("unmount"), |reply| Ask::Unmount {
             caller: *caller,
