@@ -66,7 +66,7 @@ fn parse(args: &[OsString]) -> Option<Invocation> {
 pub fn main(args: &[OsString]) -> ExitCode {
     crate::i18n::init();
     let Some(call) = parse(args) else {
-        eprintln!("umount: usage: {NAME} MOUNTPOINT [-l] [-f] [-n] [-r] [-v] [-t TYPE]");
+        eprintln!("umount: usage: {NAME} MOUNTPOINT [-l] [-f] [-n] [-r] [-v] [-t TYPE] [-N NS]");
         return ExitCode::from(exit::USAGE);
     };
     let target = call.target.display().to_string();
